@@ -1,0 +1,37 @@
+"""nlptransfer: transfer learning for NLP (and images) in one command."""
+
+from nlptransfer.backbones import Backbone, load_backbone
+from nlptransfer.config import FinetuneConfig
+from nlptransfer.errors import (
+    ConfigError,
+    DataError,
+    ModelLoadError,
+    NLPTransferError,
+    OutputDirExistsError,
+    UnknownNameError,
+)
+from nlptransfer.layers import format_table, trainable_rows
+from nlptransfer.model import Predictions, TransferModel
+from nlptransfer.runner import train
+from nlptransfer.strategies import STRATEGIES, get_strategy
+from nlptransfer.version import __version__
+
+__all__ = [
+    "STRATEGIES",
+    "Backbone",
+    "ConfigError",
+    "DataError",
+    "FinetuneConfig",
+    "ModelLoadError",
+    "NLPTransferError",
+    "OutputDirExistsError",
+    "Predictions",
+    "TransferModel",
+    "UnknownNameError",
+    "__version__",
+    "format_table",
+    "get_strategy",
+    "load_backbone",
+    "train",
+    "trainable_rows",
+]

@@ -1,0 +1,102 @@
+"""The Backbone contract that every source model family meets.
+
+A backbone turns raw inputs (texts, later images) into hidden states per layer,
+knows its own preprocessing (tokenize + collate), exposes its parameters as
+ordered *layer groups* (bottom to top) so strategies can freeze, unfreeze and
+scale learning rates without knowing the architecture, and saves everything it
+needs to be rebuilt, except its weights, which :class:`TransferModel` stores in
+one safetensors file.
+"""
+
+from __future__ import annotations
+
+from abc import ABC, abstractmethod
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Literal
+
+import torch
+from torch import nn
+
+from nlptransfer.registry import Registry
+
+GroupKind = Literal["embeddings", "block", "final"]
+
+
+@dataclass
+class LayerGroup:
+    """Parameters that train (or stay frozen) together, e.g. one transformer layer."""
+
+    name: str
+    kind: GroupKind
+    parameters: list[tuple[str, nn.Parameter]] = field(default_factory=list)
+
+    def num_parameters(self) -> int:
+        return sum(p.numel() for _, p in self.parameters)
+
+    def set_trainable(self, trainable: bool) -> None:
+        for _, param in self.parameters:
+            param.requires_grad_(trainable)
+
+
+@dataclass
+class BackboneOutput:
+    last_hidden_state: torch.Tensor
+    attention_mask: torch.Tensor
+    hidden_states: tuple[torch.Tensor, ...] | None = None
+
+
+class Backbone(nn.Module, ABC):
+    """Abstract base class of every source model.
+
+    Subclasses set ``registry_name`` (the name saved in model configs) and
+    ``hidden_size``, and implement the abstract methods below.
+    """
+
+    registry_name: str = ""
+    hidden_size: int
+
+    @abstractmethod
+    def tokenize(
+        self, texts: list[str], text_pairs: list[str] | None, max_length: int
+    ) -> dict[str, list[list[int]]]:
+        """Preprocess raw inputs into per-example, unpadded features."""
+
+    @abstractmethod
+    def collate(self, features: list[dict[str, Any]]) -> dict[str, torch.Tensor]:
+        """Pad a list of per-example features into a batch of tensors."""
+
+    @abstractmethod
+    def forward(self, output_hidden_states: bool = False, **inputs: torch.Tensor) -> BackboneOutput:
+        """Run the model on a collated batch."""
+
+    @abstractmethod
+    def layer_groups(self) -> list[LayerGroup]:
+        """All parameters as ordered groups, from the input side to the output side."""
+
+    @abstractmethod
+    def get_config(self) -> dict[str, Any]:
+        """JSON-serialisable settings needed (with :meth:`save`) to rebuild this backbone."""
+
+    @abstractmethod
+    def save(self, directory: Path) -> None:
+        """Write the files (not the weights) needed to rebuild this backbone."""
+
+    @classmethod
+    @abstractmethod
+    def from_saved(cls, directory: Path, config: dict[str, Any]) -> Backbone:
+        """Rebuild from :meth:`save` output with randomly initialised weights."""
+
+    @property
+    def max_positions(self) -> int | None:
+        """Longest input the model accepts, if it has such a limit."""
+        return None
+
+    def block_groups(self) -> list[LayerGroup]:
+        return [g for g in self.layer_groups() if g.kind == "block"]
+
+    def num_blocks(self) -> int:
+        return len(self.block_groups())
+
+
+BACKBONES: Registry[type[Backbone]] = Registry("backbone")

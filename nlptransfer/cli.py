@@ -1,0 +1,127 @@
+"""The ``nlptransfer`` command: train, inspect trainable layers, predict."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from collections.abc import Callable, Sequence
+
+from nlptransfer.config import FinetuneConfig, parse_config
+from nlptransfer.errors import DataError, NLPTransferError
+from nlptransfer.registry import closest_hint
+
+USAGE = """usage: nlptransfer COMMAND [options]
+
+commands:
+  train    train a classifier (same as `accelerate launch recipes/finetune.py`)
+  layers   show which layers a strategy trains, without training
+  predict  predict labels with a saved model
+
+`nlptransfer COMMAND --help` lists each command's options."""
+
+
+def _train(argv: Sequence[str]) -> int:
+    from nlptransfer.runner import train
+
+    config = parse_config(FinetuneConfig, argv, description="Train a text classifier by transfer learning.")
+    results = train(config)
+    summary = {k: results[k] for k in ("strategy", "model", "test", "validation", "train_seconds")}
+    print(json.dumps(summary, indent=2))
+    return 0
+
+
+def _layers(argv: Sequence[str]) -> int:
+    from nlptransfer.layers import format_table, trainable_rows
+    from nlptransfer.model import TransferModel
+    from nlptransfer.strategies import get_strategy
+
+    parser = argparse.ArgumentParser(prog="nlptransfer layers", description="Print the trainable-layer table.")
+    parser.add_argument("--model", default="minilm", help="Short name, local folder or hub id.")
+    parser.add_argument("--strategy", default="feature-extraction")
+    parser.add_argument("--unfreeze_layers", type=int, default=None)
+    parser.add_argument("--pooling", default="mean")
+    parser.add_argument("--num_labels", type=int, default=2)
+    args = parser.parse_args(argv)
+    config = FinetuneConfig(model=args.model, strategy=args.strategy, unfreeze_layers=args.unfreeze_layers)
+    strategy = get_strategy(args.strategy)
+    labels = [str(i) for i in range(args.num_labels)]
+    model = TransferModel.from_backbone(
+        args.model, labels, pooling=args.pooling, layers=strategy.layers(config)
+    )
+    strategy.configure(model, config)
+    print(format_table(trainable_rows(model)))
+    return 0
+
+
+def _predict(argv: Sequence[str]) -> int:
+    from nlptransfer.data import read_table
+    from nlptransfer.model import TransferModel
+
+    parser = argparse.ArgumentParser(prog="nlptransfer predict", description="Predict with a saved model.")
+    parser.add_argument("--model", required=True, help="Output folder of a training run.")
+    parser.add_argument("--text", action="append", help="A text to classify (repeatable).")
+    parser.add_argument("--input_file", help="CSV/JSON/parquet file of texts.")
+    parser.add_argument("--text_column", default="text")
+    parser.add_argument("--text_pair_column", default=None)
+    parser.add_argument("--output_file", help="Write predictions here (CSV) instead of printing them.")
+    parser.add_argument("--batch_size", type=int, default=32)
+    args = parser.parse_args(argv)
+    if bool(args.text) == bool(args.input_file):
+        raise DataError("Give texts with --text (repeatable) or a file with --input_file, not both or neither.")
+    model = TransferModel.from_pretrained(args.model)
+    frame = None
+    if args.input_file:
+        frame = next(iter(read_table(args.input_file).values()))
+        for column in filter(None, (args.text_column, args.text_pair_column)):
+            if column not in frame.columns:
+                raise DataError(
+                    f"{args.input_file} has no column '{column}'. Columns that exist: "
+                    f"{', '.join(map(str, frame.columns))}. Pass --text_column."
+                )
+        texts = frame[args.text_column].fillna("").astype(str).tolist()
+        pairs = frame[args.text_pair_column].fillna("").astype(str).tolist() if args.text_pair_column else None
+    else:
+        texts, pairs = args.text, None
+    predictions = model.predict(texts, pairs, batch_size=args.batch_size)
+    if args.output_file and frame is not None:
+        frame = frame.assign(prediction=predictions.labels, score=predictions.scores)
+        for i, name in enumerate(predictions.label_names):
+            frame[f"prob_{name}"] = predictions.probabilities[:, i]
+        frame.to_csv(args.output_file, index=False)
+        print(f"wrote {len(frame)} predictions to {args.output_file}")
+    else:
+        for text, label, score in zip(texts, predictions.labels, predictions.scores, strict=True):
+            print(f"{label}\t{score:.4f}\t{text}")
+    return 0
+
+
+COMMANDS: dict[str, Callable[[Sequence[str]], int]] = {"train": _train, "layers": _layers, "predict": _predict}
+
+
+def run_recipe(command: str, argv: Sequence[str]) -> int:
+    """Run a command; user errors end in one clear line, not a traceback."""
+    try:
+        return COMMANDS[command](argv)
+    except NLPTransferError as err:
+        print(f"error: {err}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("interrupted", file=sys.stderr)
+        return 130
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    argv = list(sys.argv[1:] if argv is None else argv)
+    if not argv or argv[0] in ("-h", "--help"):
+        print(USAGE)
+        return 0 if argv else 2
+    if argv[0] not in COMMANDS:
+        print(f"error: unknown command '{argv[0]}'." + closest_hint(argv[0], list(COMMANDS)), file=sys.stderr)
+        print(USAGE, file=sys.stderr)
+        return 2
+    return run_recipe(argv[0], argv[1:])
+
+
+if __name__ == "__main__":
+    sys.exit(main())

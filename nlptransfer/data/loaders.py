@@ -1,0 +1,55 @@
+"""Torch datasets and collators over encoded examples."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import torch
+from torch.utils.data import Dataset
+
+from nlptransfer.backbones import Backbone
+
+
+class EncodedDataset(Dataset):
+    """Tokenised examples with their label id and position (``idx``) in the split."""
+
+    def __init__(self, encodings: list[dict[str, Any]], labels: list[int]) -> None:
+        self.encodings = encodings
+        self.labels = labels
+
+    def __len__(self) -> int:
+        return len(self.labels)
+
+    def __getitem__(self, i: int) -> dict[str, Any]:
+        return {**self.encodings[i], "labels": self.labels[i], "idx": i}
+
+    def lengths(self) -> list[int]:
+        return [len(e["input_ids"]) for e in self.encodings]
+
+
+class FeatureDataset(Dataset):
+    """Precomputed body features (one row per example) for frozen-body training."""
+
+    def __init__(self, features: torch.Tensor, labels: list[int]) -> None:
+        self.features = features
+        self.labels = torch.tensor(labels, dtype=torch.long)
+
+    def __len__(self) -> int:
+        return len(self.labels)
+
+    def __getitem__(self, i: int) -> dict[str, Any]:
+        return {"features": self.features[i], "labels": self.labels[i], "idx": i}
+
+
+class Collator:
+    """Pads token inputs with the backbone's own collate; stacks labels and indices."""
+
+    def __init__(self, backbone: Backbone) -> None:
+        self.backbone = backbone
+
+    def __call__(self, items: list[dict[str, Any]]) -> dict[str, torch.Tensor]:
+        tokens = [{k: v for k, v in item.items() if k not in ("labels", "idx")} for item in items]
+        batch = self.backbone.collate(tokens)
+        batch["labels"] = torch.tensor([item["labels"] for item in items], dtype=torch.long)
+        batch["idx"] = torch.tensor([item["idx"] for item in items], dtype=torch.long)
+        return batch

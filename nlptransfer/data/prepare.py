@@ -1,0 +1,195 @@
+"""From raw tables to clean, label-encoded train / validation / test splits."""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass, field
+from typing import Any
+
+import pandas as pd
+from sklearn.model_selection import train_test_split
+
+from nlptransfer.config import FinetuneConfig
+from nlptransfer.data.sources import BUILTIN_DATASETS, Frames, read_table
+from nlptransfer.errors import DataError
+
+logger = logging.getLogger(__name__)
+
+
+@dataclass
+class Split:
+    """Texts (optionally pairs) and integer label ids of one split."""
+
+    texts: list[str]
+    labels: list[int]
+    pairs: list[str] | None = None
+
+    def __len__(self) -> int:
+        return len(self.texts)
+
+
+@dataclass
+class TextClassificationData:
+    label_names: list[str]
+    train: Split
+    validation: Split
+    test: Split | None = None
+    report: dict[str, Any] = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
+class Columns:
+    text: str
+    label: str
+    pair: str | None = None
+
+    def all(self) -> list[str]:
+        return [c for c in (self.text, self.pair, self.label) if c]
+
+
+def load_data(config: FinetuneConfig) -> TextClassificationData:
+    """Read, validate, clean and split the data a run was configured with."""
+    frames = _read_frames(config)
+    columns = Columns(config.text_column, config.label_column, config.text_pair_column)
+    report: dict[str, Any] = {"dropped_rows": {}}
+    cleaned = {name: _clean(frame, name, columns, report) for name, frame in frames.items()}
+    train = cleaned["train"]
+    if "validation" not in cleaned:
+        train, cleaned["validation"] = _split(train, columns.label, config.validation_split, config.seed, "validation")
+    if "test" not in cleaned and config.test_split > 0:
+        train, cleaned["test"] = _split(train, columns.label, config.test_split, config.seed, "test")
+    if config.max_train_examples and config.max_train_examples < len(train):
+        train = _subsample(train, columns.label, config.max_train_examples, config.seed)
+    label_names, to_id = _label_map(train[columns.label])
+    for name in ("validation", "test"):
+        if name in cleaned:
+            _check_known_labels(cleaned[name][columns.label], set(to_id), name)
+    _warn_leakage(train, cleaned, columns.text, report)
+    splits = {name: _to_split(frame, columns, to_id) for name, frame in cleaned.items() if name != "train"}
+    return TextClassificationData(
+        label_names=label_names,
+        train=_to_split(train, columns, to_id),
+        validation=splits["validation"],
+        test=splits.get("test"),
+        report=report,
+    )
+
+
+def _read_frames(config: FinetuneConfig) -> Frames:
+    if config.train_file is None:
+        if config.validation_file or config.test_file:
+            raise DataError("--validation_file/--test_file need --train_file as well.")
+        return BUILTIN_DATASETS.get(config.dataset)()
+    first = read_table(config.train_file)
+    if "data" in first:
+        frames = {"train": first["data"]}
+    elif "train" in first:
+        frames = {k: v for k, v in first.items() if k in ("train", "validation", "test")}
+    else:
+        raise DataError(f"'{config.train_file}' holds the splits {sorted(first)} but no 'train' split.")
+    for name, path in (("validation", config.validation_file), ("test", config.test_file)):
+        if path is not None:
+            loaded = read_table(path)
+            frames[name] = loaded.get(name, next(iter(loaded.values())))
+    return frames
+
+
+def _clean(frame: pd.DataFrame, split: str, columns: Columns, report: dict[str, Any]) -> pd.DataFrame:
+    missing = [c for c in columns.all() if c not in frame.columns]
+    if missing:
+        raise DataError(
+            f"The {split} data has no column {', '.join(repr(c) for c in missing)}. Columns that "
+            f"exist: {', '.join(map(repr, map(str, frame.columns)))}. Pass --text_column / "
+            "--label_column (and --text_pair_column) with the right names."
+        )
+    keep = frame[columns.label].notna()
+    for col in (columns.text, columns.pair):
+        if col:
+            keep &= frame[col].notna() & (frame[col].astype(str).str.strip() != "")
+    dropped = int((~keep).sum())
+    if dropped:
+        logger.warning(
+            "Dropped %d of %d %s rows with a missing/empty/whitespace-only text or a missing label.",
+            dropped, len(frame), split,
+        )
+        report["dropped_rows"][split] = dropped
+    cleaned = frame.loc[keep, columns.all()].reset_index(drop=True)
+    if cleaned.empty:
+        raise DataError(f"No usable rows left in the {split} data after dropping {dropped} empty ones.")
+    return cleaned
+
+
+def _split(
+    frame: pd.DataFrame, label: str, fraction: float, seed: int, name: str
+) -> tuple[pd.DataFrame, pd.DataFrame]:
+    if fraction <= 0:
+        raise DataError(f"No {name} data: pass --{name}_file or a --{name}_split above 0.")
+    labels = frame[label].astype(str)
+    counts = labels.value_counts()
+    stratify = labels if counts.min() >= 2 and int(len(frame) * fraction) >= len(counts) else None
+    if stratify is None:
+        logger.warning("Too few examples per class for a stratified %s split; splitting at random.", name)
+    try:
+        kept, held = train_test_split(frame, test_size=fraction, stratify=stratify, random_state=seed)
+    except ValueError as err:
+        raise DataError(f"Cannot split off {fraction:.0%} as {name} data from {len(frame)} rows: {err}") from err
+    return kept.reset_index(drop=True), held.reset_index(drop=True)
+
+
+def _subsample(frame: pd.DataFrame, label: str, size: int, seed: int) -> pd.DataFrame:
+    labels = frame[label].astype(str)
+    stratify = labels if labels.value_counts().min() >= 2 and size >= labels.nunique() else None
+    kept, _ = train_test_split(frame, train_size=size, stratify=stratify, random_state=seed)
+    return kept.reset_index(drop=True)
+
+
+def _normalise_label(value: Any) -> Any:
+    if isinstance(value, float) and value.is_integer():
+        return int(value)
+    return value
+
+
+def _label_map(values: pd.Series) -> tuple[list[str], dict[str, int]]:
+    """Sorted label names (numeric order for integer labels) and name -> id."""
+    raw = [_normalise_label(v) for v in values.unique()]
+    numeric = all(isinstance(v, int) and not isinstance(v, bool) for v in raw)
+    if not numeric and any(isinstance(v, int | float) for v in raw):
+        logger.warning("Labels mix numbers and strings; treating them all as strings.")
+    names = [str(v) for v in (sorted(raw) if numeric else sorted(raw, key=str))]
+    if len(names) < 2:
+        raise DataError(
+            f"The training data has a single class ({names[0]!r}); a classifier needs at least two. "
+            "Check --label_column and that the file holds every class."
+        )
+    return names, {name: i for i, name in enumerate(names)}
+
+
+def _label_strings(values: pd.Series) -> list[str]:
+    return [str(_normalise_label(v)) for v in values]
+
+
+def _check_known_labels(values: pd.Series, known: set[str], split: str) -> None:
+    unseen = sorted(set(_label_strings(values)) - known)
+    if unseen:
+        raise DataError(
+            f"The {split} data has labels never seen in training: {unseen[:10]}. Known labels: "
+            f"{sorted(known)}. Fix the labels, or add examples of these classes to the training data."
+        )
+
+
+def _warn_leakage(train: pd.DataFrame, frames: Frames, text: str, report: dict[str, Any]) -> None:
+    seen = set(train[text].astype(str))
+    for name in ("validation", "test"):
+        if name in frames:
+            overlap = int(frames[name][text].astype(str).isin(seen).sum())
+            if overlap:
+                logger.warning("%d %s texts also appear in the training data (leakage).", overlap, name)
+                report.setdefault("overlap_with_train", {})[name] = overlap
+
+
+def _to_split(frame: pd.DataFrame, columns: Columns, to_id: dict[str, int]) -> Split:
+    return Split(
+        texts=frame[columns.text].astype(str).tolist(),
+        labels=[to_id[s] for s in _label_strings(frame[columns.label])],
+        pairs=frame[columns.pair].astype(str).tolist() if columns.pair else None,
+    )

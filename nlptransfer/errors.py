@@ -1,0 +1,36 @@
+"""Error hierarchy.
+
+Every error a user can cause derives from :class:`NLPTransferError` *and* the
+matching builtin, so ``except ValueError`` keeps working for callers that do not
+know this library. Messages say what was wrong, what was expected, and the fix.
+"""
+
+from __future__ import annotations
+
+
+class NLPTransferError(Exception):
+    """Base class of every error raised on purpose by nlptransfer."""
+
+
+class ConfigError(NLPTransferError, ValueError):
+    """An option has a value that cannot work."""
+
+
+class UnknownNameError(ConfigError):
+    """A registry lookup (strategy, pooling, backbone, metric, ...) failed."""
+
+
+class DataError(NLPTransferError, ValueError):
+    """The user's data cannot be used as given."""
+
+
+class DataFileNotFoundError(DataError, FileNotFoundError):
+    """A data file or folder does not exist."""
+
+
+class ModelLoadError(NLPTransferError, OSError):
+    """A model could not be found or loaded."""
+
+
+class OutputDirExistsError(NLPTransferError, FileExistsError):
+    """The output folder already holds another run."""

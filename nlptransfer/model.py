@@ -1,0 +1,215 @@
+"""TransferModel: backbone + pooling + head, with save / load / predict."""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import shutil
+import tempfile
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from safetensors.torch import load_model, save_model
+from torch import nn
+
+from nlptransfer.backbones import BACKBONES, Backbone, load_backbone
+from nlptransfer.errors import ConfigError, ModelLoadError
+from nlptransfer.heads import LinearHead, build_head
+from nlptransfer.pooling import Pooling
+from nlptransfer.version import __version__
+
+logger = logging.getLogger(__name__)
+
+CONFIG_NAME = "transfer_config.json"
+WEIGHTS_NAME = "model.safetensors"
+BACKBONE_DIR = "backbone"
+_CONFIG_KEYS = {"nlptransfer_version", "backbone", "pooling", "head", "labels", "max_length"}
+
+
+@dataclass
+class Predictions:
+    """Predicted label names and the class probabilities behind them."""
+
+    labels: list[str]
+    probabilities: np.ndarray
+    label_names: list[str]
+
+    @property
+    def scores(self) -> np.ndarray:
+        return self.probabilities.max(axis=1)
+
+    def to_records(self) -> list[dict[str, Any]]:
+        return [
+            {
+                "label": label,
+                "score": float(probs.max()),
+                "probabilities": dict(zip(self.label_names, map(float, probs), strict=True)),
+            }
+            for label, probs in zip(self.labels, self.probabilities, strict=True)
+        ]
+
+
+class TransferModel(nn.Module):
+    """A pretrained body with a new classification head.
+
+    ``forward`` takes either tokenised inputs (runs the body) or precomputed
+    ``features`` (skips it), so frozen-body strategies can train the head on
+    cached features with the very same module.
+    """
+
+    def __init__(
+        self,
+        backbone: Backbone,
+        pooling: Pooling,
+        head: nn.Module,
+        labels: list[str],
+        max_length: int = 128,
+    ) -> None:
+        super().__init__()
+        if len(labels) != head.num_labels:
+            raise ConfigError(f"{len(labels)} label names given for a head with {head.num_labels} outputs.")
+        self.backbone = backbone
+        self.pooling = pooling
+        self.head = head
+        self.labels = list(labels)
+        self.max_length = max_length
+
+    @classmethod
+    def from_backbone(
+        cls,
+        model: str,
+        labels: list[str],
+        pooling: str = "mean",
+        layers: list[int] | None = None,
+        head_dropout: float = 0.1,
+        max_length: int = 128,
+        trust_remote_code: bool = False,
+    ) -> TransferModel:
+        """A new classifier on a pretrained source model (short name, folder or hub id)."""
+        pooler = Pooling(pooling, layers or [-1])  # check cheap options before the slow load
+        backbone = load_backbone(model, trust_remote_code=trust_remote_code)
+        head = LinearHead(pooler.output_dim(backbone.hidden_size), len(labels), dropout=head_dropout)
+        limit = backbone.max_positions
+        if limit is not None and max_length > limit:
+            logger.warning("max_length %d exceeds what %s accepts; using %d.", max_length, model, limit)
+            max_length = limit
+        return cls(backbone, pooler, head, labels, max_length=max_length)
+
+    @property
+    def num_labels(self) -> int:
+        return len(self.labels)
+
+    def encode(self, **inputs: torch.Tensor) -> torch.Tensor:
+        """Pooled body features for a collated batch."""
+        return self.pooling(self.backbone(output_hidden_states=self.pooling.needs_hidden_states, **inputs))
+
+    def forward(self, features: torch.Tensor | None = None, **inputs: torch.Tensor) -> torch.Tensor:
+        if features is None:
+            features = self.encode(**inputs)
+        return self.head(features)
+
+    def preprocess(self, texts: list[str], text_pairs: list[str] | None = None) -> list[dict[str, list[int]]]:
+        encoded = self.backbone.tokenize(list(texts), text_pairs, self.max_length)
+        keys = list(encoded)
+        return [dict(zip(keys, values, strict=True)) for values in zip(*encoded.values(), strict=True)]
+
+    @torch.inference_mode()
+    def predict(
+        self, texts: list[str] | str, text_pairs: list[str] | None = None, batch_size: int = 32
+    ) -> Predictions:
+        """Labels and probabilities for raw texts (optionally text pairs)."""
+        if isinstance(texts, str):
+            texts = [texts]
+        was_training = self.training
+        self.eval()
+        examples = self.preprocess(texts, text_pairs)
+        # Length-sorted batches waste no compute on padding; the order is restored below.
+        order = sorted(range(len(examples)), key=lambda i: len(examples[i]["input_ids"]))
+        device = next(self.parameters()).device
+        probs = np.zeros((len(examples), self.num_labels), dtype=np.float32)
+        for start in range(0, len(order), batch_size):
+            idx = order[start : start + batch_size]
+            batch = self.backbone.collate([examples[i] for i in idx])
+            logits = self(**{k: v.to(device) for k, v in batch.items()})
+            probs[idx] = torch.softmax(logits.float(), dim=-1).cpu().numpy()
+        self.train(was_training)
+        return Predictions([self.labels[i] for i in probs.argmax(1)], probs, list(self.labels))
+
+    def get_config(self) -> dict[str, Any]:
+        backbone = {"type": self.backbone.registry_name, **self.backbone.get_config()}
+        return {
+            "nlptransfer_version": __version__,
+            "backbone": backbone,
+            "pooling": self.pooling.get_config(),
+            "head": self.head.get_config(),
+            "labels": self.labels,
+            "max_length": self.max_length,
+        }
+
+    def save_pretrained(self, directory: str | os.PathLike[str]) -> None:
+        """Write config, weights (safetensors) and backbone files to ``directory``.
+
+        Files are first written to a temporary folder and moved in with the
+        config last, so an interrupted save never leaves a folder that loads as
+        a mix of old and new files.
+        """
+        target = Path(directory)
+        target.mkdir(parents=True, exist_ok=True)
+        with tempfile.TemporaryDirectory(dir=target, prefix=".saving-") as tmp:
+            staging = Path(tmp)
+            save_model(self, str(staging / WEIGHTS_NAME))
+            self.backbone.save(staging / BACKBONE_DIR)
+            (staging / CONFIG_NAME).write_text(json.dumps(self.get_config(), indent=2))
+            (target / CONFIG_NAME).unlink(missing_ok=True)
+            shutil.rmtree(target / BACKBONE_DIR, ignore_errors=True)
+            os.replace(staging / WEIGHTS_NAME, target / WEIGHTS_NAME)
+            os.replace(staging / BACKBONE_DIR, target / BACKBONE_DIR)
+            os.replace(staging / CONFIG_NAME, target / CONFIG_NAME)
+
+    @classmethod
+    def from_pretrained(cls, directory: str | os.PathLike[str]) -> TransferModel:
+        """Load a folder written by :meth:`save_pretrained`; needs no other knowledge."""
+        path = Path(directory)
+        config = _read_config(path)
+        backbone_cls = BACKBONES.get(config["backbone"]["type"])
+        backbone = backbone_cls.from_saved(path / BACKBONE_DIR, config["backbone"])
+        head = build_head(config["head"])
+        if head.num_labels != len(config["labels"]):
+            raise ModelLoadError(
+                f"{path / CONFIG_NAME} is inconsistent: the head has {head.num_labels} outputs "
+                f"but {len(config['labels'])} label names are listed."
+            )
+        pooling = Pooling(config["pooling"]["type"], config["pooling"].get("layers", [-1]))
+        model = cls(backbone, pooling, head, config["labels"], config["max_length"])
+        try:
+            load_model(model, str(path / WEIGHTS_NAME), strict=True)
+        except Exception as err:  # safetensors raises several unrelated types
+            raise ModelLoadError(
+                f"Could not load weights from {path / WEIGHTS_NAME}: {err}. The file is missing, "
+                "truncated or does not match the saved config; save the model again."
+            ) from err
+        return model.eval()
+
+
+def _read_config(path: Path) -> dict[str, Any]:
+    file = path / CONFIG_NAME
+    if not file.is_file():
+        raise ModelLoadError(
+            f"'{path}' is not a saved nlptransfer model: {CONFIG_NAME} is missing. Pass the "
+            "output folder of a finished run, or a folder written by TransferModel.save_pretrained."
+        )
+    try:
+        config = json.loads(file.read_text())
+    except json.JSONDecodeError as err:
+        raise ModelLoadError(f"{file} is not valid JSON ({err}); the save was damaged.") from err
+    missing = {"backbone", "pooling", "head", "labels", "max_length"} - set(config)
+    if missing:
+        raise ModelLoadError(f"{file} lacks the keys {sorted(missing)}; the save was damaged.")
+    unknown = set(config) - _CONFIG_KEYS
+    if unknown:
+        logger.warning("Ignoring unknown keys %s in %s (saved by a newer version?)", sorted(unknown), file)
+    return config

