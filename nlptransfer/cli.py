@@ -25,18 +25,24 @@ def _train(argv: Sequence[str]) -> int:
     from nlptransfer.runner import train
 
     config = parse_config(FinetuneConfig, argv, description="Train a text classifier by transfer learning.")
+    from accelerate import PartialState
+
     results = train(config)
-    summary = {k: results[k] for k in ("strategy", "model", "test", "validation", "train_seconds")}
-    print(json.dumps(summary, indent=2))
+    if PartialState().is_main_process:
+        summary = {k: results[k] for k in ("strategy", "model", "test", "validation", "train_seconds")}
+        print(json.dumps(summary, indent=2))
     return 0
 
 
 def _layers(argv: Sequence[str]) -> int:
+    from nlptransfer.backbones import load_backbone
     from nlptransfer.layers import format_table, trainable_rows
     from nlptransfer.model import TransferModel
     from nlptransfer.strategies import get_strategy
 
-    parser = argparse.ArgumentParser(prog="nlptransfer layers", description="Print the trainable-layer table.")
+    parser = argparse.ArgumentParser(
+        prog="nlptransfer layers", description="Print the trainable-layer table."
+    )
     parser.add_argument("--model", default="minilm", help="Short name, local folder or hub id.")
     parser.add_argument("--strategy", default="feature-extraction")
     parser.add_argument("--unfreeze_layers", type=int, default=None)
@@ -46,8 +52,9 @@ def _layers(argv: Sequence[str]) -> int:
     config = FinetuneConfig(model=args.model, strategy=args.strategy, unfreeze_layers=args.unfreeze_layers)
     strategy = get_strategy(args.strategy)
     labels = [str(i) for i in range(args.num_labels)]
+    backbone = load_backbone(args.model)
     model = TransferModel.from_backbone(
-        args.model, labels, pooling=args.pooling, layers=strategy.layers(config)
+        backbone, labels, pooling=args.pooling, layers=strategy.layers(config, backbone.num_blocks())
     )
     strategy.configure(model, config)
     print(format_table(trainable_rows(model)))
@@ -68,7 +75,9 @@ def _predict(argv: Sequence[str]) -> int:
     parser.add_argument("--batch_size", type=int, default=32)
     args = parser.parse_args(argv)
     if bool(args.text) == bool(args.input_file):
-        raise DataError("Give texts with --text (repeatable) or a file with --input_file, not both or neither.")
+        raise DataError(
+            "Give texts with --text (repeatable) or a file with --input_file, not both or neither."
+        )
     model = TransferModel.from_pretrained(args.model)
     frame = None
     if args.input_file:
@@ -80,7 +89,9 @@ def _predict(argv: Sequence[str]) -> int:
                     f"{', '.join(map(str, frame.columns))}. Pass --text_column."
                 )
         texts = frame[args.text_column].fillna("").astype(str).tolist()
-        pairs = frame[args.text_pair_column].fillna("").astype(str).tolist() if args.text_pair_column else None
+        pairs = (
+            frame[args.text_pair_column].fillna("").astype(str).tolist() if args.text_pair_column else None
+        )
     else:
         texts, pairs = args.text, None
     predictions = model.predict(texts, pairs, batch_size=args.batch_size)
@@ -96,7 +107,11 @@ def _predict(argv: Sequence[str]) -> int:
     return 0
 
 
-COMMANDS: dict[str, Callable[[Sequence[str]], int]] = {"train": _train, "layers": _layers, "predict": _predict}
+COMMANDS: dict[str, Callable[[Sequence[str]], int]] = {
+    "train": _train,
+    "layers": _layers,
+    "predict": _predict,
+}
 
 
 def run_recipe(command: str, argv: Sequence[str]) -> int:

@@ -82,6 +82,9 @@ class FinetuneConfig:
     output_dir: str | None = _opt(None, "Where to write the model and results (default: runs/...).")
     overwrite_output_dir: bool = _opt(False, "Replace an output folder that holds another run.")
     cpu: bool = _opt(False, "Run on CPU even when a GPU is present.")
+    num_threads: int | None = _opt(
+        None, "CPU threads per process (default: this machine's cores / local processes)."
+    )
 
     def __post_init__(self) -> None:
         self._check_range("validation_split", 0.0, 0.9)
@@ -91,7 +94,7 @@ class FinetuneConfig:
         for name in ("batch_size", "eval_batch_size", "max_length", "gradient_accumulation_steps"):
             if getattr(self, name) < 1:
                 raise ConfigError(f"--{name} must be at least 1, got {getattr(self, name)}.")
-        for name in ("epochs", "max_train_examples", "early_stopping_patience"):
+        for name in ("epochs", "max_train_examples", "early_stopping_patience", "num_threads"):
             value = getattr(self, name)
             if value is not None and value < 1:
                 raise ConfigError(f"--{name} must be at least 1, got {value}.")
@@ -99,7 +102,8 @@ class FinetuneConfig:
             raise ConfigError(f"--unfreeze_layers must be >= 0, got {self.unfreeze_layers}.")
         if self.mixed_precision not in MIXED_PRECISION:
             raise ConfigError(
-                f"--mixed_precision must be one of {', '.join(MIXED_PRECISION)}, got '{self.mixed_precision}'."
+                f"--mixed_precision must be one of {', '.join(MIXED_PRECISION)}, "
+                f"got '{self.mixed_precision}'."
             )
         if self.validation_split + self.test_split >= 0.95:
             raise ConfigError("--validation_split + --test_split leave almost no training data.")
@@ -154,7 +158,29 @@ def load_yaml_options(path: str, cls: type[C]) -> dict[str, Any]:
     for key in options:
         if key not in valid:
             raise ConfigError(f"Unknown option '{key}' in {path}." + closest_hint(key, valid))
-    return options
+    hints = typing.get_type_hints(cls)
+    return {key: _coerce_yaml(key, value, hints[key], path) for key, value in options.items()}
+
+
+def _coerce_yaml(key: str, value: Any, annotation: Any, path: str) -> Any:
+    """Convert a YAML value as the CLI flag would: PyYAML reads ``2e-5`` as a string."""
+    if value is None:
+        return None
+    kind, is_list = _base_type(annotation)
+    if is_list:
+        return [_coerce_yaml(key, v, kind, path) for v in (value if isinstance(value, list) else [value])]
+    if kind in (int, float) and not isinstance(value, bool):
+        try:
+            converted = kind(value)
+        except (TypeError, ValueError):
+            converted = None
+        if converted is not None and (kind is float or converted == float(value)):
+            return converted
+    elif kind is bool and isinstance(value, bool):
+        return value
+    elif kind is str and isinstance(value, str | int | float):
+        return str(value)
+    raise ConfigError(f"Option '{key}' in {path} must be {kind.__name__}, got {value!r}.")
 
 
 def parse_config(cls: type[C], argv: Sequence[str] | None = None, description: str = "") -> C:

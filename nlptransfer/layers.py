@@ -45,7 +45,7 @@ def count_parameters(model: nn.Module) -> tuple[int, int]:
 
 def format_table(rows: list[LayerRow]) -> str:
     """A Markdown table with totals, readable in a terminal and on GitHub."""
-    width = max(len(r.name) for r in rows + [LayerRow("module", 0, 0)])
+    width = max(len(r.name) for r in [*rows, LayerRow("module", 0, 0)])
     lines = [
         f"| {'module':<{width}} | {'parameters':>12} | trainable |",
         f"|{'-' * (width + 2)}|{'-' * 13}:|:---------:|",

@@ -20,9 +20,7 @@ from nlptransfer.registry import Registry
 
 LOCAL_METRICS: Registry[type[evaluate.Metric]] = Registry("metric")
 
-_FEATURES = datasets.Features(
-    {"predictions": datasets.Value("int64"), "references": datasets.Value("int64")}
-)
+_FEATURES = datasets.Features({"predictions": datasets.Value("int64"), "references": datasets.Value("int64")})
 
 
 class _SklearnMetric(evaluate.Metric):

@@ -81,7 +81,7 @@ class TransferModel(nn.Module):
     @classmethod
     def from_backbone(
         cls,
-        model: str,
+        model: str | Backbone,
         labels: list[str],
         pooling: str = "mean",
         layers: list[int] | None = None,
@@ -89,13 +89,17 @@ class TransferModel(nn.Module):
         max_length: int = 128,
         trust_remote_code: bool = False,
     ) -> TransferModel:
-        """A new classifier on a pretrained source model (short name, folder or hub id)."""
+        """A new classifier on a pretrained source (short name, folder, hub id or Backbone)."""
         pooler = Pooling(pooling, layers or [-1])  # check cheap options before the slow load
-        backbone = load_backbone(model, trust_remote_code=trust_remote_code)
+        if isinstance(model, Backbone):
+            backbone = model
+        else:
+            backbone = load_backbone(model, trust_remote_code=trust_remote_code)
+        pooler.check_layers(backbone.num_blocks() + 1)
         head = LinearHead(pooler.output_dim(backbone.hidden_size), len(labels), dropout=head_dropout)
         limit = backbone.max_positions
         if limit is not None and max_length > limit:
-            logger.warning("max_length %d exceeds what %s accepts; using %d.", max_length, model, limit)
+            logger.warning("max_length %d exceeds what the model accepts; using %d.", max_length, limit)
             max_length = limit
         return cls(backbone, pooler, head, labels, max_length=max_length)
 

@@ -65,13 +65,16 @@ class Pooling(nn.Module):
             return self.fn(output.last_hidden_state, output.attention_mask)
         states = output.hidden_states
         assert states is not None  # encode() asks for them when needs_hidden_states
-        bad = [i for i in self.layers if not -len(states) <= i < len(states)]
+        self.check_layers(len(states))
+        return torch.cat([self.fn(states[i], output.attention_mask) for i in self.layers], dim=-1)
+
+    def check_layers(self, num_states: int) -> None:
+        bad = [i for i in self.layers if not -num_states <= i < num_states]
         if bad:
             raise ConfigError(
-                f"Layer indices {bad} do not exist: this model has {len(states)} hidden states "
-                f"(0 = embeddings ... {len(states) - 1} = top, or -1 ... -{len(states)})."
+                f"Layer indices {bad} do not exist: this model has {num_states} hidden states "
+                f"(0 = embeddings ... {num_states - 1} = top, or -1 ... -{num_states})."
             )
-        return torch.cat([self.fn(states[i], output.attention_mask) for i in self.layers], dim=-1)
 
     def get_config(self) -> dict[str, Any]:
         return {"type": self.mode, "layers": self.layers}

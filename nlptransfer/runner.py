@@ -17,12 +17,12 @@ import transformers
 from accelerate import Accelerator
 from accelerate.utils import set_seed
 
+from nlptransfer.backbones import load_backbone
 from nlptransfer.config import FinetuneConfig
 from nlptransfer.data import TextClassificationData, load_data
 from nlptransfer.layers import count_parameters, format_table, trainable_rows
 from nlptransfer.model import TransferModel
 from nlptransfer.strategies import get_strategy
-from nlptransfer.version import __version__
 from nlptransfer.training import (
     RESULTS_NAME,
     TABLE_NAME,
@@ -36,6 +36,7 @@ from nlptransfer.training import (
     fit,
     setup_logging,
 )
+from nlptransfer.version import __version__
 
 logger = logging.getLogger(__name__)
 
@@ -51,10 +52,14 @@ def train(config: FinetuneConfig) -> dict[str, Any]:
     with accelerator.main_process_first():
         data = load_data(config)
     logger.info("data: %s", _describe(data))
+    backbone = load_backbone(config.model, trust_remote_code=config.trust_remote_code)
     model = TransferModel.from_backbone(
-        config.model, data.label_names, pooling=config.pooling, layers=strategy.layers(config),
+        backbone,
+        data.label_names,
+        pooling=config.pooling,
+        layers=strategy.layers(config, backbone.num_blocks()),
         head_dropout=config.head_dropout,
-        max_length=config.max_length, trust_remote_code=config.trust_remote_code,
+        max_length=config.max_length,
     )
     groups = strategy.configure(model, config)
     table = format_table(trainable_rows(model))
@@ -64,9 +69,13 @@ def train(config: FinetuneConfig) -> dict[str, Any]:
     result = fit(model, datasets, groups, strategy, accelerator, config)
     train_seconds = time.perf_counter() - start
     model.to(accelerator.device)
-    test = evaluate_split(model, datasets["test"], accelerator, config, "test") if "test" in datasets else None
+    test = (
+        evaluate_split(model, datasets["test"], accelerator, config, "test") if "test" in datasets else None
+    )
     report = distributed_report(accelerator, result.seen_indices, len(data.train))
-    results = _results(config, strategy.name, model, data, result, test, train_seconds, extraction_seconds, report)
+    results = _results(
+        config, strategy.name, model, data, result, test, train_seconds, extraction_seconds, report
+    )
     if accelerator.is_main_process:
         _write_outputs(output_dir, model, config, results, table)
         logger.info("saved model and results to %s; test: %s", output_dir, test)
@@ -103,8 +112,14 @@ def _describe(data: TextClassificationData) -> str:
 
 
 def _results(
-    config: FinetuneConfig, strategy: str, model: TransferModel, data: TextClassificationData,
-    result: FitResult, test: dict[str, float] | None, train_seconds: float, extraction_seconds: float,
+    config: FinetuneConfig,
+    strategy: str,
+    model: TransferModel,
+    data: TextClassificationData,
+    result: FitResult,
+    test: dict[str, float] | None,
+    train_seconds: float,
+    extraction_seconds: float,
     distributed: dict[str, Any],
 ) -> dict[str, Any]:
     trainable, total = count_parameters(model)

@@ -2,17 +2,14 @@
 
 from __future__ import annotations
 
-import json
 import logging
-import platform
-import shutil
+import os
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-import accelerate
 import numpy as np
 import torch
 import torch.nn.functional as F
@@ -23,13 +20,18 @@ from torch.utils.data import DataLoader, Dataset
 from tqdm.auto import tqdm
 
 from nlptransfer.config import FinetuneConfig
-from nlptransfer.data import Collator, EncodedDataset, FeatureDataset, Split, TextClassificationData, load_data
+from nlptransfer.data import (
+    Collator,
+    EncodedDataset,
+    FeatureDataset,
+    LengthGroupedSampler,
+    Split,
+    TextClassificationData,
+)
 from nlptransfer.errors import NLPTransferError, OutputDirExistsError
-from nlptransfer.layers import count_parameters, format_table, trainable_rows
 from nlptransfer.metrics import compute_metrics
 from nlptransfer.model import CONFIG_NAME, TransferModel
-from nlptransfer.strategies import Strategy, get_strategy
-from nlptransfer.version import __version__
+from nlptransfer.strategies import Strategy
 
 logger = logging.getLogger(__name__)
 
@@ -59,11 +61,23 @@ class FitResult:
 
 def build_accelerator(config: FinetuneConfig) -> Accelerator:
     # Without cpu=True, a CPU-only `accelerate launch --multi_gpu` runs unsynchronised copies.
-    return Accelerator(
+    accelerator = Accelerator(
         cpu=config.cpu or not torch.cuda.is_available(),
         mixed_precision=config.mixed_precision,
         gradient_accumulation_steps=config.gradient_accumulation_steps,
     )
+    if accelerator.device.type == "cpu":
+        local = int(os.environ.get("LOCAL_WORLD_SIZE", accelerator.num_processes))
+        set_cpu_threads(config.num_threads, local)
+    return accelerator
+
+
+def set_cpu_threads(requested: int | None, local_processes: int) -> None:
+    """Use every core: `accelerate launch` pins one thread per process on CPU by default."""
+    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
+    threads = requested or max(1, cores // max(local_processes, 1))
+    torch.set_num_threads(threads)
+    logger.debug("using %d CPU threads per process", threads)
 
 
 def default_output_dir(config: FinetuneConfig) -> Path:
@@ -115,8 +129,12 @@ def inference_loader(dataset: Dataset, model: TransferModel, batch_size: int) ->
 
 
 def run_inference(
-    fn: Callable[..., torch.Tensor], dataset: Dataset, model: TransferModel, accelerator: Accelerator,
-    batch_size: int, desc: str,
+    fn: Callable[..., torch.Tensor],
+    dataset: Dataset,
+    model: TransferModel,
+    accelerator: Accelerator,
+    batch_size: int,
+    desc: str,
 ) -> torch.Tensor:
     """Apply ``fn`` to every example, sharded over processes; every process gets all outputs."""
     loader = accelerator.prepare_data_loader(inference_loader(dataset, model, batch_size))
@@ -141,7 +159,9 @@ def evaluate_split(
     model: TransferModel, dataset: Dataset, accelerator: Accelerator, config: FinetuneConfig, desc: str
 ) -> dict[str, float]:
     model.eval()
-    logits = run_inference(model, dataset, accelerator.unwrap_model(model), accelerator, config.eval_batch_size, desc)
+    logits = run_inference(
+        model, dataset, accelerator.unwrap_model(model), accelerator, config.eval_batch_size, desc
+    )
     labels = dataset.labels.tolist() if isinstance(dataset.labels, torch.Tensor) else dataset.labels
     return compute_metrics(logits.argmax(-1).tolist(), labels, config.metrics)
 
@@ -159,7 +179,10 @@ def extract_features(
 
 
 def build_datasets(
-    model: TransferModel, data: TextClassificationData, strategy: Strategy, accelerator: Accelerator,
+    model: TransferModel,
+    data: TextClassificationData,
+    strategy: Strategy,
+    accelerator: Accelerator,
     config: FinetuneConfig,
 ) -> tuple[dict[str, Dataset], float]:
     """Tokenised splits, or body features for frozen strategies; and seconds spent extracting."""
@@ -176,9 +199,13 @@ def build_datasets(
 
 
 def train_loader(dataset: Dataset, model: TransferModel, config: FinetuneConfig) -> DataLoader:
-    collate = Collator(model.backbone) if isinstance(dataset, EncodedDataset) else None
     generator = torch.Generator().manual_seed(config.seed)
-    return DataLoader(dataset, batch_size=config.batch_size, shuffle=True, collate_fn=collate, generator=generator)
+    if not isinstance(dataset, EncodedDataset):  # fixed-size features: nothing to pad
+        return DataLoader(dataset, batch_size=config.batch_size, shuffle=True, generator=generator)
+    sampler = LengthGroupedSampler(dataset.lengths(), config.batch_size, generator)
+    return DataLoader(
+        dataset, batch_size=config.batch_size, sampler=sampler, collate_fn=Collator(model.backbone)
+    )
 
 
 def build_optimizer(
@@ -187,13 +214,21 @@ def build_optimizer(
     optimizer = torch.optim.AdamW(groups)
     # Counted on the unsharded loader: accelerate steps the scheduler once per process.
     steps = max(1, len(loader) * epochs // config.gradient_accumulation_steps)
-    scheduler = transformers.get_linear_schedule_with_warmup(optimizer, int(steps * config.warmup_ratio), steps)
+    scheduler = transformers.get_linear_schedule_with_warmup(
+        optimizer, int(steps * config.warmup_ratio), steps
+    )
     return optimizer, scheduler
 
 
 def train_epoch(
-    model: torch.nn.Module, loader: DataLoader, optimizer: Any, scheduler: Any, accelerator: Accelerator,
-    config: FinetuneConfig, epoch: int, seen: list[int] | None,
+    model: torch.nn.Module,
+    loader: DataLoader,
+    optimizer: Any,
+    scheduler: Any,
+    accelerator: Accelerator,
+    config: FinetuneConfig,
+    epoch: int,
+    seen: list[int] | None,
 ) -> float:
     model.train()
     total, count = 0.0, 0
@@ -227,8 +262,12 @@ def trainable_state(model: torch.nn.Module) -> dict[str, torch.Tensor]:
 
 
 def fit(
-    model: TransferModel, datasets: dict[str, Dataset], groups: list[dict[str, Any]], strategy: Strategy,
-    accelerator: Accelerator, config: FinetuneConfig,
+    model: TransferModel,
+    datasets: dict[str, Dataset],
+    groups: list[dict[str, Any]],
+    strategy: Strategy,
+    accelerator: Accelerator,
+    config: FinetuneConfig,
 ) -> FitResult:
     epochs, patience = strategy.epochs(config), strategy.patience(config)
     loader = train_loader(datasets["train"], model, config)

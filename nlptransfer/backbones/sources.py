@@ -82,6 +82,5 @@ def unknown_model_error(name: str, cause: Exception) -> ModelLoadError:
     return ModelLoadError(
         f"Could not load model '{name}': it is not a local folder, not a short name "
         f"({', '.join(sorted(SHORT_NAMES))}), and the Hugging Face Hub did not provide it "
-        f"(offline, or no such repository). Underlying error: {cause}"
-        + closest_hint(name, list(SHORT_NAMES))
+        f"(offline, or no such repository). Underlying error: {cause}" + closest_hint(name, list(SHORT_NAMES))
     )

@@ -1,6 +1,6 @@
 """Data loading, validation, label maps, splits and collators."""
 
-from nlptransfer.data.loaders import Collator, EncodedDataset, FeatureDataset
+from nlptransfer.data.loaders import Collator, EncodedDataset, FeatureDataset, LengthGroupedSampler
 from nlptransfer.data.prepare import Split, TextClassificationData, load_data
 from nlptransfer.data.sources import BUILTIN_DATASETS, read_table
 
@@ -9,6 +9,7 @@ __all__ = [
     "Collator",
     "EncodedDataset",
     "FeatureDataset",
+    "LengthGroupedSampler",
     "Split",
     "TextClassificationData",
     "load_data",

@@ -5,7 +5,7 @@ from __future__ import annotations
 from typing import Any
 
 import torch
-from torch.utils.data import Dataset
+from torch.utils.data import Dataset, Sampler
 
 from nlptransfer.backbones import Backbone
 
@@ -53,3 +53,27 @@ class Collator:
         batch["labels"] = torch.tensor([item["labels"] for item in items], dtype=torch.long)
         batch["idx"] = torch.tensor([item["idx"] for item in items], dtype=torch.long)
         return batch
+
+
+class LengthGroupedSampler(Sampler[int]):
+    """A random order in which neighbouring examples have similar lengths.
+
+    The shuffled data is cut into mega-batches of ``group`` batches, each sorted
+    by length, so consecutive batches need little padding yet every epoch is a
+    new random order (the idea behind transformers' ``group_by_length``). The
+    ``generator`` attribute lets accelerate keep the order identical on all
+    processes, so each one gets a disjoint shard.
+    """
+
+    def __init__(self, lengths: list[int], batch_size: int, generator: torch.Generator, group: int = 50):
+        self.lengths = lengths
+        self.size = batch_size * group
+        self.generator = generator
+
+    def __len__(self) -> int:
+        return len(self.lengths)
+
+    def __iter__(self):
+        order = torch.randperm(len(self.lengths), generator=self.generator).tolist()
+        chunks = (order[i : i + self.size] for i in range(0, len(order), self.size))
+        return iter([i for chunk in chunks for i in sorted(chunk, key=lambda j: -self.lengths[j])])

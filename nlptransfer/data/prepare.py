@@ -6,6 +6,7 @@ import logging
 from dataclasses import dataclass, field
 from typing import Any
 
+import numpy as np
 import pandas as pd
 from sklearn.model_selection import train_test_split
 
@@ -54,10 +55,15 @@ def load_data(config: FinetuneConfig) -> TextClassificationData:
     report: dict[str, Any] = {"dropped_rows": {}}
     cleaned = {name: _clean(frame, name, columns, report) for name, frame in frames.items()}
     train = cleaned["train"]
-    if "validation" not in cleaned:
-        train, cleaned["validation"] = _split(train, columns.label, config.validation_split, config.seed, "validation")
+    # Test first, so the test set does not move when --validation_split changes; both
+    # fractions are of the whole training data (as the config's sum check assumes).
+    test_fraction = 0.0
     if "test" not in cleaned and config.test_split > 0:
-        train, cleaned["test"] = _split(train, columns.label, config.test_split, config.seed, "test")
+        test_fraction = config.test_split
+        train, cleaned["test"] = _split(train, columns.label, test_fraction, config.seed, "test")
+    if "validation" not in cleaned:
+        fraction = config.validation_split / (1 - test_fraction)
+        train, cleaned["validation"] = _split(train, columns.label, fraction, config.seed, "validation")
     if config.max_train_examples and config.max_train_examples < len(train):
         train = _subsample(train, columns.label, config.max_train_examples, config.seed)
     label_names, to_id = _label_map(train[columns.label])
@@ -110,7 +116,9 @@ def _clean(frame: pd.DataFrame, split: str, columns: Columns, report: dict[str, 
     if dropped:
         logger.warning(
             "Dropped %d of %d %s rows with a missing/empty/whitespace-only text or a missing label.",
-            dropped, len(frame), split,
+            dropped,
+            len(frame),
+            split,
         )
         report["dropped_rows"][split] = dropped
     cleaned = frame.loc[keep, columns.all()].reset_index(drop=True)
@@ -132,7 +140,9 @@ def _split(
     try:
         kept, held = train_test_split(frame, test_size=fraction, stratify=stratify, random_state=seed)
     except ValueError as err:
-        raise DataError(f"Cannot split off {fraction:.0%} as {name} data from {len(frame)} rows: {err}") from err
+        raise DataError(
+            f"Cannot split off {fraction:.0%} as {name} data from {len(frame)} rows: {err}"
+        ) from err
     return kept.reset_index(drop=True), held.reset_index(drop=True)
 
 
@@ -144,6 +154,8 @@ def _subsample(frame: pd.DataFrame, label: str, size: int, seed: int) -> pd.Data
 
 
 def _normalise_label(value: Any) -> Any:
+    if isinstance(value, np.generic):  # numpy int64 is not an ``int``: numeric order needs Python ints
+        value = value.item()
     if isinstance(value, float) and value.is_integer():
         return int(value)
     return value

@@ -27,7 +27,7 @@ def read_table(path: str) -> Frames:
         raise DataFileNotFoundError(f"Data file '{path}' does not exist (resolved to {file.resolve()}).")
     if file.is_dir():
         return _read_saved_dataset(file)
-    suffix = "".join(s for s in file.suffixes[-2:] if s in SUFFIXES + (".gz", ".bz2")) or file.suffix
+    suffix = "".join(s for s in file.suffixes[-2:] if s in (*SUFFIXES, ".gz", ".bz2")) or file.suffix
     base = suffix.replace(".gz", "").replace(".bz2", "")
     try:
         if base in (".csv", ".tsv"):

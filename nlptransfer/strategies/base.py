@@ -26,7 +26,8 @@ class Strategy(ABC):
     default_learning_rate: float = 1e-3
     default_epochs: int = 3
     default_patience: int | None = None
-    default_layers: tuple[int, ...] = (-1,)
+    # Pool and concatenate this many top layers unless --layers says otherwise.
+    default_top_layers: int = 1
 
     @abstractmethod
     def configure(self, model: nn.Module, config: FinetuneConfig) -> ParamGroups:
@@ -38,8 +39,11 @@ class Strategy(ABC):
     def epochs(self, config: FinetuneConfig) -> int:
         return config.epochs if config.epochs is not None else self.default_epochs
 
-    def layers(self, config: FinetuneConfig) -> list[int]:
-        return list(config.layers) if config.layers else list(self.default_layers)
+    def layers(self, config: FinetuneConfig, num_blocks: int) -> list[int]:
+        """Hidden layers to pool: ``--layers``, else the top ``default_top_layers`` that exist."""
+        if config.layers:
+            return list(config.layers)
+        return list(range(-min(self.default_top_layers, max(num_blocks, 1)), 0))
 
     def patience(self, config: FinetuneConfig) -> int | None:
         if config.early_stopping_patience is not None:

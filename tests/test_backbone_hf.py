@@ -1,0 +1,65 @@
+"""The HF text backbone meets the Backbone contract."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from nlptransfer.backbones import HFTextBackbone
+from nlptransfer.errors import ModelLoadError
+
+
+@pytest.fixture(scope="module")
+def backbone(tiny_bert: str) -> HFTextBackbone:
+    return HFTextBackbone.from_pretrained(tiny_bert)
+
+
+def test_layer_groups_cover_every_parameter_once_in_order(backbone: HFTextBackbone) -> None:
+    groups = backbone.layer_groups()
+    assert [g.name for g in groups] == ["embeddings", "encoder.layer.0", "encoder.layer.1"]
+    assert [g.kind for g in groups] == ["embeddings", "block", "block"]
+    grouped = [id(p) for g in groups for _, p in g.parameters]
+    assert len(grouped) == len(set(grouped))
+    assert set(grouped) == {id(p) for p in backbone.parameters()}
+
+
+def test_unused_pooler_is_dropped(backbone: HFTextBackbone) -> None:
+    assert getattr(backbone.model, "pooler", None) is None
+    assert not any("pooler" in name for name, _ in backbone.named_parameters())
+
+
+def test_tokenize_truncates_and_collate_pads(backbone: HFTextBackbone) -> None:
+    encoded = backbone.tokenize(["good movie", "the plot was " * 40], None, max_length=16)
+    assert len(encoded["input_ids"][1]) == 16
+    features = [dict(zip(encoded, values, strict=True)) for values in zip(*encoded.values(), strict=True)]
+    batch = backbone.collate(features)
+    assert batch["input_ids"].shape == (2, 16)
+    short = len(encoded["input_ids"][0])
+    assert batch["attention_mask"][0].tolist() == [1] * short + [0] * (16 - short)
+    assert (batch["input_ids"][0, short:] == backbone.tokenizer.pad_token_id).all()
+
+
+@pytest.mark.parametrize("text", ["", "   ", "😀🎬 crème brûlée", "good " * 500])
+def test_odd_inputs_give_finite_states(backbone: HFTextBackbone, text: str) -> None:
+    encoded = backbone.tokenize([text], None, max_length=32)
+    batch = backbone.collate([{k: v[0] for k, v in encoded.items()}])
+    out = backbone(output_hidden_states=True, **batch)
+    assert out.last_hidden_state.shape[-1] == backbone.hidden_size
+    assert len(out.hidden_states) == backbone.num_blocks() + 1
+    assert torch.isfinite(out.last_hidden_state).all()
+
+
+def test_text_pairs_are_encoded_together(backbone: HFTextBackbone) -> None:
+    single = backbone.tokenize(["good"], None, max_length=32)["input_ids"][0]
+    paired = backbone.tokenize(["good"], ["bad"], max_length=32)["input_ids"][0]
+    assert len(paired) > len(single)
+
+
+def test_missing_local_folder_is_a_clear_error(tmp_path) -> None:
+    with pytest.raises(ModelLoadError, match="does not exist"):
+        HFTextBackbone.from_pretrained(str(tmp_path / "no-such-model"))
+
+
+def test_unknown_hub_id_offline_is_a_clear_error() -> None:
+    with pytest.raises(ModelLoadError, match="not a short name"):
+        HFTextBackbone.from_pretrained("minilmm")

@@ -1,0 +1,564 @@
+"""Reading, validating, cleaning and splitting user data and the built-in dataset."""
+
+from __future__ import annotations
+
+import json
+import logging
+from collections import Counter
+from pathlib import Path
+
+import datasets
+import pandas as pd
+import pytest
+from conftest import sentiment_frame
+
+from nlptransfer.config import FinetuneConfig
+from nlptransfer.data import read_table
+from nlptransfer.data.prepare import load_data
+from nlptransfer.errors import DataError, DataFileNotFoundError
+
+
+def _config(train_file: Path | str | None = None, **kwargs) -> FinetuneConfig:
+    return FinetuneConfig(train_file=None if train_file is None else str(train_file), **kwargs)
+
+
+def _expected_pairs(frame: pd.DataFrame) -> set[tuple[str, str]]:
+    return set(zip(frame["text"], frame["label"], strict=True))
+
+
+def _loaded_pairs(data, split) -> set[tuple[str, str]]:
+    return {(t, data.label_names[y]) for t, y in zip(split.texts, split.labels, strict=True)}
+
+
+def _all_pairs(data) -> set[tuple[str, str]]:
+    pairs = _loaded_pairs(data, data.train) | _loaded_pairs(data, data.validation)
+    if data.test is not None:
+        pairs |= _loaded_pairs(data, data.test)
+    return pairs
+
+
+# --------------------------------------------------------------------------- file formats
+
+
+def _write(frame: pd.DataFrame, path: Path) -> None:
+    suffix = path.suffix
+    if suffix == ".csv":
+        frame.to_csv(path, index=False)
+    elif suffix == ".tsv":
+        frame.to_csv(path, sep="\t", index=False)
+    elif suffix == ".json":
+        path.write_text(json.dumps(frame.to_dict(orient="records")))
+    elif suffix == ".jsonl":
+        frame.to_json(path, orient="records", lines=True)
+    elif suffix == ".parquet":
+        frame.to_parquet(path, index=False)
+    else:  # pragma: no cover - test bug
+        raise AssertionError(suffix)
+
+
+@pytest.mark.parametrize("suffix", [".csv", ".tsv", ".json", ".jsonl", ".parquet"])
+def test_read_table_formats(tmp_path: Path, suffix: str) -> None:
+    frame = sentiment_frame(20)
+    frame.loc[3, "text"] = "a text, with a comma\tand a tab"
+    path = tmp_path / f"train{suffix}"
+    _write(frame, path)
+    tables = read_table(str(path))
+    assert list(tables) == ["data"]
+    got = tables["data"]
+    assert list(got.columns) == ["text", "label"]
+    assert got["text"].tolist() == frame["text"].tolist()
+    assert got["label"].tolist() == frame["label"].tolist()
+
+
+def test_json_array_is_really_an_array(tmp_path: Path) -> None:
+    # Guard that the .json case above exercises the array reader, not the JSONL fallback.
+    path = tmp_path / "train.json"
+    _write(sentiment_frame(4), path)
+    assert path.read_text().lstrip().startswith("[")
+    assert len(read_table(str(path))["data"]) == 4
+
+
+def test_json_suffix_holding_json_lines_is_read(tmp_path: Path) -> None:
+    path = tmp_path / "train.json"
+    sentiment_frame(6).to_json(path, orient="records", lines=True)
+    assert read_table(str(path))["data"]["label"].tolist() == ["pos", "neg"] * 3
+
+
+def test_compressed_csv(tmp_path: Path) -> None:
+    path = tmp_path / "train.csv.gz"
+    sentiment_frame(10).to_csv(path, index=False, compression="gzip")
+    assert read_table(str(path))["data"]["text"].tolist() == sentiment_frame(10)["text"].tolist()
+
+
+@pytest.mark.parametrize("suffix", [".csv", ".tsv", ".json", ".jsonl", ".parquet"])
+def test_load_data_formats(tmp_path: Path, suffix: str) -> None:
+    frame = sentiment_frame(40)
+    path = tmp_path / f"train{suffix}"
+    _write(frame, path)
+    data = load_data(_config(path))
+    assert data.label_names == ["neg", "pos"]
+    assert len(data.train) + len(data.validation) == 40
+    assert len(data.validation) == 4  # validation_split default 0.1
+    assert data.test is None
+    assert _all_pairs(data) == _expected_pairs(frame)
+    assert data.report["dropped_rows"] == {}
+
+
+def test_saved_dataset_dict_splits_are_used_as_given(tmp_path: Path) -> None:
+    frames = {
+        "train": sentiment_frame(30, seed=1),
+        "validation": sentiment_frame(8, seed=2),
+        "test": sentiment_frame(6, seed=3),
+    }
+    folder = tmp_path / "saved"
+    datasets.DatasetDict(
+        {name: datasets.Dataset.from_pandas(f, preserve_index=False) for name, f in frames.items()}
+    ).save_to_disk(str(folder))
+
+    tables = read_table(str(folder))
+    assert sorted(tables) == ["test", "train", "validation"]
+    assert tables["validation"]["text"].tolist() == frames["validation"]["text"].tolist()
+
+    data = load_data(_config(folder, validation_split=0.5, test_split=0.3))
+    assert (len(data.train), len(data.validation), len(data.test)) == (30, 8, 6)
+    assert data.train.texts == frames["train"]["text"].tolist()
+    assert data.validation.texts == frames["validation"]["text"].tolist()
+    assert data.test.texts == frames["test"]["text"].tolist()
+    assert data.test.labels == [data.label_names.index(x) for x in frames["test"]["label"]]
+
+
+def test_saved_single_dataset_is_split(tmp_path: Path) -> None:
+    frame = sentiment_frame(50)
+    folder = tmp_path / "saved"
+    datasets.Dataset.from_pandas(frame, preserve_index=False).save_to_disk(str(folder))
+    assert list(read_table(str(folder))) == ["data"]
+    data = load_data(_config(folder, validation_split=0.2))
+    assert (len(data.train), len(data.validation)) == (40, 10)
+    assert _all_pairs(data) == _expected_pairs(frame)
+
+
+def test_saved_dataset_dict_with_class_label_ints(tmp_path: Path) -> None:
+    features = datasets.Features(
+        {"text": datasets.Value("string"), "label": datasets.ClassLabel(names=["neg", "pos"])}
+    )
+    split = datasets.Dataset.from_dict(
+        {"text": [f"text {i}" for i in range(20)], "label": [i % 2 for i in range(20)]}, features=features
+    )
+    folder = tmp_path / "saved"
+    datasets.DatasetDict({"train": split, "validation": split.select(range(4))}).save_to_disk(str(folder))
+    data = load_data(_config(folder))
+    assert data.label_names == ["0", "1"]
+    assert data.validation.labels == [0, 1, 0, 1]
+
+
+def test_saved_dataset_dict_without_train_split(tmp_path: Path) -> None:
+    split = datasets.Dataset.from_pandas(sentiment_frame(10), preserve_index=False)
+    folder = tmp_path / "saved"
+    datasets.DatasetDict({"validation": split, "test": split}).save_to_disk(str(folder))
+    with pytest.raises(DataError, match=r"holds the splits \['test', 'validation'\] but no 'train' split"):
+        load_data(_config(folder))
+
+
+def test_folder_that_is_not_a_saved_dataset(tmp_path: Path) -> None:
+    (tmp_path / "junk.txt").write_text("hello")
+    with pytest.raises(DataError, match=r"not one written by datasets\.save_to_disk"):
+        read_table(str(tmp_path))
+
+
+def test_separate_validation_and_test_files(tmp_path: Path) -> None:
+    for name, n, seed in (("train", 30, 1), ("validation", 10, 2), ("test", 12, 3)):
+        sentiment_frame(n, seed=seed).to_csv(tmp_path / f"{name}.csv", index=False)
+    data = load_data(
+        _config(
+            tmp_path / "train.csv",
+            validation_file=str(tmp_path / "validation.csv"),
+            test_file=str(tmp_path / "test.csv"),
+        )
+    )
+    assert (len(data.train), len(data.validation), len(data.test)) == (30, 10, 12)
+    assert data.validation.texts == sentiment_frame(10, seed=2)["text"].tolist()
+
+
+# --------------------------------------------------------------------------- bad input
+
+
+def test_missing_file() -> None:
+    with pytest.raises(DataFileNotFoundError, match="does not exist") as info:
+        load_data(_config("/nonexistent/dir/train.csv"))
+    assert "/nonexistent/dir/train.csv" in str(info.value)
+    assert isinstance(info.value, FileNotFoundError)
+    assert isinstance(info.value, DataError)
+
+
+def test_missing_validation_file(sentiment_csv: Path, tmp_path: Path) -> None:
+    with pytest.raises(DataFileNotFoundError, match=r"nope\.csv"):
+        load_data(_config(sentiment_csv, validation_file=str(tmp_path / "nope.csv")))
+
+
+def test_missing_text_column_lists_existing_columns(tmp_path: Path) -> None:
+    path = tmp_path / "train.csv"
+    sentiment_frame(10).rename(columns={"text": "sentence"}).to_csv(path, index=False)
+    with pytest.raises(DataError) as info:
+        load_data(_config(path))
+    message = str(info.value)
+    assert isinstance(info.value, ValueError)
+    assert "no column 'text'" in message
+    assert "'sentence'" in message and "'label'" in message
+    assert "--text_column" in message
+
+
+def test_missing_label_column_lists_existing_columns(tmp_path: Path) -> None:
+    path = tmp_path / "train.csv"
+    sentiment_frame(10).rename(columns={"label": "sentiment"}).to_csv(path, index=False)
+    with pytest.raises(DataError, match="no column 'label'") as info:
+        load_data(_config(path))
+    assert "Columns that exist: 'text', 'sentiment'" in str(info.value)
+
+
+def test_custom_column_names(tmp_path: Path) -> None:
+    path = tmp_path / "train.csv"
+    sentiment_frame(20).rename(columns={"text": "review", "label": "y"}).to_csv(path, index=False)
+    data = load_data(_config(path, text_column="review", label_column="y"))
+    assert data.label_names == ["neg", "pos"]
+    assert len(data.train) + len(data.validation) == 20
+
+
+def test_empty_texts_are_dropped_counted_and_logged(tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
+    frame = sentiment_frame(30)
+    frame.loc[0, "text"] = None
+    frame.loc[1, "text"] = ""
+    frame.loc[2, "text"] = "   "
+    frame.loc[3, "text"] = "\t \n"
+    frame.loc[4, "label"] = None
+    path = tmp_path / "train.jsonl"  # JSONL keeps "" and whitespace exactly as written
+    frame.to_json(path, orient="records", lines=True)
+    with caplog.at_level(logging.WARNING, logger="nlptransfer"):
+        data = load_data(_config(path))
+    assert data.report["dropped_rows"] == {"train": 5}
+    assert len(data.train) + len(data.validation) == 25
+    all_texts = data.train.texts + data.validation.texts
+    assert all(t.strip() for t in all_texts)
+    assert "None" not in all_texts and "nan" not in all_texts
+    warnings = [r for r in caplog.records if r.levelno == logging.WARNING and "Dropped" in r.getMessage()]
+    assert len(warnings) == 1
+    assert "Dropped 5 of 30 train rows" in warnings[0].getMessage()
+
+
+def test_empty_texts_in_csv(tmp_path: Path) -> None:
+    path = tmp_path / "train.csv"
+    rows = sentiment_frame(20).values.tolist()
+    rows[0][0] = ""
+    rows[1][0] = "   "
+    lines = ["text,label"] + [f'"{t}",{y}' for t, y in rows]
+    path.write_text("\n".join(lines) + "\n")
+    data = load_data(_config(path))
+    assert data.report["dropped_rows"] == {"train": 2}
+    assert len(data.train) + len(data.validation) == 18
+
+
+def test_dropped_rows_are_counted_per_split(tmp_path: Path) -> None:
+    train = sentiment_frame(20)
+    test = sentiment_frame(10, seed=5)
+    test.loc[[0, 1, 2], "text"] = ["", " ", None]
+    train.to_json(tmp_path / "train.jsonl", orient="records", lines=True)
+    test.to_json(tmp_path / "test.jsonl", orient="records", lines=True)
+    data = load_data(_config(tmp_path / "train.jsonl", test_file=str(tmp_path / "test.jsonl")))
+    assert data.report["dropped_rows"] == {"test": 3}
+    assert len(data.test) == 7
+
+
+def test_all_rows_empty(tmp_path: Path) -> None:
+    path = tmp_path / "train.jsonl"
+    pd.DataFrame({"text": ["", " ", None], "label": ["a", "b", "a"]}).to_json(
+        path, orient="records", lines=True
+    )
+    with pytest.raises(DataError, match="No usable rows left in the train data"):
+        load_data(_config(path))
+
+
+def test_unseen_test_label_is_named(tmp_path: Path) -> None:
+    sentiment_frame(20).to_csv(tmp_path / "train.csv", index=False)
+    test = sentiment_frame(6, seed=1)
+    test.loc[2, "label"] = "neutral"
+    test.to_csv(tmp_path / "test.csv", index=False)
+    with pytest.raises(DataError) as info:
+        load_data(_config(tmp_path / "train.csv", test_file=str(tmp_path / "test.csv")))
+    message = str(info.value)
+    assert "test data has labels never seen in training" in message
+    assert "'neutral'" in message
+    assert "Known labels: ['neg', 'pos']" in message
+
+
+def test_unseen_validation_label_is_named(tmp_path: Path) -> None:
+    sentiment_frame(20).to_csv(tmp_path / "train.csv", index=False)
+    pd.DataFrame({"text": ["x", "y"], "label": ["pos", "mixed"]}).to_csv(tmp_path / "val.csv", index=False)
+    with pytest.raises(DataError, match=r"validation data has labels never seen.*'mixed'"):
+        load_data(_config(tmp_path / "train.csv", validation_file=str(tmp_path / "val.csv")))
+
+
+def test_single_class(tmp_path: Path) -> None:
+    path = tmp_path / "train.csv"
+    pd.DataFrame({"text": [f"text {i}" for i in range(20)], "label": ["pos"] * 20}).to_csv(path, index=False)
+    with pytest.raises(DataError, match=r"single class \('pos'\)") as info:
+        load_data(_config(path))
+    assert "at least two" in str(info.value)
+
+
+def test_non_utf8_csv(tmp_path: Path) -> None:
+    path = tmp_path / "train.csv"
+    path.write_bytes(b"text,label\ncaf\xe9 ol\xe9,pos\nbad,neg\n")
+    with pytest.raises(DataError, match="not valid UTF-8") as info:
+        read_table(str(path))
+    assert "UTF-8" in str(info.value) and "train.csv" in str(info.value)
+    with pytest.raises(DataError, match="not valid UTF-8"):
+        load_data(_config(path))
+
+
+def test_unknown_suffix(tmp_path: Path) -> None:
+    path = tmp_path / "train.txt"
+    path.write_text("text,label\nhello,pos\n")
+    with pytest.raises(DataError, match=r"unknown file type '\.txt'") as info:
+        load_data(_config(path))
+    message = str(info.value)
+    for suffix in (".csv", ".tsv", ".json", ".jsonl", ".parquet"):
+        assert suffix in message
+    assert not isinstance(info.value, DataFileNotFoundError)
+
+
+def test_unparsable_json(tmp_path: Path) -> None:
+    path = tmp_path / "train.json"
+    path.write_text("{this is not json")
+    with pytest.raises(DataError, match="Could not parse"):
+        read_table(str(path))
+
+
+def test_validation_file_without_train_file(tmp_path: Path) -> None:
+    with pytest.raises(DataError, match="need --train_file") as info:
+        load_data(_config(None, validation_file=str(tmp_path / "val.csv")))
+    assert isinstance(info.value, ValueError)
+
+
+def test_test_file_without_train_file(tmp_path: Path) -> None:
+    with pytest.raises(DataError, match="need --train_file"):
+        load_data(_config(None, test_file=str(tmp_path / "test.csv")))
+
+
+def test_unknown_builtin_dataset() -> None:
+    with pytest.raises(ValueError, match=r"Unknown dataset 'movie-review'.*Did you mean 'movie-reviews'"):
+        load_data(FinetuneConfig(dataset="movie-review"))
+
+
+# --------------------------------------------------------------------------- labels
+
+
+def _label_frame(labels: list, n_per_class: int = 10) -> pd.DataFrame:
+    rows = [{"text": f"text {i} {label}", "label": label} for i in range(n_per_class) for label in labels]
+    return pd.DataFrame(rows)
+
+
+@pytest.mark.parametrize("suffix", [".csv", ".jsonl", ".parquet"])
+def test_integer_labels_in_numeric_order(tmp_path: Path, suffix: str) -> None:
+    path = tmp_path / f"train{suffix}"
+    _write(_label_frame([10, 2, 1]), path)
+    data = load_data(_config(path))
+    assert data.label_names == ["1", "2", "10"]
+    # Label ids follow the names: the id of text "... 10" is 2.
+    for text, label in zip(data.train.texts, data.train.labels, strict=True):
+        assert data.label_names[label] == text.split()[-1]
+
+
+def test_integer_labels_with_missing_values_stay_integers(tmp_path: Path) -> None:
+    frame = _label_frame([0, 1, 2])
+    frame["label"] = frame["label"].astype("float")
+    frame.loc[0, "label"] = None  # the column becomes float: 0.0, 1.0, 2.0
+    path = tmp_path / "train.csv"
+    frame.to_csv(path, index=False)
+    data = load_data(_config(path))
+    assert data.label_names == ["0", "1", "2"]
+    assert data.report["dropped_rows"] == {"train": 1}
+
+
+def test_integer_test_labels_match_training_ids(tmp_path: Path) -> None:
+    _label_frame([1, 2, 10]).to_csv(tmp_path / "train.csv", index=False)
+    pd.DataFrame({"text": ["a", "b", "c"], "label": [10, 1, 2]}).to_csv(tmp_path / "test.csv", index=False)
+    data = load_data(_config(tmp_path / "train.csv", test_file=str(tmp_path / "test.csv")))
+    assert [data.label_names[i] for i in data.test.labels] == ["10", "1", "2"]
+
+
+def test_string_labels_sorted(tmp_path: Path) -> None:
+    path = tmp_path / "train.csv"
+    _label_frame(["zebra", "apple", "mango"]).to_csv(path, index=False)
+    data = load_data(_config(path))
+    assert data.label_names == ["apple", "mango", "zebra"]
+
+
+# --------------------------------------------------------------------------- splits
+
+
+def test_validation_split_is_seeded_and_stratified(tmp_path: Path) -> None:
+    path = tmp_path / "train.csv"
+    sentiment_frame(100).to_csv(path, index=False)
+    first = load_data(_config(path, validation_split=0.2, seed=7))
+    again = load_data(_config(path, validation_split=0.2, seed=7))
+    other = load_data(_config(path, validation_split=0.2, seed=8))
+    assert first.validation.texts == again.validation.texts
+    assert first.train.texts == again.train.texts
+    assert set(first.validation.texts) != set(other.validation.texts)
+    assert len(first.validation) == 20 and len(first.train) == 80
+    assert Counter(first.validation.labels) == {0: 10, 1: 10}
+    assert Counter(first.train.labels) == {0: 40, 1: 40}
+
+
+def test_small_validation_split_keeps_both_classes(tmp_path: Path) -> None:
+    path = tmp_path / "train.csv"
+    frame = _label_frame(["a", "b"], n_per_class=15)
+    frame.to_csv(path, index=False)
+    for seed in range(5):
+        data = load_data(_config(path, validation_split=0.1, seed=seed))
+        assert sorted(set(data.validation.labels)) == [0, 1]
+        assert len(data.validation) == 3
+
+
+def test_test_split(tmp_path: Path) -> None:
+    path = tmp_path / "train.csv"
+    frame = _label_frame(["a", "b"], n_per_class=50)
+    frame.to_csv(path, index=False)
+    data = load_data(_config(path, validation_split=0.1, test_split=0.2, seed=3))
+    # Both fractions are of the whole file: 70 / 10 / 20.
+    assert (len(data.train), len(data.validation), len(data.test)) == (70, 10, 20)
+    assert Counter(data.test.labels) == {0: 10, 1: 10}
+    train, val, test = set(data.train.texts), set(data.validation.texts), set(data.test.texts)
+    assert not train & test and not train & val and not val & test
+    assert train | val | test == set(frame["text"])
+    assert "overlap_with_train" not in data.report
+    again = load_data(_config(path, validation_split=0.1, test_split=0.2, seed=3))
+    assert again.test.texts == data.test.texts
+    assert again.validation.texts == data.validation.texts
+    # The test set must not move when only the validation fraction changes.
+    other = load_data(_config(path, validation_split=0.3, test_split=0.2, seed=3))
+    assert other.test.texts == data.test.texts
+    assert (len(other.train), len(other.validation)) == (50, 30)
+
+
+@pytest.mark.parametrize(
+    ("val", "test", "n"), [(0.1, 0.1, 100), (0.15, 0.15, 200), (0.2, 0.1, 50), (0.1, 0.3, 70)]
+)
+def test_split_sizes_are_fractions_of_the_whole(tmp_path: Path, val: float, test: float, n: int) -> None:
+    path = tmp_path / "train.csv"
+    _label_frame(["a", "b"], n_per_class=n // 2).to_csv(path, index=False)
+    data = load_data(_config(path, validation_split=val, test_split=test))
+    assert len(data.train) + len(data.validation) + len(data.test) == n
+    assert abs(len(data.test) - test * n) <= 1
+    assert abs(len(data.validation) - val * n) <= 1
+
+
+def test_no_test_split_by_default(sentiment_csv: Path) -> None:
+    data = load_data(_config(sentiment_csv))
+    assert data.test is None
+    assert (len(data.train), len(data.validation)) == (144, 16)
+
+
+def test_max_train_examples_subsamples(sentiment_csv: Path) -> None:
+    data = load_data(_config(sentiment_csv, max_train_examples=20, seed=1))
+    assert len(data.train) == 20
+    assert Counter(data.train.labels) == {0: 10, 1: 10}
+    assert len(data.validation) == 16  # validation is split off before subsampling
+    full = load_data(_config(sentiment_csv, seed=1))
+    assert set(data.train.texts) <= set(full.train.texts)
+    again = load_data(_config(sentiment_csv, max_train_examples=20, seed=1))
+    assert again.train.texts == data.train.texts
+
+
+def test_max_train_examples_larger_than_data(sentiment_csv: Path) -> None:
+    data = load_data(_config(sentiment_csv, max_train_examples=10_000))
+    assert len(data.train) == 144
+
+
+def test_text_pair_column(tmp_path: Path) -> None:
+    frame = sentiment_frame(20)
+    frame["hypothesis"] = [f"pair {i}" for i in range(20)]
+    frame.loc[0, "hypothesis"] = " "  # an empty pair drops the row too
+    path = tmp_path / "train.jsonl"
+    frame.to_json(path, orient="records", lines=True)
+    data = load_data(_config(path, text_pair_column="hypothesis"))
+    assert data.report["dropped_rows"] == {"train": 1}
+    assert data.train.pairs is not None and data.validation.pairs is not None
+    assert len(data.train.pairs) == len(data.train.texts)
+    expected = dict(zip(frame["text"], frame["hypothesis"], strict=True))
+    for text, pair in zip(
+        data.train.texts + data.validation.texts, data.train.pairs + data.validation.pairs, strict=True
+    ):
+        assert expected[text] == pair
+    assert "pair 0" not in data.train.pairs + data.validation.pairs
+
+
+def test_missing_text_pair_column(sentiment_csv: Path) -> None:
+    with pytest.raises(DataError, match="no column 'hypothesis'"):
+        load_data(_config(sentiment_csv, text_pair_column="hypothesis"))
+
+
+def test_no_pairs_without_pair_column(sentiment_csv: Path) -> None:
+    data = load_data(_config(sentiment_csv))
+    assert data.train.pairs is None and data.validation.pairs is None
+
+
+def test_leakage_is_counted(tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
+    train = _label_frame(["a", "b"], n_per_class=10)
+    test = pd.DataFrame(
+        {"text": [train.loc[0, "text"], train.loc[5, "text"], "brand new"], "label": ["a", "b", "a"]}
+    )
+    train.to_csv(tmp_path / "train.csv", index=False)
+    test.to_csv(tmp_path / "test.csv", index=False)
+    val = pd.DataFrame({"text": ["fresh 1", "fresh 2"], "label": ["a", "b"]})
+    val.to_csv(tmp_path / "val.csv", index=False)
+    with caplog.at_level(logging.WARNING, logger="nlptransfer"):
+        data = load_data(
+            _config(
+                tmp_path / "train.csv",
+                validation_file=str(tmp_path / "val.csv"),
+                test_file=str(tmp_path / "test.csv"),
+            )
+        )
+    assert data.report["overlap_with_train"] == {"test": 2}
+    assert any("leakage" in r.getMessage() for r in caplog.records)
+
+
+def test_no_leakage_reported_for_disjoint_data(sentiment_csv: Path) -> None:
+    # sentiment_frame repeats texts, so build disjoint data by hand.
+    frame = _label_frame(["a", "b"], n_per_class=20)
+    path = sentiment_csv.parent / "disjoint.csv"
+    frame.to_csv(path, index=False)
+    data = load_data(_config(path, test_split=0.2))
+    assert "overlap_with_train" not in data.report
+
+
+# --------------------------------------------------------------------------- built-in dataset
+
+
+@pytest.fixture(scope="module")
+def movie_reviews():
+    return load_data(FinetuneConfig(dataset="movie-reviews"))
+
+
+def test_movie_reviews(movie_reviews) -> None:
+    data = movie_reviews
+    assert data.label_names == ["fresh", "rotten"]
+    sizes = (len(data.train), len(data.validation), len(data.test))
+    assert sum(sizes) == 12_752
+    assert sizes == (10_201, 1_275, 1_276)
+    assert data.report["dropped_rows"] == {}
+    assert not set(data.train.texts) & set(data.test.texts)
+    assert not set(data.train.texts) & set(data.validation.texts)
+    assert "overlap_with_train" not in data.report
+    for split in (data.train, data.validation, data.test):
+        counts = Counter(split.labels)
+        assert set(counts) == {0, 1}
+        assert 0.5 < counts[0] / len(split) < 0.65  # stratified: same class balance everywhere
+
+
+def test_movie_reviews_split_is_stable(movie_reviews) -> None:
+    # Seed and options for user data must not move the fixed built-in split.
+    again = load_data(FinetuneConfig(dataset="movie-reviews", seed=1, validation_split=0.3, test_split=0.3))
+    assert again.test.texts == movie_reviews.test.texts
+    assert again.validation.texts == movie_reviews.validation.texts
+    assert again.train.texts == movie_reviews.train.texts

