@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import argparse
 import json
+import logging
+import os
 import sys
 from collections.abc import Callable, Sequence
 
@@ -21,12 +23,26 @@ commands:
 `nlptransfer COMMAND --help` lists each command's options."""
 
 
+def setup_logging() -> None:
+    """INFO logs from the main process only; library users keep their own logging setup."""
+    import transformers
+
+    is_main = os.environ.get("RANK", "0") == "0"
+    level = logging.INFO if is_main else logging.ERROR
+    logging.basicConfig(format="%(asctime)s %(levelname)s %(name)s: %(message)s", level=level, force=True)
+    for noisy in ("httpx", "huggingface_hub", "filelock"):
+        logging.getLogger(noisy).setLevel(logging.WARNING)
+    if not is_main:
+        transformers.logging.set_verbosity_error()
+
+
 def _train(argv: Sequence[str]) -> int:
+    from accelerate import PartialState
+
     from nlptransfer.runner import train
 
     config = parse_config(FinetuneConfig, argv, description="Train a text classifier by transfer learning.")
-    from accelerate import PartialState
-
+    setup_logging()
     results = train(config)
     if PartialState().is_main_process:
         summary = {k: results[k] for k in ("strategy", "model", "test", "validation", "train_seconds")}
@@ -35,33 +51,25 @@ def _train(argv: Sequence[str]) -> int:
 
 
 def _layers(argv: Sequence[str]) -> int:
-    from nlptransfer.backbones import load_backbone
     from nlptransfer.layers import format_table, trainable_rows
-    from nlptransfer.model import TransferModel
+    from nlptransfer.runner import build_model
     from nlptransfer.strategies import get_strategy
 
-    parser = argparse.ArgumentParser(
-        prog="nlptransfer layers", description="Print the trainable-layer table."
+    config = parse_config(
+        FinetuneConfig,
+        argv,
+        description="Print which layers a run with these options would train (same flags as train).",
     )
-    parser.add_argument("--model", default="minilm", help="Short name, local folder or hub id.")
-    parser.add_argument("--strategy", default="feature-extraction")
-    parser.add_argument("--unfreeze_layers", type=int, default=None)
-    parser.add_argument("--pooling", default="mean")
-    parser.add_argument("--num_labels", type=int, default=2)
-    args = parser.parse_args(argv)
-    config = FinetuneConfig(model=args.model, strategy=args.strategy, unfreeze_layers=args.unfreeze_layers)
-    strategy = get_strategy(args.strategy)
-    labels = [str(i) for i in range(args.num_labels)]
-    backbone = load_backbone(args.model)
-    model = TransferModel.from_backbone(
-        backbone, labels, pooling=args.pooling, layers=strategy.layers(config, backbone.num_blocks())
-    )
+    strategy = get_strategy(config.strategy)
+    model = build_model(config, ["label_0", "label_1"], strategy)
     strategy.configure(model, config)
     print(format_table(trainable_rows(model)))
     return 0
 
 
 def _predict(argv: Sequence[str]) -> int:
+    import pandas as pd
+
     from nlptransfer.data import read_table
     from nlptransfer.model import TransferModel
 
@@ -74,12 +82,13 @@ def _predict(argv: Sequence[str]) -> int:
     parser.add_argument("--output_file", help="Write predictions here (CSV) instead of printing them.")
     parser.add_argument("--batch_size", type=int, default=32)
     args = parser.parse_args(argv)
+    if args.batch_size < 1:
+        raise DataError(f"--batch_size must be at least 1, got {args.batch_size}.")
     if bool(args.text) == bool(args.input_file):
         raise DataError(
             "Give texts with --text (repeatable) or a file with --input_file, not both or neither."
         )
     model = TransferModel.from_pretrained(args.model)
-    frame = None
     if args.input_file:
         frame = next(iter(read_table(args.input_file).values()))
         for column in filter(None, (args.text_column, args.text_pair_column)):
@@ -88,14 +97,18 @@ def _predict(argv: Sequence[str]) -> int:
                     f"{args.input_file} has no column '{column}'. Columns that exist: "
                     f"{', '.join(map(str, frame.columns))}. Pass --text_column."
                 )
+        missing = int(frame[args.text_column].isna().sum())
+        if missing:
+            print(f"warning: {missing} rows have no text; they are predicted as empty texts", file=sys.stderr)
         texts = frame[args.text_column].fillna("").astype(str).tolist()
         pairs = (
             frame[args.text_pair_column].fillna("").astype(str).tolist() if args.text_pair_column else None
         )
     else:
         texts, pairs = args.text, None
+        frame = pd.DataFrame({args.text_column: texts})
     predictions = model.predict(texts, pairs, batch_size=args.batch_size)
-    if args.output_file and frame is not None:
+    if args.output_file:
         frame = frame.assign(prediction=predictions.labels, score=predictions.scores)
         for i, name in enumerate(predictions.label_names):
             frame[f"prob_{name}"] = predictions.probabilities[:, i]

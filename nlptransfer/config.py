@@ -105,6 +105,11 @@ class FinetuneConfig:
                 f"--mixed_precision must be one of {', '.join(MIXED_PRECISION)}, "
                 f"got '{self.mixed_precision}'."
             )
+        if self.metric_for_best_model not in self.metrics:
+            raise ConfigError(
+                f"--metric_for_best_model '{self.metric_for_best_model}' is not among --metrics "
+                f"({', '.join(self.metrics)}); add it to --metrics or pick one of those."
+            )
         if self.validation_split + self.test_split >= 0.95:
             raise ConfigError("--validation_split + --test_split leave almost no training data.")
 
@@ -151,7 +156,10 @@ def load_yaml_options(path: str, cls: type[C]) -> dict[str, Any]:
     file = Path(path)
     if not file.is_file():
         raise ConfigError(f"Config file '{path}' does not exist.")
-    options = yaml.safe_load(file.read_text()) or {}
+    try:
+        options = yaml.safe_load(file.read_text()) or {}
+    except yaml.YAMLError as err:
+        raise ConfigError(f"Config file '{path}' is not valid YAML: {err}") from err
     if not isinstance(options, dict):
         raise ConfigError(f"Config file '{path}' must hold a mapping of option: value.")
     valid = [f.name for f in dataclasses.fields(cls)]

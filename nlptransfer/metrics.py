@@ -16,7 +16,7 @@ import evaluate
 from sklearn.metrics import accuracy_score, f1_score, precision_score, recall_score
 
 from nlptransfer.errors import UnknownNameError
-from nlptransfer.registry import Registry
+from nlptransfer.registry import Registry, closest_hint
 
 LOCAL_METRICS: Registry[type[evaluate.Metric]] = Registry("metric")
 
@@ -82,20 +82,31 @@ def load_metric(name: str) -> evaluate.EvaluationModule:
     if name in LOCAL_METRICS:
         return LOCAL_METRICS.get(name)(keep_in_memory=True)
     try:
-        return evaluate.load(name)
+        return evaluate.load(name, keep_in_memory=True)
     except Exception as err:  # evaluate raises FileNotFoundError, ConnectionError, ...
         raise UnknownNameError(
             f"Metric '{name}' is not built in (built in: {', '.join(LOCAL_METRICS.names())}) "
             f"and evaluate.load could not fetch it from the Hugging Face Hub: {err}"
+            + closest_hint(name, LOCAL_METRICS.names())
         ) from err
+
+
+class MetricSet:
+    """Several metrics, loaded once (so a bad name fails before training), computed together."""
+
+    def __init__(self, names: Sequence[str] = DEFAULT_METRICS) -> None:
+        self.modules = [load_metric(name) for name in names]
+
+    def compute(self, predictions: Sequence[int], references: Sequence[int]) -> dict[str, float]:
+        results: dict[str, float] = {}
+        for module in self.modules:
+            values = module.compute(predictions=list(predictions), references=list(references))
+            results.update({k: float(v) for k, v in (values or {}).items() if isinstance(v, int | float)})
+        return results
 
 
 def compute_metrics(
     predictions: Sequence[int], references: Sequence[int], names: Sequence[str] = DEFAULT_METRICS
 ) -> dict[str, float]:
     """Compute every named metric; results are flattened into one dict."""
-    results: dict[str, float] = {}
-    for name in names:
-        values = load_metric(name).compute(predictions=list(predictions), references=list(references))
-        results.update({k: float(v) for k, v in (values or {}).items()})
-    return results
+    return MetricSet(names).compute(predictions, references)

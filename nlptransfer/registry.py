@@ -14,6 +14,7 @@ T = TypeVar("T")
 def closest_hint(name: str, choices: list[str]) -> str:
     """Return ``" Did you mean 'x'?"`` when a choice is close to ``name``, else ``""``."""
     match = difflib.get_close_matches(name, choices, n=1, cutoff=0.5)
+    match = match or [c for c in choices if name and c.startswith(name)][:1]
     return f" Did you mean '{match[0]}'?" if match else ""
 
 

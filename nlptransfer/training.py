@@ -3,11 +3,11 @@
 from __future__ import annotations
 
 import logging
+import math
 import os
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -28,20 +28,30 @@ from nlptransfer.data import (
     Split,
     TextClassificationData,
 )
-from nlptransfer.errors import NLPTransferError, OutputDirExistsError
-from nlptransfer.metrics import compute_metrics
-from nlptransfer.model import CONFIG_NAME, TransferModel
+from nlptransfer.errors import NLPTransferError
+from nlptransfer.metrics import MetricSet
+from nlptransfer.model import TransferModel
 from nlptransfer.strategies import Strategy
 
 logger = logging.getLogger(__name__)
 
-RUN_MARKERS = ("results.json", "run_config.json", CONFIG_NAME)
-RESULTS_NAME = "results.json"
-TABLE_NAME = "trainable_layers.md"
-
 
 class TrainingError(NLPTransferError, RuntimeError):
     """Training cannot go on (for example the loss became NaN)."""
+
+
+@dataclass
+class RunContext:
+    """What every step of a run needs, passed as one object."""
+
+    config: FinetuneConfig
+    strategy: Strategy
+    accelerator: Accelerator
+    metrics: MetricSet
+
+    @property
+    def show_progress(self) -> bool:
+        return self.accelerator.is_local_main_process
 
 
 @dataclass
@@ -67,6 +77,8 @@ def build_accelerator(config: FinetuneConfig) -> Accelerator:
         gradient_accumulation_steps=config.gradient_accumulation_steps,
     )
     if accelerator.device.type == "cpu":
+        if config.mixed_precision == "fp16":
+            logger.warning("--mixed_precision fp16 has no effect on CPU; use bf16 or no.")
         local = int(os.environ.get("LOCAL_WORLD_SIZE", accelerator.num_processes))
         set_cpu_threads(config.num_threads, local)
     return accelerator
@@ -78,37 +90,6 @@ def set_cpu_threads(requested: int | None, local_processes: int) -> None:
     threads = requested or max(1, cores // max(local_processes, 1))
     torch.set_num_threads(threads)
     logger.debug("using %d CPU threads per process", threads)
-
-
-def default_output_dir(config: FinetuneConfig) -> Path:
-    data = Path(config.train_file).stem if config.train_file else config.dataset
-    model = Path(config.model.rstrip("/")).name
-    return Path("runs") / f"{data}-{model}-{config.strategy}"
-
-
-def check_output_dir(path: Path, overwrite: bool) -> None:
-    """Refuse a folder that holds another run (unless ``overwrite``) or unrelated files."""
-    if not path.exists() or not any(path.iterdir()):
-        return
-    if not any((path / marker).exists() for marker in RUN_MARKERS):
-        raise OutputDirExistsError(
-            f"Output folder '{path}' is not empty and holds no earlier run; choose a new or empty "
-            "--output_dir (nlptransfer never deletes files it did not write)."
-        )
-    if not overwrite:
-        raise OutputDirExistsError(
-            f"Output folder '{path}' already holds a run. Pass --overwrite_output_dir to replace "
-            "it, or choose another --output_dir."
-        )
-
-
-def setup_logging(accelerator: Accelerator) -> None:
-    level = logging.INFO if accelerator.is_main_process else logging.ERROR
-    logging.basicConfig(format="%(asctime)s %(levelname)s %(name)s: %(message)s", level=level, force=True)
-    for noisy in ("httpx", "huggingface_hub", "filelock"):
-        logging.getLogger(noisy).setLevel(logging.WARNING)
-    if not accelerator.is_main_process:
-        transformers.logging.set_verbosity_error()
 
 
 def encode_split(model: TransferModel, split: Split) -> EncodedDataset:
@@ -129,18 +110,14 @@ def inference_loader(dataset: Dataset, model: TransferModel, batch_size: int) ->
 
 
 def run_inference(
-    fn: Callable[..., torch.Tensor],
-    dataset: Dataset,
-    model: TransferModel,
-    accelerator: Accelerator,
-    batch_size: int,
-    desc: str,
+    fn: Callable[..., torch.Tensor], dataset: Dataset, model: TransferModel, ctx: RunContext, desc: str
 ) -> torch.Tensor:
     """Apply ``fn`` to every example, sharded over processes; every process gets all outputs."""
-    loader = accelerator.prepare_data_loader(inference_loader(dataset, model, batch_size))
-    outputs: torch.Tensor | None = None
+    accelerator = ctx.accelerator
+    loader = accelerator.prepare_data_loader(inference_loader(dataset, model, ctx.config.eval_batch_size))
+    outputs = None
     with torch.inference_mode():
-        for batch in tqdm(loader, desc=desc, disable=not accelerator.is_local_main_process, leave=False):
+        for batch in tqdm(loader, desc=desc, disable=not ctx.show_progress, leave=False):
             batch.pop("labels")
             idx = batch.pop("idx")
             values = fn(**batch).float()
@@ -151,50 +128,38 @@ def run_inference(
                 outputs = torch.zeros(len(dataset), values.shape[-1])
             keep = idx >= 0
             outputs[idx[keep].cpu()] = values[keep].cpu()
-    assert outputs is not None  # datasets are never empty here (load_data refuses that)
+    assert outputs is not None  # load_data never returns an empty split
     return outputs
 
 
-def evaluate_split(
-    model: TransferModel, dataset: Dataset, accelerator: Accelerator, config: FinetuneConfig, desc: str
-) -> dict[str, float]:
+def evaluate_split(model: torch.nn.Module, dataset: Dataset, ctx: RunContext, desc: str) -> dict[str, float]:
     model.eval()
-    logits = run_inference(
-        model, dataset, accelerator.unwrap_model(model), accelerator, config.eval_batch_size, desc
-    )
+    logits = run_inference(model, dataset, ctx.accelerator.unwrap_model(model), ctx, desc)
     labels = dataset.labels.tolist() if isinstance(dataset.labels, torch.Tensor) else dataset.labels
-    return compute_metrics(logits.argmax(-1).tolist(), labels, config.metrics)
-
-
-def extract_features(
-    model: TransferModel, data: dict[str, EncodedDataset], accelerator: Accelerator, batch_size: int
-) -> dict[str, FeatureDataset]:
-    """Run the frozen body once per example, under inference mode, for every split."""
-    model.to(accelerator.device).eval()
-    features = {}
-    for name, dataset in data.items():
-        values = run_inference(model.encode, dataset, model, accelerator, batch_size, f"features ({name})")
-        features[name] = FeatureDataset(values, dataset.labels)
-    return features
+    return ctx.metrics.compute(logits.argmax(-1).tolist(), labels)
 
 
 def build_datasets(
-    model: TransferModel,
-    data: TextClassificationData,
-    strategy: Strategy,
-    accelerator: Accelerator,
-    config: FinetuneConfig,
+    model: TransferModel, data: TextClassificationData, ctx: RunContext
 ) -> tuple[dict[str, Dataset], float]:
-    """Tokenised splits, or body features for frozen strategies; and seconds spent extracting."""
+    """Tokenised splits, or body features for frozen bodies; and seconds spent extracting.
+
+    A frozen body runs once per example, under inference mode, for the whole run.
+    """
     splits = {"train": data.train, "validation": data.validation}
     if data.test is not None:
         splits["test"] = data.test
-    with accelerator.main_process_first():
-        encoded = {name: encode_split(model, split) for name, split in splits.items()}
-    if not strategy.frozen_body:
+    encoded = {name: encode_split(model, split) for name, split in splits.items()}
+    if not ctx.strategy.freezes_body(ctx.config):
         return encoded, 0.0
     start = time.perf_counter()
-    features = extract_features(model, encoded, accelerator, config.eval_batch_size)
+    model.to(ctx.accelerator.device).eval()
+    features: dict[str, Dataset] = {
+        name: FeatureDataset(
+            run_inference(model.encode, dataset, model, ctx, f"features ({name})"), dataset.labels
+        )
+        for name, dataset in encoded.items()
+    }
     return features, time.perf_counter() - start
 
 
@@ -203,50 +168,48 @@ def train_loader(dataset: Dataset, model: TransferModel, config: FinetuneConfig)
     if not isinstance(dataset, EncodedDataset):  # fixed-size features: nothing to pad
         return DataLoader(dataset, batch_size=config.batch_size, shuffle=True, generator=generator)
     sampler = LengthGroupedSampler(dataset.lengths(), config.batch_size, generator)
-    return DataLoader(
-        dataset, batch_size=config.batch_size, sampler=sampler, collate_fn=Collator(model.backbone)
-    )
+    collate = Collator(model.backbone)
+    return DataLoader(dataset, batch_size=config.batch_size, sampler=sampler, collate_fn=collate)
 
 
-def build_optimizer(
-    groups: list[dict[str, Any]], loader: DataLoader, config: FinetuneConfig, epochs: int
-) -> tuple[torch.optim.Optimizer, Any]:
-    optimizer = torch.optim.AdamW(groups)
-    # Counted on the unsharded loader: accelerate steps the scheduler once per process.
-    steps = max(1, len(loader) * epochs // config.gradient_accumulation_steps)
-    scheduler = transformers.get_linear_schedule_with_warmup(
-        optimizer, int(steps * config.warmup_ratio), steps
-    )
-    return optimizer, scheduler
+def build_scheduler(optimizer: Any, prepared_loader: DataLoader, ctx: RunContext, epochs: int) -> Any:
+    """Linear warmup then decay over exactly the optimizer steps the run will take.
+
+    Each process steps once per ``gradient_accumulation_steps`` batches of its own
+    shard (and at the end of every epoch); accelerate steps the scheduler once
+    per process for each optimizer step.
+    """
+    config = ctx.config
+    per_epoch = math.ceil(len(prepared_loader) / config.gradient_accumulation_steps)
+    steps = max(1, per_epoch * epochs * ctx.accelerator.num_processes)
+    return transformers.get_linear_schedule_with_warmup(optimizer, int(steps * config.warmup_ratio), steps)
 
 
 def train_epoch(
-    model: torch.nn.Module,
-    loader: DataLoader,
-    optimizer: Any,
-    scheduler: Any,
-    accelerator: Accelerator,
-    config: FinetuneConfig,
-    epoch: int,
-    seen: list[int] | None,
-) -> float:
+    model: torch.nn.Module, loader: DataLoader, optimizer: Any, scheduler: Any, ctx: RunContext,
+    epoch: int, seen: list[int] | None,
+) -> float:  # fmt: skip
     model.train()
+    accelerator = ctx.accelerator
     total, count = 0.0, 0
     params = [p for p in model.parameters() if p.requires_grad]
-    bar = tqdm(loader, desc=f"epoch {epoch}", disable=not accelerator.is_local_main_process, leave=False)
+    max_norm = ctx.config.max_grad_norm or float("inf")
+    bar = tqdm(loader, desc=f"epoch {epoch}", disable=not ctx.show_progress, leave=False)
     for step, batch in enumerate(bar):
         with accelerator.accumulate(model):
             labels = batch.pop("labels")
             idx = batch.pop("idx")
             loss = F.cross_entropy(model(**batch), labels)
-            if not torch.isfinite(loss):
-                raise TrainingError(
-                    f"The loss became {loss.item()} at epoch {epoch}, step {step}. Lower "
-                    "--learning_rate, or use --mixed_precision no if it was fp16."
-                )
             accelerator.backward(loss)
-            if accelerator.sync_gradients and config.max_grad_norm > 0:
-                accelerator.clip_grad_norm_(params, config.max_grad_norm)
+            if accelerator.sync_gradients:
+                # After the all-reduce every process holds the same gradients, so all of
+                # them see a NaN together and stop together instead of deadlocking.
+                norm = accelerator.clip_grad_norm_(params, max_norm)
+                if norm is not None and not torch.isfinite(torch.as_tensor(norm)):
+                    raise TrainingError(
+                        f"The gradients became {float(norm)} at epoch {epoch}, step {step}. Lower "
+                        "--learning_rate, or use --mixed_precision bf16/no if it was fp16."
+                    )
             optimizer.step()
             scheduler.step()
             optimizer.zero_grad()
@@ -262,22 +225,21 @@ def trainable_state(model: torch.nn.Module) -> dict[str, torch.Tensor]:
 
 
 def fit(
-    model: TransferModel,
-    datasets: dict[str, Dataset],
-    groups: list[dict[str, Any]],
-    strategy: Strategy,
-    accelerator: Accelerator,
-    config: FinetuneConfig,
+    model: TransferModel, datasets: dict[str, Dataset], groups: list[dict[str, Any]], ctx: RunContext
 ) -> FitResult:
+    """Train for the strategy's epochs, evaluate each one, keep the best, stop early if told."""
+    config, strategy, accelerator = ctx.config, ctx.strategy, ctx.accelerator
     epochs, patience = strategy.epochs(config), strategy.patience(config)
-    loader = train_loader(datasets["train"], model, config)
-    optimizer, scheduler = build_optimizer(groups, loader, config, epochs)
-    prepared, optimizer, loader, scheduler = accelerator.prepare(model, optimizer, loader, scheduler)
+    optimizer = torch.optim.AdamW(groups)
+    prepared, optimizer, loader = accelerator.prepare(
+        model, optimizer, train_loader(datasets["train"], model, config)
+    )
+    scheduler = accelerator.prepare(build_scheduler(optimizer.optimizer, loader, ctx, epochs))
     result, best_state = FitResult(), trainable_state(model)
     for epoch in range(1, epochs + 1):
         seen = result.seen_indices if epoch == 1 else None
-        loss = train_epoch(prepared, loader, optimizer, scheduler, accelerator, config, epoch, seen)
-        scores = evaluate_split(prepared, datasets["validation"], accelerator, config, "validation")
+        loss = train_epoch(prepared, loader, optimizer, scheduler, ctx, epoch, seen)
+        scores = evaluate_split(prepared, datasets["validation"], ctx, "validation")
         result.history.append(EpochLog(epoch, loss, scores))
         logger.info("epoch %d/%d: train_loss=%.4f validation %s", epoch, epochs, loss, _fmt(scores))
         score = scores[config.metric_for_best_model]

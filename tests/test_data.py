@@ -137,7 +137,7 @@ def test_saved_single_dataset_is_split(tmp_path: Path) -> None:
     assert _all_pairs(data) == _expected_pairs(frame)
 
 
-def test_saved_dataset_dict_with_class_label_ints(tmp_path: Path) -> None:
+def test_saved_dataset_dict_keeps_class_label_names(tmp_path: Path) -> None:
     features = datasets.Features(
         {"text": datasets.Value("string"), "label": datasets.ClassLabel(names=["neg", "pos"])}
     )
@@ -147,8 +147,18 @@ def test_saved_dataset_dict_with_class_label_ints(tmp_path: Path) -> None:
     folder = tmp_path / "saved"
     datasets.DatasetDict({"train": split, "validation": split.select(range(4))}).save_to_disk(str(folder))
     data = load_data(_config(folder))
-    assert data.label_names == ["0", "1"]
+    assert data.label_names == ["neg", "pos"]
     assert data.validation.labels == [0, 1, 0, 1]
+
+
+def test_csv_texts_and_labels_like_na_or_none_are_kept(tmp_path: Path) -> None:
+    path = tmp_path / "na.csv"
+    rows = ["text,label", "NA,None", "null,None", "N/A,yes", "nan,yes", ",yes", "fine,yes"]
+    path.write_text("\n".join(rows) + "\n")
+    data = load_data(_config(path, validation_split=0.3))
+    assert data.label_names == ["None", "yes"]
+    assert len(data.train) + len(data.validation) == 5  # only the truly empty text is dropped
+    assert data.report["dropped_rows"] == {"train": 1}
 
 
 def test_saved_dataset_dict_without_train_split(tmp_path: Path) -> None:

@@ -87,4 +87,6 @@ def test_accelerate_launch_multi_cpu(tiny_bert: str, tmp_path: Path) -> None:
     assert result.returncode == 0, result.stderr[-4000:]
     report = json.loads((tmp_path / "out" / "results.json").read_text())["distributed"]
     assert report["num_processes"] == 2
+    assert "MULTI_CPU" in report["distributed_type"]
     assert all(n > 0 for n in report["train_examples_per_process"])
+    assert report["examples_seen_by_several_processes"] <= 32  # one padding batch at most

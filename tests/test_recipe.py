@@ -6,6 +6,7 @@ import json
 import sys
 from pathlib import Path
 
+import pandas as pd
 import pytest
 from conftest import recipe, run_script, sentiment_frame
 
@@ -64,8 +65,9 @@ def test_recipe_writes_results_model_table_and_config(trained_run: Path) -> None
 
 def test_saved_run_loads_and_predicts(trained_run: Path) -> None:
     model = TransferModel.from_pretrained(trained_run)
-    predictions = model.predict(["great good movie", "awful terrible plot"])
-    assert predictions.labels == ["pos", "neg"]
+    unseen = sentiment_frame(40, seed=9)
+    predictions = model.predict(unseen["text"].tolist())
+    assert (pd.Series(predictions.labels) == unseen["label"]).mean() >= 0.8
 
 
 def test_predict_command_on_texts_and_files(trained_run: Path, tmp_path: Path) -> None:
@@ -82,7 +84,10 @@ def test_predict_command_on_texts_and_files(trained_run: Path, tmp_path: Path) -
         ]
     )
     assert result.returncode == 0, result.stderr[-2000:]
-    assert result.stdout.startswith("pos\t")
+    expected = TransferModel.from_pretrained(trained_run).predict(["superb wonderful film"])
+    label, score, text = result.stdout.strip().split("\t")
+    assert (label, text) == (expected.labels[0], "superb wonderful film")
+    assert float(score) == pytest.approx(float(expected.scores[0]), abs=1e-4)
     sentiment_frame(10, seed=3).to_csv(tmp_path / "new.csv", index=False)
     result = run_script(
         [
@@ -99,14 +104,12 @@ def test_predict_command_on_texts_and_files(trained_run: Path, tmp_path: Path) -
         ]
     )
     assert result.returncode == 0, result.stderr[-2000:]
-    import pandas as pd
-
     predicted = pd.read_csv(tmp_path / "p.csv")
     assert {"prediction", "score", "prob_neg", "prob_pos"} <= set(predicted.columns)
     assert (predicted["prediction"] == predicted["label"]).mean() >= 0.8
 
 
-def test_output_dir_with_a_run_is_refused_then_overwritten(trained_run: Path, tiny_bert: str) -> None:
+def test_output_dir_with_a_run_is_refused(trained_run: Path, tiny_bert: str) -> None:
     train = str(trained_run.parent / "train.csv")
     args = ["--model", tiny_bert, "--train_file", train, "--output_dir", str(trained_run), "--epochs", "1"]
     refused = run_script(recipe(*args))
@@ -115,14 +118,38 @@ def test_output_dir_with_a_run_is_refused_then_overwritten(trained_run: Path, ti
     assert "Traceback" not in refused.stderr
 
 
+def test_failed_overwrite_keeps_the_earlier_run(tiny_bert: str, tmp_path: Path) -> None:
+    sentiment_frame(60).to_csv(tmp_path / "train.csv", index=False)
+    out = tmp_path / "out"
+    args = ["--model", tiny_bert, "--train_file", str(tmp_path / "train.csv"), "--output_dir", str(out)]
+    assert run_script(recipe(*args, "--epochs", "1")).returncode == 0
+    (out / "notes.txt").write_text("mine")
+    failed = run_script(recipe(*args, "--overwrite_output_dir", "--text_column", "nope"))
+    assert failed.returncode == 2
+    assert (out / "results.json").is_file()
+    assert TransferModel.from_pretrained(out).labels == ["neg", "pos"]
+    assert (out / "notes.txt").read_text() == "mine"
+
+
+def test_folder_of_unrelated_files_is_never_used(tiny_bert: str, tmp_path: Path) -> None:
+    sentiment_frame(40).to_csv(tmp_path / "train.csv", index=False)
+    args = ["--model", tiny_bert, "--train_file", str(tmp_path / "train.csv"), "--output_dir", str(tmp_path)]
+    result = run_script(recipe(*args, "--overwrite_output_dir"))
+    assert result.returncode == 2
+    assert "holds no earlier run" in result.stderr
+    assert (tmp_path / "train.csv").is_file()
+
+
 def test_overwrite_replaces_the_run(tiny_bert: str, tmp_path: Path) -> None:
     sentiment_frame(60).to_csv(tmp_path / "train.csv", index=False)
     out = tmp_path / "out"
     args = ["--model", tiny_bert, "--train_file", str(tmp_path / "train.csv"), "--output_dir", str(out)]
     assert run_script(recipe(*args, "--epochs", "1")).returncode == 0
+    (out / "notes.txt").write_text("mine")
     again = run_script(recipe(*args, "--epochs", "2", "--overwrite_output_dir"))
     assert again.returncode == 0, again.stderr[-2000:]
     assert json.loads((out / "results.json").read_text())["config"]["epochs"] == 2
+    assert (out / "notes.txt").read_text() == "mine"  # only the run's own files are replaced
 
 
 @pytest.mark.parametrize(
@@ -132,6 +159,8 @@ def test_overwrite_replaces_the_run(tiny_bert: str, tmp_path: Path) -> None:
         (["--text_column", "review"], "Columns that exist: 'text', 'label'"),
         (["--train_file", "missing.csv"], "does not exist"),
         (["--model", "./no/such/model"], "does not exist"),
+        (["--metrics", "accuracy", "f1"], "Did you mean 'f1_macro'"),
+        (["--metric_for_best_model", "f1_macro", "--metrics", "accuracy"], "is not among --metrics"),
     ],
 )
 def test_bad_input_ends_in_one_clear_line(

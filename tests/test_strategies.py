@@ -10,7 +10,8 @@ from conftest import sentiment_frame
 from nlptransfer import ConfigError, FinetuneConfig, TransferModel, get_strategy
 from nlptransfer.data import Split, TextClassificationData
 from nlptransfer.layers import format_table, trainable_rows
-from nlptransfer.training import build_datasets, fit
+from nlptransfer.metrics import MetricSet
+from nlptransfer.training import RunContext, build_datasets, fit
 
 
 def _data(n: int = 64) -> TextClassificationData:
@@ -27,9 +28,9 @@ def _train(tiny_bert: str, **options) -> tuple[TransferModel, dict[str, torch.Te
     model = TransferModel.from_backbone(tiny_bert, ["neg", "pos"], layers=strategy.layers(config, 2))
     groups = strategy.configure(model, config)
     before = {n: p.detach().clone() for n, p in model.named_parameters()}
-    accelerator = Accelerator(cpu=True)
-    datasets, _ = build_datasets(model, _data(), strategy, accelerator, config)
-    fit(model, datasets, groups, strategy, accelerator, config)
+    ctx = RunContext(config, strategy, Accelerator(cpu=True), MetricSet(config.metrics))
+    datasets, _ = build_datasets(model, _data(), ctx)
+    fit(model, datasets, groups, ctx)
     return model, before
 
 
@@ -41,6 +42,34 @@ def test_feature_extraction_changes_no_body_weight(tiny_bert: str) -> None:
     model, before = _train(tiny_bert, strategy="feature-extraction")
     changed = _changed(model, before)
     assert changed == {"head.linear.weight", "head.linear.bias"}
+    assert not any(p.requires_grad for p in model.backbone.parameters())
+
+
+def test_feature_extraction_keeps_body_frozen_on_the_token_path(tiny_bert: str) -> None:
+    """Even when the body runs in the graph, a feature-extraction step leaves it unchanged."""
+    model = TransferModel.from_backbone(tiny_bert, ["neg", "pos"])
+    groups = get_strategy("feature-extraction").configure(model, FinetuneConfig(model=tiny_bert))
+    before = {n: p.detach().clone() for n, p in model.named_parameters()}
+    optimizer = torch.optim.AdamW(groups, lr=0.1)
+    batch = model.backbone.collate(model.preprocess(["good film", "awful plot"]))
+    torch.nn.functional.cross_entropy(model(**batch), torch.tensor([1, 0])).backward()
+    optimizer.step()
+    assert _changed(model, before) == {"head.linear.weight", "head.linear.bias"}
+    assert all(p.grad is None for p in model.backbone.parameters())
+
+
+def test_head_only_finetune_uses_the_cached_features_path(tiny_bert: str) -> None:
+    config = FinetuneConfig(model=tiny_bert, strategy="finetune", unfreeze_layers=0)
+    assert get_strategy("finetune").freezes_body(config)
+    assert not get_strategy("finetune").freezes_body(FinetuneConfig(model=tiny_bert, strategy="finetune"))
+
+
+def test_blocks_above_the_pooled_layer_stay_frozen(tiny_bert: str) -> None:
+    model = TransferModel.from_backbone(tiny_bert, ["neg", "pos"], layers=[1])
+    get_strategy("finetune").configure(model, FinetuneConfig(model=tiny_bert, strategy="finetune"))
+    rows = {r.name: r.trainable for r in trainable_rows(model)}
+    assert rows["backbone.encoder.layer.0"] == "yes"
+    assert rows["backbone.encoder.layer.1"] == "no"  # its output is never used
 
 
 def test_top_k_unfreezing_trains_exactly_those_layers_and_the_head(tiny_bert: str) -> None:

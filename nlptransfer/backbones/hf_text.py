@@ -12,7 +12,7 @@ from transformers import AutoConfig, AutoModel, AutoTokenizer, PreTrainedModel
 
 from nlptransfer.backbones.base import BACKBONES, Backbone, BackboneOutput, LayerGroup
 from nlptransfer.backbones.sources import resolve_model, unknown_model_error
-from nlptransfer.errors import ConfigError
+from nlptransfer.errors import ConfigError, ModelLoadError
 
 logger = logging.getLogger(__name__)
 
@@ -43,19 +43,32 @@ class HFTextBackbone(Backbone):
     def from_pretrained(cls, name_or_path: str, trust_remote_code: bool = False) -> HFTextBackbone:
         """Load from a hub id, a local folder, or a short name such as ``minilm``."""
         path = resolve_model(name_or_path)
+        local = Path(path).is_dir()
+        if local and not (Path(path) / "config.json").is_file():
+            raise ModelLoadError(
+                f"Model folder '{name_or_path}' has no config.json. Pass the folder that holds the "
+                "Hugging Face model files (config.json, weights, tokenizer)."
+            )
         try:
             config = AutoConfig.from_pretrained(path, trust_remote_code=trust_remote_code)
         except (OSError, ValueError) as err:
+            if local:
+                raise ModelLoadError(f"Could not read {path}/config.json: {err}") from err
             raise unknown_model_error(name_or_path, err) from err
         if getattr(config, "is_encoder_decoder", False):
             raise ConfigError(
                 f"'{name_or_path}' is an encoder-decoder model ({config.model_type}); this "
                 "release supports encoder models such as BERT and MiniLM as text backbones."
             )
-        tokenizer = AutoTokenizer.from_pretrained(path, trust_remote_code=trust_remote_code)
-        model = AutoModel.from_pretrained(
-            path, config=config, dtype=torch.float32, trust_remote_code=trust_remote_code
-        )
+        try:
+            tokenizer = AutoTokenizer.from_pretrained(path, trust_remote_code=trust_remote_code)
+            model = AutoModel.from_pretrained(
+                path, config=config, dtype=torch.float32, trust_remote_code=trust_remote_code
+            )
+        except (OSError, ValueError) as err:
+            raise ModelLoadError(
+                f"'{name_or_path}' has a config but its tokenizer or weights could not be loaded: {err}"
+            ) from err
         return cls(model, tokenizer, source=name_or_path)
 
     @property

@@ -96,8 +96,16 @@ def _read_frames(config: FinetuneConfig) -> Frames:
     for name, path in (("validation", config.validation_file), ("test", config.test_file)):
         if path is not None:
             loaded = read_table(path)
-            frames[name] = loaded.get(name, next(iter(loaded.values())))
+            frames[name] = _pick_split(loaded, name, path)
     return frames
+
+
+def _pick_split(loaded: Frames, name: str, path: str) -> pd.DataFrame:
+    if "data" in loaded:
+        return loaded["data"]
+    if name in loaded:
+        return loaded[name]
+    raise DataError(f"'{path}' holds the splits {sorted(loaded)} but no '{name}' split.")
 
 
 def _clean(frame: pd.DataFrame, split: str, columns: Columns, report: dict[str, Any]) -> pd.DataFrame:
@@ -149,7 +157,10 @@ def _split(
 def _subsample(frame: pd.DataFrame, label: str, size: int, seed: int) -> pd.DataFrame:
     labels = frame[label].astype(str)
     stratify = labels if labels.value_counts().min() >= 2 and size >= labels.nunique() else None
-    kept, _ = train_test_split(frame, train_size=size, stratify=stratify, random_state=seed)
+    try:
+        kept, _ = train_test_split(frame, train_size=size, stratify=stratify, random_state=seed)
+    except ValueError as err:
+        raise DataError(f"Cannot take --max_train_examples {size} from {len(frame)} rows: {err}") from err
     return kept.reset_index(drop=True)
 
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 import importlib.util
 from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 import pandas as pd
 from sklearn.model_selection import train_test_split
@@ -31,7 +32,9 @@ def read_table(path: str) -> Frames:
     base = suffix.replace(".gz", "").replace(".bz2", "")
     try:
         if base in (".csv", ".tsv"):
-            frame = pd.read_csv(file, sep="\t" if base == ".tsv" else ",")
+            # Only truly empty cells are missing: "NA", "None" or "null" can be real texts or labels.
+            sep = "\t" if base == ".tsv" else ","
+            frame = pd.read_csv(file, sep=sep, keep_default_na=False, na_values=[""])
         elif base == ".jsonl":
             frame = pd.read_json(file, lines=True)
         elif base == ".json":
@@ -70,8 +73,19 @@ def _read_saved_dataset(folder: Path) -> Frames:
             f"'{folder}' is a folder but not one written by datasets.save_to_disk: {err}"
         ) from err
     if isinstance(loaded, datasets.DatasetDict):
-        return {name: split.to_pandas() for name, split in loaded.items()}
-    return {"data": loaded.to_pandas()}
+        return {name: _dataset_frame(split) for name, split in loaded.items()}
+    return {"data": _dataset_frame(loaded)}
+
+
+def _dataset_frame(dataset: Any) -> pd.DataFrame:
+    """A ``datasets.Dataset`` as a frame, with ClassLabel ids turned back into their names."""
+    import datasets
+
+    frame = dataset.to_pandas()
+    for name, feature in dataset.features.items():
+        if isinstance(feature, datasets.ClassLabel):
+            frame[name] = [feature.int2str(int(v)) if pd.notna(v) else None for v in frame[name]]
+    return frame
 
 
 # Built-in datasets: name -> function returning fixed train/validation/test frames

@@ -17,17 +17,19 @@ class Strategy(ABC):
     """A way to transfer a pretrained body to a new task.
 
     ``configure`` sets ``requires_grad`` on the model and returns optimizer
-    parameter groups. ``frozen_body`` strategies never backpropagate into the
-    body, so the trainer computes body features once instead of every epoch.
+    parameter groups. When ``freezes_body`` is true nothing backpropagates into
+    the body, so the trainer computes body features once instead of every epoch.
     """
 
     name: str = ""
-    frozen_body: bool = False
     default_learning_rate: float = 1e-3
     default_epochs: int = 3
     default_patience: int | None = None
     # Pool and concatenate this many top layers unless --layers says otherwise.
     default_top_layers: int = 1
+
+    def freezes_body(self, config: FinetuneConfig) -> bool:
+        return False
 
     @abstractmethod
     def configure(self, model: nn.Module, config: FinetuneConfig) -> ParamGroups:

@@ -14,7 +14,6 @@ class FeatureExtraction(Strategy):
     """Best with little data or compute and a target close to the source."""
 
     name = "feature-extraction"
-    frozen_body = True
     # The head sees fixed features, so many cheap epochs with a high LR converge well.
     default_learning_rate = 1e-3
     default_epochs = 30
@@ -22,6 +21,9 @@ class FeatureExtraction(Strategy):
     # Middle layers often transfer better than the top one; on the movie-review
     # validation split the last four beat the top layer alone (0.79 vs 0.77).
     default_top_layers = 4
+
+    def freezes_body(self, config: FinetuneConfig) -> bool:
+        return True
 
     def configure(self, model: nn.Module, config: FinetuneConfig) -> ParamGroups:
         if config.unfreeze_layers is not None:

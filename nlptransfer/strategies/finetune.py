@@ -14,11 +14,13 @@ class Finetune(Strategy):
     """Top-K layers for small data; all layers at ~1/10 of the head LR as data grows."""
 
     name = "finetune"
-    frozen_body = False
     # Head LR; the body trains at body_lr_scale x this (3e-5 by default, BERT's usual range).
     default_learning_rate = 3e-4
     default_epochs = 2
     default_patience = None
+
+    def freezes_body(self, config: FinetuneConfig) -> bool:
+        return config.unfreeze_layers == 0  # head only: train it on cached features
 
     def configure(self, model: nn.Module, config: FinetuneConfig) -> ParamGroups:
         backbone = model.backbone
@@ -31,10 +33,19 @@ class Finetune(Strategy):
                 f"use a value from 0 to {num_blocks}, or omit it to train all layers."
             )
         backbone.requires_grad_(k is None)
+        blocks = [g for g in groups if g.kind == "block"]
         if k:
-            blocks = [g for g in groups if g.kind == "block"]
             for group in blocks[num_blocks - k :] + [g for g in groups if g.kind == "final"]:
                 group.set_trainable(True)
+        # Blocks above the highest pooled layer get no gradient; trainable, they would
+        # break DistributedDataParallel, so they stay frozen.
+        top = max(i % (num_blocks + 1) for i in model.pooling.layers)
+        for group in blocks[top:]:
+            group.set_trainable(False)
+        if top < num_blocks:
+            for group in groups:
+                if group.kind == "final":
+                    group.set_trainable(False)
         model.head.requires_grad_(True)
         lr = self.learning_rate(config)
         body = [(n, p) for g in groups for n, p in g.parameters]
