@@ -37,10 +37,13 @@ class FinetuneConfig:
     model: str = _opt("minilm", "Short name (minilm), local folder or hub id of the source model.")
     strategy: str = _opt("feature-extraction", "Transfer strategy: feature-extraction or finetune.")
     pooling: str = _opt("mean", "How token states become one vector: cls, mean or max.")
-    layers: list[int] | None = _opt(
+    layers: list[int | str] | None = _opt(
         None,
-        "Hidden layers to pool and concatenate (-1 = top). Default: the last four for "
-        "feature-extraction (BERT paper's best feature-based setup), the top one for finetune.",
+        "Hidden layers to pool (-1 = top, 0 = embeddings), or 'all' for ELMo's learned mix of "
+        "every layer. Default: the last four for feature-extraction, the top one for finetune.",
+    )
+    layer_mix: str | None = _opt(
+        None, "How pooled layers combine: concat, or scalar (learned mix). Default: scalar for 'all'."
     )
     unfreeze_layers: int | None = _opt(
         None, "finetune only: train just the top K encoder layers + head (default: all layers)."
@@ -105,6 +108,7 @@ class FinetuneConfig:
                 f"--mixed_precision must be one of {', '.join(MIXED_PRECISION)}, "
                 f"got '{self.mixed_precision}'."
             )
+        self._check_layers()
         if self.metric_for_best_model not in self.metrics:
             raise ConfigError(
                 f"--metric_for_best_model '{self.metric_for_best_model}' is not among --metrics "
@@ -112,6 +116,18 @@ class FinetuneConfig:
             )
         if self.validation_split + self.test_split >= 0.95:
             raise ConfigError("--validation_split + --test_split leave almost no training data.")
+
+    def _check_layers(self) -> None:
+        if self.layer_mix is not None and self.layer_mix not in ("concat", "scalar"):
+            raise ConfigError(f"--layer_mix must be concat or scalar, got '{self.layer_mix}'.")
+        if not self.layers or self.layers == ["all"]:
+            return
+        try:
+            self.layers = [int(i) for i in self.layers]
+        except ValueError as err:
+            raise ConfigError(
+                f"--layers takes layer indices such as -1 or '-4 -3 -2 -1', or 'all'; got {self.layers}."
+            ) from err
 
     def _check_range(self, name: str, low: float, high: float) -> None:
         value = getattr(self, name)
@@ -126,11 +142,15 @@ class FinetuneConfig:
 
 
 def _base_type(annotation: Any) -> tuple[type, bool]:
-    """(element type, is_list) of an annotation such as ``int | None`` or ``list[str]``."""
+    """(element type, is_list) of an annotation such as ``int | None`` or ``list[str]``.
+
+    A list of a union (``list[int | str]``) parses as strings; the dataclass converts.
+    """
     if typing.get_origin(annotation) in (typing.Union, types.UnionType):
         annotation = next(a for a in typing.get_args(annotation) if a is not type(None))
     if typing.get_origin(annotation) is list:
-        return typing.get_args(annotation)[0], True
+        element = typing.get_args(annotation)[0]
+        return (str if typing.get_origin(element) in (typing.Union, types.UnionType) else element), True
     return annotation, False
 
 

@@ -84,18 +84,26 @@ class TransferModel(nn.Module):
         model: str | Backbone,
         labels: list[str],
         pooling: str = "mean",
-        layers: list[int] | None = None,
+        layers: list[int] | str | None = None,
+        layer_mix: str | None = None,
         head_dropout: float = 0.1,
         max_length: int = 128,
         trust_remote_code: bool = False,
     ) -> TransferModel:
-        """A new classifier on a pretrained source (short name, folder, hub id or Backbone)."""
-        pooler = Pooling(pooling, layers or [-1])  # check cheap options before the slow load
+        """A new classifier on a pretrained source (short name, folder, hub id or Backbone).
+
+        ``layers="all"`` pools every hidden state; ``layer_mix`` is ``"concat"`` or
+        ``"scalar"`` (ELMo's learned mix; the default for ``"all"``).
+        """
         if isinstance(model, Backbone):
             backbone = model
         else:
             backbone = load_backbone(model, trust_remote_code=trust_remote_code)
-        pooler.check_layers(backbone.num_blocks() + 1)
+        num_states = backbone.num_blocks() + 1
+        if layers == "all":
+            layers, layer_mix = list(range(num_states)), layer_mix or "scalar"
+        pooler = Pooling(pooling, layers or [-1], mix=layer_mix or "concat")
+        pooler.check_layers(num_states)
         head = LinearHead(pooler.output_dim(backbone.hidden_size), len(labels), dropout=head_dropout)
         limit = backbone.max_positions
         if limit is not None and max_length > limit:
@@ -103,18 +111,30 @@ class TransferModel(nn.Module):
             max_length = limit
         return cls(backbone, pooler, head, labels, max_length=max_length)
 
+    def new_parameters(self) -> list[tuple[str, nn.Parameter]]:
+        """Parameters this toolkit adds on top of the source model: the head and any layer mix."""
+        return [(f"head.{n}", p) for n, p in self.head.named_parameters()] + [
+            (f"pooling.{n}", p) for n, p in self.pooling.named_parameters()
+        ]
+
     @property
     def num_labels(self) -> int:
         return len(self.labels)
 
+    def layer_features(self, **inputs: torch.Tensor) -> torch.Tensor:
+        """(batch, layers, hidden): what a frozen body contributes, cacheable across epochs."""
+        output = self.backbone(output_hidden_states=self.pooling.needs_hidden_states, **inputs)
+        return self.pooling.pool_layers(output)
+
     def encode(self, **inputs: torch.Tensor) -> torch.Tensor:
-        """Pooled body features for a collated batch."""
-        return self.pooling(self.backbone(output_hidden_states=self.pooling.needs_hidden_states, **inputs))
+        """Pooled, combined body features for a collated batch."""
+        return self.pooling.combine(self.layer_features(**inputs))
 
     def forward(self, features: torch.Tensor | None = None, **inputs: torch.Tensor) -> torch.Tensor:
+        """Logits from tokenised inputs, or from ``features`` given by :meth:`layer_features`."""
         if features is None:
-            features = self.encode(**inputs)
-        return self.head(features)
+            return self.head(self.encode(**inputs))
+        return self.head(self.pooling.combine(features))
 
     def preprocess(self, texts: list[str], text_pairs: list[str] | None = None) -> list[dict[str, list[int]]]:
         encoded = self.backbone.tokenize(list(texts), text_pairs, self.max_length)
@@ -187,7 +207,8 @@ class TransferModel(nn.Module):
                 f"{path / CONFIG_NAME} is inconsistent: the head has {head.num_labels} outputs "
                 f"but {len(config['labels'])} label names are listed."
             )
-        pooling = Pooling(config["pooling"]["type"], config["pooling"].get("layers", [-1]))
+        saved = config["pooling"]
+        pooling = Pooling(saved["type"], saved.get("layers", [-1]), mix=saved.get("mix", "concat"))
         model = cls(backbone, pooling, head, config["labels"], config["max_length"])
         try:
             load_model(model, str(path / WEIGHTS_NAME), strict=True)

@@ -1,4 +1,13 @@
-"""Pooling: token hidden states (batch, tokens, hidden) -> one vector per example."""
+"""Pooling: per-layer token states -> one vector per example.
+
+Two stages, so frozen bodies can cache the first one:
+
+1. ``pool_layers``: each selected hidden layer (batch, tokens, hidden) is pooled
+   over tokens by a registered function (cls, mean, max, last) into
+   (batch, layers, hidden). No parameters.
+2. ``combine``: (batch, layers, hidden) -> (batch, features), either by
+   concatenation or by an ELMo-style learned scalar mix (trainable).
+"""
 
 from __future__ import annotations
 
@@ -14,6 +23,7 @@ from nlptransfer.registry import Registry
 
 PoolFn = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
 POOLINGS: Registry[PoolFn] = Registry("pooling")
+MIXES = ("concat", "scalar")
 
 
 @POOLINGS.register("cls")
@@ -36,37 +46,53 @@ def max_pool(hidden: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
     return masked.max(1).values
 
 
+@POOLINGS.register("last")
+def last_token_pool(hidden: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+    """The last real token's state (GPT-style decoders), for left or right padding."""
+    last = mask.shape[1] - 1 - mask.flip(1).to(torch.long).argmax(1)
+    return hidden[torch.arange(hidden.shape[0], device=hidden.device), last]
+
+
+class ScalarMix(nn.Module):
+    """ELMo's learned layer mix: gamma * sum_k softmax(w)_k * layer_k."""
+
+    def __init__(self, num_layers: int) -> None:
+        super().__init__()
+        self.weights = nn.Parameter(torch.zeros(num_layers))
+        self.gamma = nn.Parameter(torch.ones(()))
+
+    def forward(self, pooled: torch.Tensor) -> torch.Tensor:
+        mix = torch.softmax(self.weights, dim=0).to(pooled.dtype)
+        return self.gamma * torch.einsum("blh,l->bh", pooled, mix)
+
+
 class Pooling(nn.Module):
-    """A registered pooling function over one or more layers, as a module.
+    """Pool one or more hidden layers and combine them into one feature vector.
 
     ``layers`` index the backbone's hidden states (0 = embeddings, -1 = top).
-    Several layers are pooled separately and concatenated: the feature-based
-    setup that worked best in the BERT paper (last four layers), because middle
-    layers often transfer better than the top one.
+    ``mix="concat"`` concatenates the pooled layers (the last four: the BERT
+    paper's best feature-based setup); ``mix="scalar"`` learns ELMo's softmax-
+    weighted sum, which keeps the feature size of one layer.
     """
 
-    def __init__(self, mode: str = "mean", layers: Sequence[int] = (-1,)) -> None:
+    def __init__(self, mode: str = "mean", layers: Sequence[int] = (-1,), mix: str = "concat") -> None:
         super().__init__()
         if not layers:
             raise ConfigError("Pooling needs at least one layer index, e.g. --layers -1.")
+        if mix not in MIXES:
+            raise ConfigError(f"Unknown layer mix '{mix}'; valid: {', '.join(MIXES)}.")
         self.mode = mode
         self.layers = [int(i) for i in layers]
         self.fn = POOLINGS.get(mode)
+        self.mix_mode = mix
+        self.mix = ScalarMix(len(self.layers)) if mix == "scalar" else None
 
     @property
     def needs_hidden_states(self) -> bool:
         return self.layers != [-1]
 
     def output_dim(self, hidden_size: int) -> int:
-        return hidden_size * len(self.layers)
-
-    def forward(self, output: BackboneOutput) -> torch.Tensor:
-        if not self.needs_hidden_states:
-            return self.fn(output.last_hidden_state, output.attention_mask)
-        states = output.hidden_states
-        assert states is not None  # encode() asks for them when needs_hidden_states
-        self.check_layers(len(states))
-        return torch.cat([self.fn(states[i], output.attention_mask) for i in self.layers], dim=-1)
+        return hidden_size if self.mix is not None else hidden_size * len(self.layers)
 
     def check_layers(self, num_states: int) -> None:
         bad = [i for i in self.layers if not -num_states <= i < num_states]
@@ -76,5 +102,23 @@ class Pooling(nn.Module):
                 f"(0 = embeddings ... {num_states - 1} = top, or -1 ... -{num_states})."
             )
 
+    def pool_layers(self, output: BackboneOutput) -> torch.Tensor:
+        """(batch, layers, hidden): every selected layer pooled over its tokens."""
+        if not self.needs_hidden_states:
+            return self.fn(output.last_hidden_state, output.attention_mask).unsqueeze(1)
+        states = output.hidden_states
+        assert states is not None  # TransferModel asks for them when needs_hidden_states
+        self.check_layers(len(states))
+        return torch.stack([self.fn(states[i], output.attention_mask) for i in self.layers], dim=1)
+
+    def combine(self, pooled: torch.Tensor) -> torch.Tensor:
+        """(batch, layers, hidden) -> (batch, features)."""
+        if self.mix is not None:
+            return self.mix(pooled)
+        return pooled.flatten(1)
+
+    def forward(self, output: BackboneOutput) -> torch.Tensor:
+        return self.combine(self.pool_layers(output))
+
     def get_config(self) -> dict[str, Any]:
-        return {"type": self.mode, "layers": self.layers}
+        return {"type": self.mode, "layers": self.layers, "mix": self.mix_mode}

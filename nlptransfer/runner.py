@@ -38,6 +38,7 @@ def build_model(config: FinetuneConfig, labels: list[str], strategy: Strategy) -
         labels,
         pooling=config.pooling,
         layers=strategy.layers(config, backbone.num_blocks()),
+        layer_mix=config.layer_mix,
         head_dropout=config.head_dropout,
         max_length=config.max_length,
     )

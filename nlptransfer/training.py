@@ -125,7 +125,7 @@ def run_inference(
             values = accelerator.gather(accelerator.pad_across_processes(values, dim=0))
             idx = accelerator.gather(accelerator.pad_across_processes(idx, dim=0, pad_index=-1))
             if outputs is None:
-                outputs = torch.zeros(len(dataset), values.shape[-1])
+                outputs = torch.zeros(len(dataset), *values.shape[1:])
             keep = idx >= 0
             outputs[idx[keep].cpu()] = values[keep].cpu()
     assert outputs is not None  # load_data never returns an empty split
@@ -154,12 +154,10 @@ def build_datasets(
         return encoded, 0.0
     start = time.perf_counter()
     model.to(ctx.accelerator.device).eval()
-    features: dict[str, Dataset] = {
-        name: FeatureDataset(
-            run_inference(model.encode, dataset, model, ctx, f"features ({name})"), dataset.labels
-        )
-        for name, dataset in encoded.items()
-    }
+    features: dict[str, Dataset] = {}
+    for name, dataset in encoded.items():
+        values = run_inference(model.layer_features, dataset, model, ctx, f"features ({name})")
+        features[name] = FeatureDataset(values, dataset.labels)
     return features, time.perf_counter() - start
 
 

@@ -24,11 +24,11 @@ NEGATIVE = ["bad", "awful", "terrible", "boring", "dull"]
 FILLER = ["the", "a", "movie", "film", "plot", "acting", "was", "is", "and"]
 
 
-def _build_tiny_bert(directory: Path) -> None:
+def _tiny_tokenizer():
     from tokenizers import Tokenizer, models, normalizers, pre_tokenizers, processors
-    from transformers import BertConfig, BertModel, PreTrainedTokenizerFast
+    from transformers import PreTrainedTokenizerFast
 
-    specials = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]"]
+    specials = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]"]  # ids 0-4
     chars = list("abcdefghijklmnopqrstuvwxyz0123456789.,!?'")
     tokens = specials + POSITIVE + NEGATIVE + FILLER + chars + ["##" + c for c in chars]
     vocab = {t: i for i, t in enumerate(dict.fromkeys(tokens))}
@@ -49,24 +49,52 @@ def _build_tiny_bert(directory: Path) -> None:
         mask_token="[MASK]",
         model_max_length=64,
     )
-    fast.save_pretrained(directory)
-    config = BertConfig(
-        vocab_size=len(vocab),
-        hidden_size=32,
-        num_hidden_layers=2,
-        num_attention_heads=2,
-        intermediate_size=37,
-        max_position_embeddings=64,
-    )
-    BertModel(config).save_pretrained(directory)
+    return fast
+
+
+def _tiny_config(family: str, vocab_size: int):
+    """A 2-layer, 32-wide random model of each source family the toolkit supports."""
+    import transformers as tf
+
+    if family in ("bert", "ernie"):
+        cls = tf.BertConfig if family == "bert" else tf.ErnieConfig
+        return cls(vocab_size=vocab_size, hidden_size=32, num_hidden_layers=2, num_attention_heads=2,
+                   intermediate_size=37, max_position_embeddings=64)  # fmt: skip
+    if family == "gpt2":
+        return tf.GPT2Config(vocab_size=vocab_size, n_embd=32, n_layer=2, n_head=2, n_positions=64)
+    if family == "llama":
+        return tf.LlamaConfig(vocab_size=vocab_size, hidden_size=32, num_hidden_layers=2,
+                              num_attention_heads=2, num_key_value_heads=1, intermediate_size=37,
+                              max_position_embeddings=64)  # fmt: skip
+    if family == "t5":
+        return tf.T5Config(vocab_size=vocab_size, d_model=32, num_layers=2, num_decoder_layers=1, num_heads=2,
+                           d_kv=16, d_ff=37, decoder_start_token_id=0)  # fmt: skip
+    raise ValueError(family)
+
+
+def build_tiny_model(directory: Path, family: str = "bert") -> Path:
+    """A tiny random model of ``family`` with the shared word-piece tokenizer, saved in ``directory``."""
+    from transformers import AutoModel
+
+    tokenizer = _tiny_tokenizer()
+    tokenizer.save_pretrained(directory)
+    AutoModel.from_config(_tiny_config(family, len(tokenizer))).save_pretrained(directory)
+    return directory
+
+
+FAMILIES = ("bert", "ernie", "gpt2", "llama", "t5")
 
 
 @pytest.fixture(scope="session")
-def tiny_bert(tmp_path_factory: pytest.TempPathFactory) -> str:
+def tiny_models(tmp_path_factory: pytest.TempPathFactory) -> dict[str, str]:
+    """Paths of tiny random models, one per family."""
+    return {f: str(build_tiny_model(tmp_path_factory.mktemp(f"tiny-{f}"), f)) for f in FAMILIES}
+
+
+@pytest.fixture(scope="session")
+def tiny_bert(tiny_models: dict[str, str]) -> str:
     """Path of a tiny random BERT (2 layers, hidden 32) with its tokenizer."""
-    directory = tmp_path_factory.mktemp("tiny-bert")
-    _build_tiny_bert(directory)
-    return str(directory)
+    return tiny_models["bert"]
 
 
 def sentiment_frame(n: int, seed: int = 0) -> pd.DataFrame:

@@ -1,14 +1,22 @@
-"""Hugging Face text models (BERT-style encoders first) as a :class:`Backbone`."""
+"""Hugging Face text models as a :class:`Backbone`.
+
+- encoders (BERT, RoBERTa, DistilBERT, MiniLM, ERNIE, ...): the model itself;
+- decoders (GPT-2, Llama-family such as SmolLM2, ...): the base model, right
+  padding, a pad token when the tokenizer has none; pair with ``last`` or
+  ``mean`` pooling;
+- encoder-decoders (T5, BART, ...): the encoder stack is the feature source.
+"""
 
 from __future__ import annotations
 
+import inspect
 import logging
 from pathlib import Path
 from typing import Any
 
 import torch
 from torch import nn
-from transformers import AutoConfig, AutoModel, AutoTokenizer, PreTrainedModel
+from transformers import AutoConfig, AutoModel, AutoTokenizer, PretrainedConfig
 
 from nlptransfer.backbones.base import BACKBONES, Backbone, BackboneOutput, LayerGroup
 from nlptransfer.backbones.sources import resolve_model, unknown_model_error
@@ -16,17 +24,17 @@ from nlptransfer.errors import ConfigError, ModelLoadError
 
 logger = logging.getLogger(__name__)
 
-# Keys a tokenizer may return that the model's forward takes.
-_MODEL_INPUTS = ("input_ids", "attention_mask", "token_type_ids")
+# Keys a tokenizer may return that a model's forward may take.
+_TOKEN_KEYS = ("input_ids", "attention_mask", "token_type_ids")
 
 
 @BACKBONES.register("hf-text")
 class HFTextBackbone(Backbone):
-    """Any ``AutoModel`` text encoder: BERT, RoBERTa, DistilBERT, MiniLM, ERNIE, ..."""
+    """Any Hugging Face text model: encoder, decoder, or the encoder of an encoder-decoder."""
 
     registry_name = "hf-text"
 
-    def __init__(self, model: PreTrainedModel, tokenizer: Any, source: str = "") -> None:
+    def __init__(self, model: nn.Module, tokenizer: Any, config: PretrainedConfig, source: str = "") -> None:
         super().__init__()
         # A pooler head that the chosen pooling never calls would hold parameters
         # with no gradient, which breaks DistributedDataParallel; we pool ourselves.
@@ -36,69 +44,64 @@ class HFTextBackbone(Backbone):
             tokenizer.pad_token = tokenizer.eos_token or tokenizer.unk_token
         self.model = model
         self.tokenizer = tokenizer
+        self.hf_config = config
         self.source = source
-        self.hidden_size = int(model.config.hidden_size)
+        self.hidden_size = int(config.hidden_size)
+        accepted = inspect.signature(model.forward).parameters
+        self._input_keys = tuple(k for k in _TOKEN_KEYS if k in accepted)
 
     @classmethod
     def from_pretrained(cls, name_or_path: str, trust_remote_code: bool = False) -> HFTextBackbone:
         """Load from a hub id, a local folder, or a short name such as ``minilm``."""
-        path = resolve_model(name_or_path)
+        resolved = resolve_model(name_or_path)
+        path, extra = resolved.path, {"trust_remote_code": trust_remote_code, **resolved.load_kwargs()}
         local = Path(path).is_dir()
-        if local and not (Path(path) / "config.json").is_file():
+        if local and not resolved.gguf_file and not (Path(path) / "config.json").is_file():
             raise ModelLoadError(
                 f"Model folder '{name_or_path}' has no config.json. Pass the folder that holds the "
                 "Hugging Face model files (config.json, weights, tokenizer)."
             )
         try:
-            config = AutoConfig.from_pretrained(path, trust_remote_code=trust_remote_code)
+            config = AutoConfig.from_pretrained(path, **extra)
         except (OSError, ValueError) as err:
             if local:
-                raise ModelLoadError(f"Could not read {path}/config.json: {err}") from err
+                raise ModelLoadError(f"Could not read the config in {path}: {err}") from err
             raise unknown_model_error(name_or_path, err) from err
-        if getattr(config, "is_encoder_decoder", False):
-            raise ConfigError(
-                f"'{name_or_path}' is an encoder-decoder model ({config.model_type}); this "
-                "release supports encoder models such as BERT and MiniLM as text backbones."
-            )
         try:
-            tokenizer = AutoTokenizer.from_pretrained(path, trust_remote_code=trust_remote_code)
-            model = AutoModel.from_pretrained(
-                path, config=config, dtype=torch.float32, trust_remote_code=trust_remote_code
-            )
+            tokenizer = AutoTokenizer.from_pretrained(path, **extra)
+            model = AutoModel.from_pretrained(path, config=config, dtype=torch.float32, **extra)
         except (OSError, ValueError) as err:
             raise ModelLoadError(
                 f"'{name_or_path}' has a config but its tokenizer or weights could not be loaded: {err}"
             ) from err
-        return cls(model, tokenizer, source=name_or_path)
+        return cls(_feature_stack(model, config), tokenizer, config, source=name_or_path)
 
     @property
     def max_positions(self) -> int | None:
-        return getattr(self.model.config, "max_position_embeddings", None)
+        return getattr(self.hf_config, "max_position_embeddings", None)
 
     def tokenize(
         self, texts: list[str], text_pairs: list[str] | None, max_length: int
     ) -> dict[str, list[list[int]]]:
         encoded = self.tokenizer(texts, text_pairs, truncation=True, max_length=max_length)
-        return {key: encoded[key] for key in _MODEL_INPUTS if key in encoded}
+        return {key: encoded[key] for key in self._input_keys if key in encoded}
 
     def collate(self, features: list[dict[str, Any]]) -> dict[str, torch.Tensor]:
+        # Always right padding: position ids then match unpadded inputs in decoders too,
+        # and the `last` pooling finds the last real token from the attention mask.
         pad_values = {"input_ids": self.tokenizer.pad_token_id, "attention_mask": 0}
-        left = self.tokenizer.padding_side == "left"
         width = max(len(f["input_ids"]) for f in features)
         batch: dict[str, torch.Tensor] = {}
-        for key in _MODEL_INPUTS:
+        for key in self._input_keys:
             if key not in features[0]:
                 continue
             fill = pad_values.get(key, 0)
-            rows = []
-            for feature in features:
-                pad = [fill] * (width - len(feature[key]))
-                rows.append(pad + list(feature[key]) if left else list(feature[key]) + pad)
+            rows = [list(f[key]) + [fill] * (width - len(f[key])) for f in features]
             batch[key] = torch.tensor(rows, dtype=torch.long)
         return batch
 
     def forward(self, output_hidden_states: bool = False, **inputs: torch.Tensor) -> BackboneOutput:
-        model_inputs = {k: v for k, v in inputs.items() if k in _MODEL_INPUTS}
+        model_inputs = {k: v for k, v in inputs.items() if k in self._input_keys}
         out = self.model(**model_inputs, output_hidden_states=output_hidden_states)
         return BackboneOutput(
             last_hidden_state=out.last_hidden_state,
@@ -108,27 +111,32 @@ class HFTextBackbone(Backbone):
 
     def layer_groups(self) -> list[LayerGroup]:
         blocks_name, blocks = _find_blocks(self.model)
-        block_params: dict[int, str] = {}
+        in_blocks: set[int] = set()
         groups = [LayerGroup(f"{blocks_name}.{i}", "block") for i in range(len(blocks))]
         for i, block in enumerate(blocks):
             for name, param in block.named_parameters():
                 groups[i].parameters.append((f"model.{blocks_name}.{i}.{name}", param))
-                block_params[id(param)] = name
+                in_blocks.add(id(param))
         # HF models register embeddings before the blocks and final norms after them.
         embeddings, final = LayerGroup("embeddings", "embeddings"), LayerGroup("final", "final")
         seen_blocks = False
         for name, param in self.model.named_parameters():
-            if id(param) in block_params:
+            if id(param) in in_blocks:
                 seen_blocks = True
                 continue
             (final if seen_blocks else embeddings).parameters.append((f"model.{name}", param))
         return [g for g in [embeddings, *groups, final] if g.parameters]
 
     def get_config(self) -> dict[str, Any]:
-        return {"source": self.source, "model_type": self.model.config.model_type}
+        return {"source": self.source, "model_type": self.hf_config.model_type}
 
     def save(self, directory: Path) -> None:
-        self.model.config.save_pretrained(directory)
+        config = self.hf_config
+        # A GGUF-loaded config describes its quantisation; the saved weights are plain float32.
+        if hasattr(config, "quantization_config"):
+            config = config.__class__.from_dict(config.to_dict())
+            del config.quantization_config
+        config.save_pretrained(directory)
         self.tokenizer.save_pretrained(directory)
 
     @classmethod
@@ -136,7 +144,16 @@ class HFTextBackbone(Backbone):
         hf_config = AutoConfig.from_pretrained(directory)
         model = AutoModel.from_config(hf_config, dtype=torch.float32)
         tokenizer = AutoTokenizer.from_pretrained(directory)
-        return cls(model, tokenizer, source=config.get("source", ""))
+        return cls(_feature_stack(model, hf_config), tokenizer, hf_config, source=config.get("source", ""))
+
+
+def _feature_stack(model: nn.Module, config: PretrainedConfig) -> nn.Module:
+    """The part of a model that produces features: the encoder of an encoder-decoder."""
+    if getattr(config, "is_encoder_decoder", False):
+        if not hasattr(model, "get_encoder"):
+            raise ConfigError(f"{type(model).__name__} is an encoder-decoder without get_encoder().")
+        return model.get_encoder()
+    return model
 
 
 def _find_blocks(model: nn.Module) -> tuple[str, nn.ModuleList]:

