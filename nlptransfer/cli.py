@@ -19,6 +19,7 @@ commands:
   train    train a classifier (same as `accelerate launch recipes/finetune.py`)
   layers   show which layers a strategy trains, without training
   predict  predict labels with a saved model
+  train-vectors  train word2vec / fastText on your unlabelled text (for --model word2vec:PATH)
 
 `nlptransfer COMMAND --help` lists each command's options."""
 
@@ -120,10 +121,45 @@ def _predict(argv: Sequence[str]) -> int:
     return 0
 
 
+def _train_vectors(argv: Sequence[str]) -> int:
+    from pathlib import Path
+
+    from nlptransfer.backbones.word_vectors import train_word_vectors
+    from nlptransfer.data import read_table
+
+    parser = argparse.ArgumentParser(
+        prog="nlptransfer train-vectors",
+        description="Train word2vec or fastText on unlabelled text, for --model word2vec:/fasttext:PATH.",
+    )
+    parser.add_argument("--input_file", required=True, help="A .txt file (one text per line) or a table.")
+    parser.add_argument("--text_column", default="text", help="Column of texts, for tables.")
+    parser.add_argument("--output", required=True, help="Where to write the vectors (.txt or .bin).")
+    parser.add_argument("--method", default="word2vec", choices=["word2vec", "fasttext"])
+    parser.add_argument("--dim", type=int, default=100)
+    parser.add_argument("--epochs", type=int, default=5)
+    parser.add_argument("--min_count", type=int, default=2)
+    args = parser.parse_args(argv)
+    path = Path(args.input_file)
+    if path.suffix == ".txt" and path.is_file():
+        texts = path.read_text(encoding="utf-8", errors="replace").splitlines()
+    else:
+        frame = next(iter(read_table(args.input_file).values()))
+        if args.text_column not in frame.columns:
+            raise DataError(
+                f"{args.input_file} has no column '{args.text_column}'. Columns that exist: "
+                f"{', '.join(map(str, frame.columns))}."
+            )
+        texts = frame[args.text_column].dropna().astype(str).tolist()
+    spec = train_word_vectors(texts, Path(args.output), args.method, args.dim, args.epochs, args.min_count)
+    print(f"trained on {len(texts)} texts; use it with: --model {spec}")
+    return 0
+
+
 COMMANDS: dict[str, Callable[[Sequence[str]], int]] = {
     "train": _train,
     "layers": _layers,
     "predict": _predict,
+    "train-vectors": _train_vectors,
 }
 
 

