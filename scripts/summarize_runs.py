@@ -1,6 +1,6 @@
 """Print a Markdown table of finished runs from their results.json files.
 
-    python scripts/summarize_runs.py runs/*
+python scripts/summarize_runs.py runs/*
 """
 
 from __future__ import annotations
@@ -25,7 +25,9 @@ def row(folder: Path) -> str:
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     parser.add_argument("runs", nargs="+", type=Path, help="Run output folders.")
     args = parser.parse_args()
     print(

