@@ -2,6 +2,7 @@
 
     python scripts/compare_sources.py                  # every source (about 20 min on 2 CPU cores)
     python scripts/compare_sources.py --only minilm-mean glove-bag
+    python scripts/compare_sources.py --layer_sweep    # + each single MiniLM layer
 
 Each row is one run of ``recipes/finetune.py`` (feature extraction: the body is
 frozen and runs once per example); its results.json lands in
@@ -39,6 +40,13 @@ SOURCES: dict[str, tuple[str, list[str]]] = {
 }  # fmt: skip
 
 
+# Single MiniLM layers (0 = embeddings ... 6 = top), to check the learned mix against the best one.
+LAYER_SWEEP = {
+    f"minilm-layer-{i}": (f"MiniLM, mean pooling, layer {i} only", ["--model", "minilm", "--layers", str(i)])
+    for i in range(7)
+}
+
+
 def run(name: str, flags: list[str], out_root: Path) -> dict:
     out = out_root / name
     command = [sys.executable, str(REPO / "recipes" / "finetune.py"), *flags, "--output_dir", str(out),
@@ -63,6 +71,7 @@ def main() -> None:
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
     parser.add_argument("--only", nargs="+", choices=list(SOURCES), help="Run only these rows.")
+    parser.add_argument("--layer_sweep", action="store_true", help="Also one row per single MiniLM layer.")
     parser.add_argument("--output_root", type=Path, default=Path("runs/sources"))
     args = parser.parse_args()
     print(f"majority-class baseline (test accuracy): {majority_baseline():.4f}\n")
@@ -70,8 +79,10 @@ def main() -> None:
         "| source | strategy | test accuracy | test macro-F1 | feature seconds | train seconds | trainable |"
     )
     print("|---|---|---:|---:|---:|---:|---:|")
-    for name in args.only or list(SOURCES):
-        description, flags = SOURCES[name]
+    rows = {**SOURCES, **LAYER_SWEEP}
+    names = (args.only or list(SOURCES)) + (list(LAYER_SWEEP) if args.layer_sweep else [])
+    for name in names:
+        description, flags = rows[name]
         r = run(name, flags, args.output_root)
         test = r["test"]
         print(

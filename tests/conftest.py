@@ -74,8 +74,10 @@ def _tiny_config(family: str, vocab_size: int):
 
 def build_tiny_model(directory: Path, family: str = "bert") -> Path:
     """A tiny random model of ``family`` with the shared word-piece tokenizer, saved in ``directory``."""
+    import torch
     from transformers import AutoModel
 
+    torch.manual_seed(0)  # the same tiny model in every session: tests stay deterministic
     tokenizer = _tiny_tokenizer()
     tokenizer.save_pretrained(directory)
     AutoModel.from_config(_tiny_config(family, len(tokenizer))).save_pretrained(directory)

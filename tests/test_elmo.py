@@ -1,4 +1,7 @@
-"""The pure-PyTorch ELMo reader, on a small weight file in the original TensorFlow layout."""
+"""The pure-PyTorch ELMo reader, on a small weight file in the original TensorFlow layout.
+
+Padding, save/load and training through the recipe are in test_backbone_contract.py.
+"""
 
 from __future__ import annotations
 
@@ -9,12 +12,10 @@ import h5py
 import numpy as np
 import pytest
 import torch
-from conftest import sentiment_frame
 
-from nlptransfer import ModelLoadError, TransferModel
+from nlptransfer import ModelLoadError
 from nlptransfer.backbones import load_backbone
 from nlptransfer.backbones.elmo import word_char_ids
-from nlptransfer.cli import main as cli_main
 
 OPTIONS = {
     "lstm": {"use_skip_connections": True, "projection_dim": 8, "cell_clip": 3, "proj_clip": 3, "dim": 12,
@@ -129,27 +130,6 @@ def test_character_ids_follow_elmo() -> None:
     assert ids[:4] == [259, 98, 99, 260] and ids[4:] == [261] * 46  # BOW a b EOW, then padding
     assert word_char_ids(None, 256)[:3] == [259, 257, 260]  # <S>
     assert len(word_char_ids("x" * 80)) == 50
-
-
-def test_padding_invariance_and_round_trip(elmo_dir, tmp_path: Path) -> None:
-    model = TransferModel.from_backbone(f"elmo:{elmo_dir[0]}", ["neg", "pos"], layers="all").eval()
-    with torch.inference_mode():
-        alone = model.encode(**model.backbone.collate(model.preprocess(["good"])))
-        padded = model.encode(**model.backbone.collate(model.preprocess(["good", "a much longer text here"])))
-    assert torch.allclose(alone, padded[:1], atol=1e-5)
-    model.save_pretrained(tmp_path)
-    texts = ["good", "", "😀 awful"]
-    assert np.array_equal(TransferModel.from_pretrained(tmp_path).predict(texts).probabilities,
-                          model.predict(texts).probabilities)  # fmt: skip
-
-
-def test_trains_a_head_through_the_recipe(elmo_dir, tmp_path: Path) -> None:
-    sentiment_frame(80).to_csv(tmp_path / "train.csv", index=False)
-    code = cli_main(["train", "--model", f"elmo:{elmo_dir[0]}", "--train_file", str(tmp_path / "train.csv"),
-                     "--layers", "all", "--epochs", "5", "--output_dir", str(tmp_path / "out")])  # fmt: skip
-    assert code == 0
-    results = json.loads((tmp_path / "out" / "results.json").read_text())
-    assert results["trainable_parameters"] == 2 * PROJ * 2 + 2 + 3 + 1  # head + mix of 3 layers
 
 
 def test_a_folder_without_the_two_files_is_a_clear_error(tmp_path: Path) -> None:

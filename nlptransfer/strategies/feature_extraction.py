@@ -32,7 +32,7 @@ class FeatureExtraction(Strategy):
                 "the whole body. Drop the flag or use --strategy finetune."
             )
         model.backbone.requires_grad_(False)
-        model.head.requires_grad_(True)
-        return param_groups(
-            list(model.head.named_parameters()), self.learning_rate(config), config.weight_decay
-        )
+        new = model.new_parameters()  # the head, and the layer mix when there is one
+        for _, param in new:
+            param.requires_grad_(True)
+        return param_groups(new, self.learning_rate(config), config.weight_decay)
