@@ -36,7 +36,7 @@ class FinetuneConfig:
     # Source model and strategy
     model: str = _opt("minilm", "Short name (minilm), local folder or hub id of the source model.")
     strategy: str = _opt("feature-extraction", "Transfer strategy: feature-extraction or finetune.")
-    pooling: str = _opt("mean", "How token states become one vector: cls, mean or max.")
+    pooling: str = _opt("mean", "How token states become one vector: cls, mean, max or last.")
     layers: list[int | str] | None = _opt(
         None,
         "Hidden layers to pool (-1 = top, 0 = embeddings), or 'all' for ELMo's learned mix of "
@@ -55,6 +55,9 @@ class FinetuneConfig:
     word_encoder: str = _opt("none", "On word vectors: none (bag of embeddings), bilstm or cnn.")
     word_weighting: str = _opt("none", "On word vectors: none, or sif (a/(a+p(w)) token weights).")
     oov: str = _opt("zero", "Training words without a vector: zero, random, or subword (fastText .bin).")
+    word_lowercase: bool = _opt(
+        True, "Lowercase text before the word-vector lookup (GloVe 6B is lowercased)."
+    )
     min_word_count: int = _opt(1, "Keep training words seen at least this often in the vocabulary.")
     max_vocab_size: int = _opt(50_000, "At most this many words in the vocabulary.")
     allow_pickle: bool = _opt(

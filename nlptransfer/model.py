@@ -99,7 +99,7 @@ class TransferModel(nn.Module):
             backbone = model
         else:
             backbone = load_backbone(model, trust_remote_code=trust_remote_code)
-        num_states = backbone.num_blocks() + 1
+        num_states = backbone.num_hidden_states()
         if layers == "all":
             layers, layer_mix = list(range(num_states)), layer_mix or "scalar"
         pooler = Pooling(pooling, layers or [-1], mix=layer_mix or "concat")

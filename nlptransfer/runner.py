@@ -9,7 +9,7 @@ from typing import Any
 
 from accelerate.utils import set_seed
 
-from nlptransfer.backbones import VocabOptions, load_backbone
+from nlptransfer.backbones import VocabOptions, is_word_vector_source, load_backbone
 from nlptransfer.config import FinetuneConfig
 from nlptransfer.data import TextClassificationData, load_data
 from nlptransfer.layers import count_parameters, format_table, trainable_rows
@@ -36,8 +36,11 @@ def build_model(
     """The model a run trains: source backbone, pooling and a new head, configured by the strategy."""
     word_options = VocabOptions(
         min_count=config.min_word_count, max_size=config.max_vocab_size, oov=config.oov,
-        encoder=config.word_encoder, weighting=config.word_weighting,
+        encoder=config.word_encoder, weighting=config.word_weighting, lowercase=config.word_lowercase,
+        seed=config.seed,
     )  # fmt: skip
+    if not is_word_vector_source(config.model) and word_options != VocabOptions(seed=config.seed):
+        logger.warning("Word-vector options (--word_encoder, --oov, ...) apply only to word-vector models.")
     backbone = load_backbone(
         config.model, config.trust_remote_code, train_texts, word_options, allow_pickle=config.allow_pickle
     )
@@ -65,7 +68,7 @@ def train(config: FinetuneConfig) -> dict[str, Any]:
     set_seed(config.seed)
     data = load_data(config)
     logger.info("data: %s", _describe(data))
-    model = build_model(config, data.label_names, strategy, data.train.texts)
+    model = build_model(config, data.label_names, strategy, data.train.texts + (data.train.pairs or []))
     groups = strategy.configure(model, config)
     table = format_table(trainable_rows(model))
     logger.info("strategy %s, trainable layers:\n%s", strategy.name, table)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import numpy as np
 import pytest
 import torch
 
@@ -63,3 +64,26 @@ def test_missing_local_folder_is_a_clear_error(tmp_path) -> None:
 def test_unknown_hub_id_offline_is_a_clear_error() -> None:
     with pytest.raises(ModelLoadError, match="not a short name"):
         HFTextBackbone.from_pretrained("minilmm")
+
+
+def test_decoder_tokenizer_without_pad_and_empty_texts(tmp_path) -> None:
+    """GPT-style tokenizers: no pad token, and "" encodes to no tokens at all."""
+    from tokenizers import Tokenizer, models, pre_tokenizers
+    from transformers import GPT2Config, GPT2Model, PreTrainedTokenizerFast
+
+    from nlptransfer import TransferModel
+
+    vocab = {"<eos>": 0, "<unk>": 1, "good": 2, "film": 3}
+    tok = Tokenizer(models.WordLevel(vocab, unk_token="<unk>"))
+    tok.pre_tokenizer = pre_tokenizers.Whitespace()
+    fast = PreTrainedTokenizerFast(tokenizer_object=tok, eos_token="<eos>", unk_token="<unk>")
+    assert fast.pad_token is None and fast("")["input_ids"] == []
+    fast.save_pretrained(tmp_path)
+    GPT2Model(GPT2Config(vocab_size=4, n_embd=8, n_layer=1, n_head=2, n_positions=16)).save_pretrained(
+        tmp_path
+    )
+    model = TransferModel.from_backbone(str(tmp_path), ["a", "b"], pooling="last")
+    assert model.backbone.tokenizer.pad_token == "<eos>"
+    predictions = model.predict(["", "good film", ""])
+    assert predictions.probabilities.shape == (3, 2)
+    assert np.isfinite(predictions.probabilities).all()

@@ -78,17 +78,22 @@ def reference_token_layer(arrays: dict[str, np.ndarray], char_ids: np.ndarray) -
     return np.stack(out)
 
 
-def reference_forward_lstm(arrays: dict[str, np.ndarray], inputs: np.ndarray) -> np.ndarray:
-    """TensorFlow's LSTMCell(num_proj, cell_clip, proj_clip, forget_bias=1) over one sentence."""
-    cell = "RNN_0/RNN/MultiRNNCell/Cell0/LSTMCell"
+def reference_lstm(
+    arrays: dict[str, np.ndarray], inputs: np.ndarray, direction: int = 0, layer: int = 0
+) -> np.ndarray:
+    """TensorFlow's LSTMCell(num_proj, cell_clip, proj_clip, forget_bias=1) over one sentence.
+
+    Direction 1 is the backward LM: it reads the sentence right to left.
+    """
+    cell = f"RNN_{direction}/RNN/MultiRNNCell/Cell{layer}/LSTMCell"
     c, m, outputs = np.zeros(CELL), np.zeros(PROJ), []
-    for x in inputs:
+    for x in inputs[::-1] if direction == 1 else inputs:
         z = np.concatenate([x, m]) @ arrays[f"{cell}/W_0"] + arrays[f"{cell}/B"]
         i, j, f, o = np.split(z, 4)
         c = np.clip(sigmoid(f + 1.0) * c + sigmoid(i) * np.tanh(j), -3, 3)
         m = np.clip((sigmoid(o) * np.tanh(c)) @ arrays[f"{cell}/W_P_0"], -3, 3)
         outputs.append(m)
-    return np.stack(outputs)
+    return np.stack(outputs[::-1] if direction == 1 else outputs)
 
 
 @pytest.fixture(scope="module")
@@ -111,7 +116,7 @@ def test_three_layers_with_elmo_shapes(elmo_dir) -> None:
     assert all(torch.equal(a, b) for a, b in zip(out.hidden_states, again.hidden_states, strict=True))
 
 
-def test_token_layer_and_first_lstm_match_a_tensorflow_style_reference(elmo_dir) -> None:
+def test_every_layer_and_direction_matches_a_tensorflow_style_reference(elmo_dir) -> None:
     folder, arrays = elmo_dir
     backbone = load_backbone(f"elmo:{folder}").eval()
     encoded = backbone.tokenize(["The plot, alas, is thin!"], None, 32)
@@ -122,7 +127,12 @@ def test_token_layer_and_first_lstm_match_a_tensorflow_style_reference(elmo_dir)
     tokens = reference_token_layer(arrays, char_ids)
     assert np.allclose(layers[0][0, :, :PROJ].numpy(), tokens, atol=1e-4)
     assert np.allclose(layers[0][0, :, PROJ:].numpy(), tokens, atol=1e-4)  # copied for both directions
-    assert np.allclose(layers[1][0, :, :PROJ].numpy(), reference_forward_lstm(arrays, tokens), atol=1e-4)
+    forward1, backward1 = reference_lstm(arrays, tokens, 0, 0), reference_lstm(arrays, tokens, 1, 0)
+    assert np.allclose(layers[1][0, :, :PROJ].numpy(), forward1, atol=1e-4)
+    assert np.allclose(layers[1][0, :, PROJ:].numpy(), backward1, atol=1e-4)
+    # Layer 2 reads layer 1 of its own direction and adds it back (skip connection).
+    forward2 = reference_lstm(arrays, forward1, 0, 1) + forward1
+    assert np.allclose(layers[2][0, :, :PROJ].numpy(), forward2, atol=1e-4)
 
 
 def test_character_ids_follow_elmo() -> None:

@@ -123,3 +123,10 @@ def test_trainable_table_has_totals(tiny_bert: str) -> None:
     head_params = sum(p.numel() for p in model.head.parameters())
     assert table.splitlines()[-1].startswith("| total")
     assert f"{head_params:,} (" in table.splitlines()[-1]
+
+
+def test_unfreezing_layers_that_the_pooling_never_reads_is_refused(tiny_bert: str) -> None:
+    model = TransferModel.from_backbone(tiny_bert, ["neg", "pos"], layers=[1])
+    config = FinetuneConfig(model=tiny_bert, strategy="finetune", unfreeze_layers=1)
+    with pytest.raises(ConfigError, match="read nothing above block 0"):
+        get_strategy("finetune").configure(model, config)

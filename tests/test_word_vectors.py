@@ -142,6 +142,8 @@ def test_recipe_bag_of_embeddings_and_frozen_bilstm(vector_files, tmp_path: Path
     lstm_args = ["--word_encoder", "bilstm", "--strategy", "finetune", "--unfreeze_layers", "1",
                  "--body_lr_scale", "1", "--epochs", "3", "--output_dir", str(tmp_path / "lstm")]  # fmt: skip
     assert cli_main([*common, *lstm_args]) == 0
+    lstm = json.loads((tmp_path / "lstm" / "results.json").read_text())
+    assert lstm["validation"]["accuracy"] >= 0.9
     trained = TransferModel.from_pretrained(tmp_path / "lstm").backbone
     pretrained = load_vectors(vector_files["word2vec-text"])
     for word, row in trained.word_to_id.items():
@@ -163,3 +165,46 @@ def test_train_your_own_vectors_then_reuse_them(tmp_path: Path) -> None:
         corpus.read_text().splitlines(), tmp_path / "ft.bin", "fasttext", dim=8, min_count=1
     )
     assert load_vectors(spec).subword is not None
+
+
+def test_feature_extraction_refuses_to_freeze_a_random_encoder(vector_files, tmp_path: Path) -> None:
+    sentiment_frame(40).to_csv(tmp_path / "train.csv", index=False)
+    args = ["train", "--model", vector_files["glove"], "--train_file", str(tmp_path / "train.csv"),
+            "--word_encoder", "bilstm", "--output_dir", str(tmp_path / "out")]  # fmt: skip
+    assert cli_main(args) == 2
+    assert not (tmp_path / "out" / "results.json").exists()
+
+
+def test_sif_weights_down_weight_frequent_words(vector_files) -> None:
+    texts = ["the good movie", "the bad film", "the plot"]
+    options = VocabOptions(weighting="sif")
+    backbone = WordVectorBackbone.from_source(vector_files["glove"], texts, options)
+    weight = dict(zip(backbone.vocab, backbone.word_weights, strict=True))
+    total = 8  # tokens in the texts
+    assert weight["the"] == pytest.approx(1e-3 / (1e-3 + 3 / total))
+    assert weight["good"] == pytest.approx(1e-3 / (1e-3 + 1 / total))
+    assert weight["<pad>"] == 0.0
+    ids = torch.tensor([[backbone.word_to_id["the"], backbone.word_to_id["good"]]])
+    out = backbone(input_ids=ids, attention_mask=torch.ones_like(ids)).last_hidden_state
+    row = backbone.embeddings.weight[backbone.word_to_id["the"]] * weight["the"]
+    assert torch.allclose(out[0, 0], row)
+
+
+def test_text_pairs_enter_the_vocabulary(vector_files, tmp_path: Path) -> None:
+    frame = sentiment_frame(60).assign(other="superb film")
+    frame.to_csv(tmp_path / "pairs.csv", index=False)
+    out = tmp_path / "out"
+    args = ["train", "--model", vector_files["glove"], "--train_file", str(tmp_path / "pairs.csv"),
+            "--text_pair_column", "other", "--epochs", "2", "--output_dir", str(out)]  # fmt: skip
+    assert cli_main(args) == 0
+    assert "superb" in TransferModel.from_pretrained(out).backbone.word_to_id
+
+
+def test_word2vec_vectors_saved_as_bin_read_back_as_binary(tmp_path: Path) -> None:
+    texts = sentiment_frame(100)["text"].tolist()
+    spec = train_word_vectors(texts, tmp_path / "w2v.bin", "word2vec", dim=8, min_count=1)
+    assert load_vectors(spec).matrix.shape[1] == 8
+    with pytest.raises(ConfigError, match=r"\.bin"):
+        train_word_vectors(texts, tmp_path / "ft.txt", "fasttext", dim=8, min_count=1)
+    with pytest.raises(ConfigError, match="min_count"):
+        train_word_vectors(texts, tmp_path / "none.txt", "word2vec", dim=8, min_count=10_000)

@@ -22,7 +22,9 @@ def load_backbone(
         return ElmoBackbone.from_files(name_or_path.removeprefix("elmo:"))
     if is_word_vector_source(name_or_path):
         options = word_options or VocabOptions()
-        return WordVectorBackbone.from_source(name_or_path, train_texts, options, allow_pickle=allow_pickle)
+        return WordVectorBackbone.from_source(
+            name_or_path, train_texts, options, allow_pickle=allow_pickle, seed=options.seed
+        )
     return HFTextBackbone.from_pretrained(name_or_path, trust_remote_code=trust_remote_code)
 
 
@@ -36,6 +38,7 @@ __all__ = [
     "LayerGroup",
     "VocabOptions",
     "WordVectorBackbone",
+    "is_word_vector_source",
     "load_backbone",
     "resolve_model",
 ]

@@ -98,5 +98,14 @@ class Backbone(nn.Module, ABC):
     def num_blocks(self) -> int:
         return len(self.block_groups())
 
+    def num_hidden_states(self) -> int:
+        """How many hidden states ``forward(output_hidden_states=True)`` returns."""
+        return self.num_blocks() + 1
+
+    @property
+    def has_untrained_blocks(self) -> bool:
+        """True when some blocks start random (e.g. a BiLSTM on word vectors): they must train."""
+        return False
+
 
 BACKBONES: Registry[type[Backbone]] = Registry("backbone")

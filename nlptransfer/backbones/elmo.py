@@ -17,7 +17,6 @@ highway carry gate is negated so that one sigmoid gate serves both.
 from __future__ import annotations
 
 import json
-import re
 from pathlib import Path
 from typing import Any
 
@@ -26,11 +25,11 @@ import torch
 from torch import nn
 
 from nlptransfer.backbones.base import BACKBONES, Backbone, BackboneOutput, LayerGroup
+from nlptransfer.backbones.word_vectors import tokenize_words
 from nlptransfer.errors import ModelLoadError
 
 MAX_CHARS = 50
 BOS_CHAR, EOS_CHAR, BOW_CHAR, EOW_CHAR, PAD_CHAR = 256, 257, 258, 259, 260
-_TOKEN = re.compile(r"\w+|[^\w\s]")
 
 
 def word_char_ids(word: str | None, sentence_mark: int | None = None) -> list[int]:
@@ -169,7 +168,10 @@ class ElmoBackbone(Backbone):
                 f"elmo:{folder} must be a folder with exactly one options .json and one weights .hdf5 "
                 f"(found {len(options_files)} and {len(weight_files)})."
             )
-        backbone = cls(json.loads(options_files[0].read_text()), source=f"elmo:{folder}")
+        try:
+            backbone = cls(json.loads(options_files[0].read_text()), source=f"elmo:{folder}")
+        except (json.JSONDecodeError, KeyError, TypeError, ValueError) as err:
+            raise ModelLoadError(f"{options_files[0]} is not a valid ELMo options file: {err!r}") from err
         try:
             load_hdf5_weights(backbone, weight_files[0])
         except (KeyError, OSError, ValueError) as err:
@@ -184,7 +186,7 @@ class ElmoBackbone(Backbone):
         pairs = text_pairs or [""] * len(texts)
         rows = []
         for text, pair in zip(texts, pairs, strict=True):
-            words = _TOKEN.findall(f"{text} {pair}")[: max(max_length - 2, 0)]
+            words = tokenize_words(f"{text} {pair}", lowercase=False)[: max(max_length - 2, 0)]
             rows.append(
                 [word_char_ids(None, BOS_CHAR), *map(word_char_ids, words), word_char_ids(None, EOS_CHAR)]
             )

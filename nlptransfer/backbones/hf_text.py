@@ -41,6 +41,8 @@ class HFTextBackbone(Backbone):
         if getattr(model, "pooler", None) is not None:
             model.pooler = None
         if tokenizer.pad_token is None:
+            if (tokenizer.eos_token or tokenizer.unk_token) is None:
+                raise ModelLoadError(f"The tokenizer of '{source}' has no pad, EOS or UNK token to pad with.")
             tokenizer.pad_token = tokenizer.eos_token or tokenizer.unk_token
         self.model = model
         self.tokenizer = tokenizer
@@ -74,17 +76,39 @@ class HFTextBackbone(Backbone):
             raise ModelLoadError(
                 f"'{name_or_path}' has a config but its tokenizer or weights could not be loaded: {err}"
             ) from err
-        return cls(_feature_stack(model, config), tokenizer, config, source=name_or_path)
+        backbone = cls(_feature_stack(model, config), tokenizer, config, source=name_or_path)
+        backbone.trust_remote_code = trust_remote_code
+        return backbone
 
     @property
     def max_positions(self) -> int | None:
-        return getattr(self.hf_config, "max_position_embeddings", None)
+        limits = [getattr(self.hf_config, "max_position_embeddings", None), self.tokenizer.model_max_length]
+        # model_max_length is a huge sentinel when unset; RoBERTa's 514 positions hold only 512 tokens.
+        known = [int(v) for v in limits if v is not None and v < 1_000_000]
+        return min(known) if known else None
+
+    def num_hidden_states(self) -> int:
+        # Not num_blocks() + 1: ALBERT shares one block across all its layers.
+        return int(getattr(self.hf_config, "num_hidden_layers", self.num_blocks())) + 1
 
     def tokenize(
         self, texts: list[str], text_pairs: list[str] | None, max_length: int
     ) -> dict[str, list[list[int]]]:
         encoded = self.tokenizer(texts, text_pairs, truncation=True, max_length=max_length)
-        return {key: encoded[key] for key in self._input_keys if key in encoded}
+        result = {key: encoded[key] for key in self._input_keys if key in encoded}
+        # Decoder tokenizers turn "" into no tokens at all; give such texts one real token.
+        filler = (
+            self.tokenizer.eos_token_id
+            if self.tokenizer.eos_token_id is not None
+            else self.tokenizer.pad_token_id
+        )
+        for row, ids in enumerate(result["input_ids"]):
+            if not ids:
+                for key in result:
+                    result[key][row] = (
+                        [filler] if key == "input_ids" else [1 if key == "attention_mask" else 0]
+                    )
+        return result
 
     def collate(self, features: list[dict[str, Any]]) -> dict[str, torch.Tensor]:
         # Always right padding: position ids then match unpadded inputs in decoders too,
@@ -128,7 +152,11 @@ class HFTextBackbone(Backbone):
         return [g for g in [embeddings, *groups, final] if g.parameters]
 
     def get_config(self) -> dict[str, Any]:
-        return {"source": self.source, "model_type": self.hf_config.model_type}
+        return {
+            "source": self.source,
+            "model_type": self.hf_config.model_type,
+            "trust_remote_code": getattr(self, "trust_remote_code", False),
+        }
 
     def save(self, directory: Path) -> None:
         config = self.hf_config
@@ -141,9 +169,14 @@ class HFTextBackbone(Backbone):
 
     @classmethod
     def from_saved(cls, directory: Path, config: dict[str, Any]) -> HFTextBackbone:
-        hf_config = AutoConfig.from_pretrained(directory)
-        model = AutoModel.from_config(hf_config, dtype=torch.float32)
-        tokenizer = AutoTokenizer.from_pretrained(directory)
+        # Remote code runs again only if the user allowed it when training this model.
+        remote = bool(config.get("trust_remote_code", False))
+        try:
+            hf_config = AutoConfig.from_pretrained(directory, trust_remote_code=remote)
+            model = AutoModel.from_config(hf_config, dtype=torch.float32, trust_remote_code=remote)
+            tokenizer = AutoTokenizer.from_pretrained(directory, trust_remote_code=remote)
+        except (OSError, ValueError) as err:
+            raise ModelLoadError(f"Could not rebuild the saved model in {directory}: {err}") from err
         return cls(_feature_stack(model, hf_config), tokenizer, hf_config, source=config.get("source", ""))
 
 

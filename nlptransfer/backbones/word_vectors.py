@@ -19,6 +19,7 @@ import importlib
 import json
 import logging
 import re
+import struct
 from collections import Counter
 from collections.abc import Callable
 from dataclasses import asdict, dataclass
@@ -54,7 +55,9 @@ class Vectors:
     subword: Callable[[str], np.ndarray] | None = None
 
     def index(self) -> dict[str, int]:
-        return {w: i for i, w in enumerate(self.words)}
+        if not hasattr(self, "_index"):
+            self._index = {w: i for i, w in enumerate(self.words)}
+        return self._index
 
 
 def load_vectors(source: str, allow_pickle: bool = False) -> Vectors:
@@ -88,7 +91,7 @@ def load_vectors(source: str, allow_pickle: bool = False) -> Vectors:
         else:
             binary = kind == "word2vec" and file.suffix == ".bin"
             kv = KeyedVectors.load_word2vec_format(str(file), binary=binary, no_header=kind == "glove")
-    except (ValueError, UnicodeDecodeError, OSError, EOFError) as err:
+    except (ValueError, UnicodeDecodeError, OSError, EOFError, NotImplementedError, struct.error) as err:
         raise ModelLoadError(f"Could not read '{path}' as {kind} vectors: {err}") from err
     return Vectors(list(kv.index_to_key), kv.vectors)
 
@@ -120,6 +123,7 @@ class VocabOptions:
     lowercase: bool = True
     encoder: str = "none"
     weighting: str = "none"  # or "sif": a / (a + p(word)) token weights (Arora et al., 2017)
+    seed: int = 0  # for --oov random
 
 
 def build_vocabulary(texts: list[str], vectors: Vectors, options: VocabOptions) -> tuple[list[str], Counter]:
@@ -211,6 +215,7 @@ class WordVectorBackbone(Backbone):
             self.encoder = self.encoder(dim)
         self.hidden_size = self.encoder.output_dim if self.encoder is not None else dim
         self.word_weights = word_weights or [1.0] * len(vocab)
+        self.register_buffer("sif", torch.tensor(self.word_weights, dtype=torch.float), persistent=False)
         self.report: dict[str, Any] = {}
 
     @classmethod
@@ -226,9 +231,14 @@ class WordVectorBackbone(Backbone):
         vocab, counts = build_vocabulary(texts or [], vectors, options)
         matrix, coverage = embedding_matrix(vocab, vectors, options.oov, seed)
         backbone = cls(vocab, torch.from_numpy(matrix), options, source, _sif_weights(vocab, counts, options))
-        backbone.report = {**coverage, **_token_coverage(counts, set(vectors.index()))}
+        found = {w for w in vocab[2:] if w in vectors.index()} if vectors.subword is None else set(vocab[2:])
+        backbone.report = {**coverage, **_token_coverage(counts, found)}
         logger.info("word vectors %s: coverage %s", source, backbone.report)
         return backbone
+
+    @property
+    def has_untrained_blocks(self) -> bool:
+        return self.encoder is not None
 
     def tokenize(
         self, texts: list[str], text_pairs: list[str] | None, max_length: int
@@ -250,8 +260,7 @@ class WordVectorBackbone(Backbone):
         ids, mask = inputs["input_ids"], inputs["attention_mask"]
         embedded = self.embeddings(ids)
         if self.options.weighting == "sif":
-            weights = torch.tensor(self.word_weights, device=ids.device)[ids]
-            embedded = embedded * weights.unsqueeze(-1)
+            embedded = embedded * self.sif[ids].unsqueeze(-1)
         states: tuple[torch.Tensor, ...] = (embedded,)
         if self.encoder is not None:
             states = (embedded, self.encoder(embedded, mask))
@@ -319,14 +328,23 @@ def train_word_vectors(
 
     if method not in ("word2vec", "fasttext"):
         raise ConfigError(f"--method must be word2vec or fasttext, got '{method}'.")
+    if method == "fasttext" and output.suffix != ".bin":
+        raise ConfigError(
+            "fastText vectors are saved in Facebook's binary format: give --output a .bin name."
+        )
+    if dim < 1 or epochs < 1 or min_count < 1:
+        raise ConfigError("--dim, --epochs and --min_count must each be at least 1.")
     sentences = [tokenize_words(t) for t in texts if t.strip()]
     if not sentences:
         raise ConfigError("No non-empty texts to train word vectors on.")
     cls = Word2Vec if method == "word2vec" else FastText
-    model = cls(sentences, vector_size=dim, epochs=epochs, min_count=min_count, seed=seed, workers=1)
+    try:
+        model = cls(sentences, vector_size=dim, epochs=epochs, min_count=min_count, seed=seed, workers=1)
+    except RuntimeError as err:  # gensim: "you must first build vocabulary" when min_count drops every word
+        raise ConfigError(f"No word occurs --min_count {min_count} times in the corpus: {err}") from err
     output.parent.mkdir(parents=True, exist_ok=True)
     if method == "word2vec":
-        model.wv.save_word2vec_format(str(output))
+        model.wv.save_word2vec_format(str(output), binary=output.suffix == ".bin")
     else:
         save_facebook_model(model, str(output))
     return f"{method}:{output}"

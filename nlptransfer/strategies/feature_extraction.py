@@ -31,6 +31,12 @@ class FeatureExtraction(Strategy):
                 "--unfreeze_layers applies to --strategy finetune; feature-extraction freezes "
                 "the whole body. Drop the flag or use --strategy finetune."
             )
+        if model.backbone.has_untrained_blocks:
+            raise ConfigError(
+                "This backbone has randomly initialised layers (a BiLSTM or CNN on word vectors) that "
+                "feature extraction would freeze. Use --strategy finetune --unfreeze_layers 1 (frozen "
+                "vectors, trained encoder), or --word_encoder none for a bag of embeddings."
+            )
         model.backbone.requires_grad_(False)
         new = model.new_parameters()  # the head, and the layer mix when there is one
         for _, param in new:

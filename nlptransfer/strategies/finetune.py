@@ -40,6 +40,12 @@ class Finetune(Strategy):
         # Blocks above the highest pooled layer get no gradient; trainable, they would
         # break DistributedDataParallel, so they stay frozen.
         top = max(i % (num_blocks + 1) for i in model.pooling.layers)
+        if k and num_blocks - k >= top:
+            raise ConfigError(
+                f"--unfreeze_layers {k} trains blocks {num_blocks - k}..{num_blocks - 1}, but the pooled "
+                f"layers {model.pooling.layers} read nothing above block {top - 1}. Unfreeze more layers "
+                "or pool a higher layer."
+            )
         for group in blocks[top:]:
             group.set_trainable(False)
         if top < num_blocks:
