@@ -13,6 +13,11 @@ from conftest import recipe, run_script, sentiment_frame
 from nlptransfer import TransferModel
 
 
+def nlptransfer_cli(*args: str):
+    """Run the `nlptransfer` command in a fresh process, as a user would."""
+    return run_script([sys.executable, "-m", "nlptransfer.cli", *args])
+
+
 @pytest.fixture(scope="module")
 def trained_run(tiny_bert: str, tmp_path_factory: pytest.TempPathFactory) -> Path:
     folder = tmp_path_factory.mktemp("run")
@@ -71,37 +76,21 @@ def test_saved_run_loads_and_predicts(trained_run: Path) -> None:
 
 
 def test_predict_command_on_texts_and_files(trained_run: Path, tmp_path: Path) -> None:
-    result = run_script(
-        [
-            sys.executable,
-            "-m",
-            "nlptransfer.cli",
-            "predict",
-            "--model",
-            str(trained_run),
-            "--text",
-            "superb wonderful film",
-        ]
-    )
+    result = nlptransfer_cli("predict", "--model", str(trained_run), "--text", "superb wonderful film")
     assert result.returncode == 0, result.stderr[-2000:]
     expected = TransferModel.from_pretrained(trained_run).predict(["superb wonderful film"])
     label, score, text = result.stdout.strip().split("\t")
     assert (label, text) == (expected.labels[0], "superb wonderful film")
     assert float(score) == pytest.approx(float(expected.scores[0]), abs=1e-4)
     sentiment_frame(10, seed=3).to_csv(tmp_path / "new.csv", index=False)
-    result = run_script(
-        [
-            sys.executable,
-            "-m",
-            "nlptransfer.cli",
-            "predict",
-            "--model",
-            str(trained_run),
-            "--input_file",
-            str(tmp_path / "new.csv"),
-            "--output_file",
-            str(tmp_path / "p.csv"),
-        ]
+    result = nlptransfer_cli(
+        "predict",
+        "--model",
+        str(trained_run),
+        "--input_file",
+        str(tmp_path / "new.csv"),
+        "--output_file",
+        str(tmp_path / "p.csv"),
     )
     assert result.returncode == 0, result.stderr[-2000:]
     predicted = pd.read_csv(tmp_path / "p.csv")
@@ -182,19 +171,8 @@ def test_bad_input_ends_in_one_clear_line(
 
 
 def test_layers_command_prints_the_table(tiny_bert: str) -> None:
-    result = run_script(
-        [
-            sys.executable,
-            "-m",
-            "nlptransfer.cli",
-            "layers",
-            "--model",
-            tiny_bert,
-            "--strategy",
-            "finetune",
-            "--unfreeze_layers",
-            "1",
-        ]
+    result = nlptransfer_cli(
+        "layers", "--model", tiny_bert, "--strategy", "finetune", "--unfreeze_layers", "1"
     )
     assert result.returncode == 0, result.stderr[-2000:]
     rows = {
