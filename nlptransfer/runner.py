@@ -11,21 +11,15 @@ from accelerate.utils import set_seed
 
 from nlptransfer.backbones import VocabOptions, is_word_vector_source, load_backbone
 from nlptransfer.config import FinetuneConfig
+from nlptransfer.context import RunContext, build_accelerator
 from nlptransfer.data import TextClassificationData, load_data
+from nlptransfer.inference import evaluate_split
 from nlptransfer.layers import count_parameters, format_table, trainable_rows
 from nlptransfer.metrics import MetricSet
 from nlptransfer.model import TransferModel
 from nlptransfer.outputs import check_output_dir, resolve_output_dir, versions, write_run
 from nlptransfer.strategies import Strategy, get_strategy
-from nlptransfer.training import (
-    FitResult,
-    RunContext,
-    build_accelerator,
-    build_datasets,
-    distributed_report,
-    evaluate_split,
-    fit,
-)
+from nlptransfer.training import FitResult, build_datasets, distributed_report, fit
 
 logger = logging.getLogger(__name__)
 

@@ -4,13 +4,9 @@ from __future__ import annotations
 
 import logging
 import math
-import os
-import time
-from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
-import numpy as np
 import torch
 import torch.nn.functional as F
 import transformers
@@ -20,38 +16,18 @@ from torch.utils.data import DataLoader, Dataset
 from tqdm.auto import tqdm
 
 from nlptransfer.config import FinetuneConfig
-from nlptransfer.data import (
-    Collator,
-    EncodedDataset,
-    FeatureDataset,
-    LengthGroupedSampler,
-    Split,
-    TextClassificationData,
-)
+from nlptransfer.context import RunContext
+from nlptransfer.data import Collator, EncodedDataset, LengthGroupedSampler, TextClassificationData
 from nlptransfer.errors import NLPTransferError
-from nlptransfer.metrics import MetricSet
+from nlptransfer.features import extract_features
+from nlptransfer.inference import encode_split, evaluate_split
 from nlptransfer.model import TransferModel
-from nlptransfer.strategies import Strategy
 
 logger = logging.getLogger(__name__)
 
 
 class TrainingError(NLPTransferError, RuntimeError):
     """Training cannot go on (for example the loss became NaN)."""
-
-
-@dataclass
-class RunContext:
-    """What every step of a run needs, passed as one object."""
-
-    config: FinetuneConfig
-    strategy: Strategy
-    accelerator: Accelerator
-    metrics: MetricSet
-
-    @property
-    def show_progress(self) -> bool:
-        return self.accelerator.is_local_main_process
 
 
 @dataclass
@@ -69,76 +45,6 @@ class FitResult:
     seen_indices: list[int] = field(default_factory=list)
 
 
-def build_accelerator(config: FinetuneConfig) -> Accelerator:
-    # Without cpu=True, a CPU-only `accelerate launch --multi_gpu` runs unsynchronised copies.
-    accelerator = Accelerator(
-        cpu=config.cpu or not torch.cuda.is_available(),
-        mixed_precision=config.mixed_precision,
-        gradient_accumulation_steps=config.gradient_accumulation_steps,
-    )
-    if accelerator.device.type == "cpu":
-        if config.mixed_precision == "fp16":
-            logger.warning("--mixed_precision fp16 has no effect on CPU; use bf16 or no.")
-        local = int(os.environ.get("LOCAL_WORLD_SIZE", accelerator.num_processes))
-        set_cpu_threads(config.num_threads, local)
-    return accelerator
-
-
-def set_cpu_threads(requested: int | None, local_processes: int) -> None:
-    """Use every core: `accelerate launch` pins one thread per process on CPU by default."""
-    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
-    threads = requested or max(1, cores // max(local_processes, 1))
-    torch.set_num_threads(threads)
-    logger.debug("using %d CPU threads per process", threads)
-
-
-def encode_split(model: TransferModel, split: Split) -> EncodedDataset:
-    return EncodedDataset(model.preprocess(split.texts, split.pairs), split.labels)
-
-
-def length_sorted_batches(lengths: list[int], batch_size: int) -> list[list[int]]:
-    """Batches of similar-length examples: almost no compute is spent on padding."""
-    order = np.argsort(lengths, kind="stable").tolist()
-    return [order[i : i + batch_size] for i in range(0, len(order), batch_size)]
-
-
-def inference_loader(dataset: Dataset, model: TransferModel, batch_size: int) -> DataLoader:
-    if isinstance(dataset, EncodedDataset):
-        batches = length_sorted_batches(dataset.lengths(), batch_size)
-        return DataLoader(dataset, batch_sampler=batches, collate_fn=Collator(model.backbone))
-    return DataLoader(dataset, batch_size=batch_size)
-
-
-def run_inference(
-    fn: Callable[..., torch.Tensor], dataset: Dataset, model: TransferModel, ctx: RunContext, desc: str
-) -> torch.Tensor:
-    """Apply ``fn`` to every example, sharded over processes; every process gets all outputs."""
-    accelerator = ctx.accelerator
-    loader = accelerator.prepare_data_loader(inference_loader(dataset, model, ctx.config.eval_batch_size))
-    outputs = None
-    with torch.inference_mode():
-        for batch in tqdm(loader, desc=desc, disable=not ctx.show_progress, leave=False):
-            batch.pop("labels")
-            idx = batch.pop("idx")
-            values = fn(**batch).float()
-            # Shards can end with batches of different sizes: pad, gather, drop the padding.
-            values = accelerator.gather(accelerator.pad_across_processes(values, dim=0))
-            idx = accelerator.gather(accelerator.pad_across_processes(idx, dim=0, pad_index=-1))
-            if outputs is None:
-                outputs = torch.zeros(len(dataset), *values.shape[1:])
-            keep = idx >= 0
-            outputs[idx[keep].cpu()] = values[keep].cpu()
-    assert outputs is not None  # load_data never returns an empty split
-    return outputs
-
-
-def evaluate_split(model: torch.nn.Module, dataset: Dataset, ctx: RunContext, desc: str) -> dict[str, float]:
-    model.eval()
-    logits = run_inference(model, dataset, ctx.accelerator.unwrap_model(model), ctx, desc)
-    labels = dataset.labels.tolist() if isinstance(dataset.labels, torch.Tensor) else dataset.labels
-    return ctx.metrics.compute(logits.argmax(-1).tolist(), labels)
-
-
 def build_datasets(
     model: TransferModel, data: TextClassificationData, ctx: RunContext
 ) -> tuple[dict[str, Dataset], float]:
@@ -152,13 +58,7 @@ def build_datasets(
     encoded = {name: encode_split(model, split) for name, split in splits.items()}
     if not ctx.strategy.freezes_body(ctx.config):
         return encoded, 0.0
-    start = time.perf_counter()
-    model.to(ctx.accelerator.device).eval()
-    features: dict[str, Dataset] = {}
-    for name, dataset in encoded.items():
-        values = run_inference(model.layer_features, dataset, model, ctx, f"features ({name})")
-        features[name] = FeatureDataset(values, dataset.labels)
-    return features, time.perf_counter() - start
+    return extract_features(model, encoded, ctx)
 
 
 def train_loader(dataset: Dataset, model: TransferModel, config: FinetuneConfig) -> DataLoader:
