@@ -74,6 +74,9 @@ class FinetuneConfig:
     validation_split: float = _opt(0.1, "Fraction of training data held out when no validation file.")
     test_split: float = _opt(0.0, "Fraction of training data held out as test set when no test file.")
     max_train_examples: int | None = _opt(None, "Use only this many training examples (quick runs).")
+    samples_per_label: int | None = _opt(
+        None, "Few-shot: keep K training examples per label, drawn with --seed (validation/test unchanged)."
+    )
     max_length: int = _opt(128, "Truncate token sequences to this length.")
     # Optimisation
     epochs: int | None = _opt(None, "Training epochs (default depends on the strategy).")
@@ -109,10 +112,21 @@ class FinetuneConfig:
         for name in ("batch_size", "eval_batch_size", "max_length", "gradient_accumulation_steps"):
             if getattr(self, name) < 1:
                 raise ConfigError(f"--{name} must be at least 1, got {getattr(self, name)}.")
-        for name in ("epochs", "max_train_examples", "early_stopping_patience", "num_threads"):
+        optional_counts = (
+            "epochs",
+            "max_train_examples",
+            "samples_per_label",
+            "early_stopping_patience",
+            "num_threads",
+        )
+        for name in optional_counts:
             value = getattr(self, name)
             if value is not None and value < 1:
                 raise ConfigError(f"--{name} must be at least 1, got {value}.")
+        if self.samples_per_label is not None and self.max_train_examples is not None:
+            raise ConfigError(
+                "--samples_per_label and --max_train_examples both limit the training data; pass one."
+            )
         if self.unfreeze_layers is not None and self.unfreeze_layers < 0:
             raise ConfigError(f"--unfreeze_layers must be >= 0, got {self.unfreeze_layers}.")
         if self.mixed_precision not in MIXED_PRECISION:

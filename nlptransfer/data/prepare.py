@@ -66,6 +66,8 @@ def load_data(config: FinetuneConfig) -> TextClassificationData:
         train, cleaned["validation"] = _split(train, columns.label, fraction, config.seed, "validation")
     if config.max_train_examples and config.max_train_examples < len(train):
         train = _subsample(train, columns.label, config.max_train_examples, config.seed)
+    if config.samples_per_label is not None:
+        train = _per_label_sample(train, columns.label, config.samples_per_label, config.seed, report)
     label_names, to_id = _label_map(train[columns.label])
     for name in ("validation", "test"):
         if name in cleaned:
@@ -162,6 +164,31 @@ def _subsample(frame: pd.DataFrame, label: str, size: int, seed: int) -> pd.Data
     except ValueError as err:
         raise DataError(f"Cannot take --max_train_examples {size} from {len(frame)} rows: {err}") from err
     return kept.reset_index(drop=True)
+
+
+def _per_label_sample(
+    frame: pd.DataFrame, label: str, k: int, seed: int, report: dict[str, Any]
+) -> pd.DataFrame:
+    """K rows of each label (few-shot), drawn with ``seed``; a smaller label keeps all its rows.
+
+    Each label's rows are permuted with one generator in sorted-label order and the first K
+    kept, so for one seed the K=8 sample is part of the K=16 sample (nested few-shot curves).
+    """
+    rng = np.random.default_rng(seed)
+    labels = frame[label].astype(str)
+    kept: list[int] = []
+    counts: dict[str, int] = {}
+    for name in sorted(labels.unique()):
+        rows = np.flatnonzero((labels == name).to_numpy())
+        if len(rows) < k:
+            logger.warning("--samples_per_label %d: label %r has only %d training examples; keeping all.",
+                           k, name, len(rows))  # fmt: skip
+        chosen = rows[rng.permutation(len(rows))[:k]]
+        kept.extend(chosen.tolist())
+        counts[name] = len(chosen)
+    report["samples_per_label"] = {"k": k, "seed": seed, "train_examples_per_label": counts}
+    # Original row order (already shuffled by the splits), not blocks of one label.
+    return frame.iloc[sorted(kept)].reset_index(drop=True)
 
 
 def _normalise_label(value: Any) -> Any:
