@@ -19,6 +19,7 @@ commands:
   train    train a classifier (same as `accelerate launch recipes/finetune.py`)
   layers   show which layers a strategy trains, without training
   predict  predict labels with a saved model
+  merge-adapter  fold a LoRA / IA3 / LoHa adapter into the body: a plain model (RUN_DIR OUTPUT_DIR)
   train-vectors  train word2vec / fastText on your unlabelled text (for --model word2vec:PATH)
 
 `nlptransfer COMMAND --help` lists each command's options."""
@@ -121,6 +122,32 @@ def _predict(argv: Sequence[str]) -> int:
     return 0
 
 
+def _merge_adapter(argv: Sequence[str]) -> int:
+    from pathlib import Path
+
+    from nlptransfer.errors import ConfigError
+    from nlptransfer.model import TransferModel
+    from nlptransfer.outputs import check_output_dir
+
+    parser = argparse.ArgumentParser(
+        prog="nlptransfer merge-adapter",
+        description="Merge a trained LoRA-like adapter into the body's weights and save a plain model, "
+        "which loads and predicts without peft and without the adapter's extra compute.",
+    )
+    parser.add_argument("run_dir", help="Output folder of a run with --strategy lora, loha or ia3.")
+    parser.add_argument("output_dir", help="Where to write the merged model (a new or empty folder).")
+    parser.add_argument("--overwrite_output_dir", action="store_true", help="Replace a model saved there.")
+    args = parser.parse_args(argv)
+    source, target = Path(args.run_dir), Path(args.output_dir)
+    if target.resolve() == source.resolve():
+        raise ConfigError("OUTPUT_DIR must differ from RUN_DIR: the run keeps its adapter model.")
+    check_output_dir(target, args.overwrite_output_dir)
+    model = TransferModel.from_pretrained(source).merge_adapter()
+    model.save_pretrained(target)
+    print(f"merged the adapter of {source} into a plain model in {target}")
+    return 0
+
+
 def _train_vectors(argv: Sequence[str]) -> int:
     from pathlib import Path
 
@@ -160,6 +187,7 @@ COMMANDS: dict[str, Callable[[Sequence[str]], int]] = {
     "layers": _layers,
     "predict": _predict,
     "train-vectors": _train_vectors,
+    "merge-adapter": _merge_adapter,
 }
 
 

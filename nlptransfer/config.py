@@ -49,6 +49,17 @@ class FinetuneConfig:
         None, "finetune only: train just the top K encoder layers + head (default: all layers)."
     )
     body_lr_scale: float = _opt(0.1, "Body learning rate = learning_rate x this (the 1/10 rule).")
+    # PEFT adapters (--strategy lora, ia3, prefix-tuning, prompt-tuning)
+    lora_r: int = _opt(8, "lora / loha: rank of the weight update.")
+    lora_alpha: int = _opt(16, "lora / loha: the update is scaled by lora_alpha / lora_r.")
+    lora_dropout: float = _opt(0.1, "lora / loha: dropout on the adapter's input.")
+    target_modules: list[str] | None = _opt(
+        None,
+        "lora / loha / ia3: layers to adapt, by name or name suffix (e.g. query value), or all-linear. "
+        "Default: peft's choice for the model family (BERT query value, GPT-2 c_attn, Llama q_proj "
+        "v_proj, T5 q v), else all-linear.",
+    )
+    num_virtual_tokens: int = _opt(20, "prompt-tuning / prefix-tuning: number of virtual tokens.")
     head_dropout: float = _opt(0.1, "Dropout before the linear head.")
     trust_remote_code: bool = _opt(False, "Allow model code from the hub (off: never run foreign code).")
     # Word vectors (--model glove:PATH, word2vec:PATH, fasttext:PATH, kv:PATH, glove-6b-50d)

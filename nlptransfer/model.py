@@ -16,7 +16,7 @@ import torch
 from safetensors.torch import load_model, save_model
 from torch import nn
 
-from nlptransfer.backbones import BACKBONES, Backbone, load_backbone
+from nlptransfer.backbones import BACKBONES, Backbone, load_backbone, peft_adapter
 from nlptransfer.errors import ConfigError, ModelLoadError
 from nlptransfer.heads import LinearHead, build_head
 from nlptransfer.pooling import Pooling
@@ -163,8 +163,19 @@ class TransferModel(nn.Module):
         self.train(was_training)
         return Predictions([self.labels[i] for i in probs.argmax(1)], probs, list(self.labels))
 
+    def merge_adapter(self) -> TransferModel:
+        """Fold a LoRA-like adapter into the body's weights: a plain model that loads without peft.
+
+        Prompt and prefix tuning have no weight update to merge (ConfigError).
+        """
+        peft_adapter.merge_adapter(self.backbone)
+        return self
+
     def get_config(self) -> dict[str, Any]:
         backbone = {"type": self.backbone.registry_name, **self.backbone.get_config()}
+        adapter = peft_adapter.adapter_state(self.backbone)
+        if adapter is not None:  # from_pretrained re-creates the adapter layers before loading weights
+            backbone[peft_adapter.ADAPTER_CONFIG_KEY] = adapter
         return {
             "nlptransfer_version": __version__,
             "backbone": backbone,
@@ -187,6 +198,7 @@ class TransferModel(nn.Module):
             staging = Path(tmp)
             save_model(self, str(staging / WEIGHTS_NAME))
             self.backbone.save(staging / BACKBONE_DIR)
+            peft_adapter.save_adapter(self.backbone, staging / BACKBONE_DIR / peft_adapter.ADAPTER_DIR)
             (staging / CONFIG_NAME).write_text(json.dumps(self.get_config(), indent=2))
             (target / CONFIG_NAME).unlink(missing_ok=True)
             shutil.rmtree(target / BACKBONE_DIR, ignore_errors=True)
@@ -201,6 +213,8 @@ class TransferModel(nn.Module):
         config = _read_config(path)
         backbone_cls = BACKBONES.get(config["backbone"]["type"])
         backbone = backbone_cls.from_saved(path / BACKBONE_DIR, config["backbone"])
+        if peft_adapter.ADAPTER_CONFIG_KEY in config["backbone"]:
+            peft_adapter.restore_adapter(backbone, config["backbone"][peft_adapter.ADAPTER_CONFIG_KEY])
         head = build_head(config["head"])
         if head.num_labels != len(config["labels"]):
             raise ModelLoadError(

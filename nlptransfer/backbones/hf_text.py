@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import inspect
 import logging
+import re
 from pathlib import Path
 from typing import Any
 
@@ -26,6 +27,8 @@ logger = logging.getLogger(__name__)
 
 # Keys a tokenizer may return that a model's forward may take.
 _TOKEN_KEYS = ("input_ids", "attention_mask", "token_type_ids")
+# Module-name prefixes a peft wrapper adds in front of the wrapped model's own names.
+_PEFT_PREFIX = re.compile(r"^base_model\.(model\.)?")
 
 
 @BACKBONES.register("hf-text")
@@ -126,17 +129,25 @@ class HFTextBackbone(Backbone):
 
     def forward(self, output_hidden_states: bool = False, **inputs: torch.Tensor) -> BackboneOutput:
         model_inputs = {k: v for k, v in inputs.items() if k in self._input_keys}
+        prompted = _is_prompt_learning(self.model)
+        if prompted:  # peft drops token type ids under prompt learning, warning on every call
+            model_inputs.pop("token_type_ids", None)
         out = self.model(**model_inputs, output_hidden_states=output_hidden_states)
+        mask = model_inputs["attention_mask"]
+        # Prompt tuning prepends virtual tokens; pooling must see exactly the real ones.
+        extra = out.last_hidden_state.shape[1] - mask.shape[1] if prompted else 0
+        states = out.hidden_states if output_hidden_states else None
         return BackboneOutput(
-            last_hidden_state=out.last_hidden_state,
-            attention_mask=model_inputs["attention_mask"],
-            hidden_states=out.hidden_states if output_hidden_states else None,
+            last_hidden_state=out.last_hidden_state[:, extra:],
+            attention_mask=mask,
+            hidden_states=tuple(h[:, extra:] for h in states) if states is not None else None,
         )
 
     def layer_groups(self) -> list[LayerGroup]:
         blocks_name, blocks = _find_blocks(self.model)
         in_blocks: set[int] = set()
-        groups = [LayerGroup(f"{blocks_name}.{i}", "block") for i in range(len(blocks))]
+        label = _PEFT_PREFIX.sub("", blocks_name) if hasattr(self.model, "peft_config") else blocks_name
+        groups = [LayerGroup(f"{label}.{i}", "block") for i in range(len(blocks))]
         for i, block in enumerate(blocks):
             for name, param in block.named_parameters():
                 groups[i].parameters.append((f"model.{blocks_name}.{i}.{name}", param))
@@ -148,7 +159,8 @@ class HFTextBackbone(Backbone):
             if id(param) in in_blocks:
                 seen_blocks = True
                 continue
-            (final if seen_blocks else embeddings).parameters.append((f"model.{name}", param))
+            input_side = not seen_blocks or name.startswith("prompt_encoder.")  # peft's virtual tokens
+            (embeddings if input_side else final).parameters.append((f"model.{name}", param))
         return [g for g in [embeddings, *groups, final] if g.parameters]
 
     def get_config(self) -> dict[str, Any]:
@@ -178,6 +190,12 @@ class HFTextBackbone(Backbone):
         except (OSError, ValueError) as err:
             raise ModelLoadError(f"Could not rebuild the saved model in {directory}: {err}") from err
         return cls(_feature_stack(model, hf_config), tokenizer, hf_config, source=config.get("source", ""))
+
+
+def _is_prompt_learning(model: nn.Module) -> bool:
+    """True when peft wraps ``model`` with prompt or prefix tuning."""
+    config = getattr(model, "active_peft_config", None)
+    return bool(getattr(config, "is_prompt_learning", False))
 
 
 def _feature_stack(model: nn.Module, config: PretrainedConfig) -> nn.Module:

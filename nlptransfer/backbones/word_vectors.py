@@ -280,7 +280,7 @@ class WordVectorBackbone(Backbone):
             "source": self.source,
             "options": asdict(self.options),
             "vocab_size": len(self.vocab),
-            "dim": self.embeddings.embedding_dim,
+            "dim": self.embeddings.weight.shape[1],  # .weight: also under a peft LoRA wrapper
         }
 
     def save(self, directory: Path) -> None:
