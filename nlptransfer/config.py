@@ -114,6 +114,14 @@ class FinetuneConfig:
     num_threads: int | None = _opt(
         None, "CPU threads per process (default: this machine's cores / local processes)."
     )
+    cache_dir: str | None = _opt(
+        None,
+        "Folder of the frozen-body feature cache "
+        "(default: $NLPTRANSFER_CACHE_DIR, else ~/.cache/nlptransfer/features).",
+    )
+    feature_cache: bool = _opt(
+        True, "Reuse frozen-body features from earlier runs (--no-feature_cache: always recompute)."
+    )
 
     def __post_init__(self) -> None:
         self._check_range("validation_split", 0.0, 0.9)

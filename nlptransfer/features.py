@@ -1,25 +1,150 @@
-"""Body features for frozen-body training: computed once per example for the whole run."""
+"""Body features for frozen-body training: computed once per example, and cached across runs.
+
+A split's features are ``model.layer_features`` (pooled per layer, before the layer
+mix and the head), so runs that change only the head, the mix, the learning rate
+or the epochs reuse them from the :class:`~nlptransfer.cache.FeatureCache`.
+"""
 
 from __future__ import annotations
 
+import logging
 import time
+from collections.abc import Mapping
+from typing import Any
 
+import torch
 from torch.utils.data import Dataset
 
+from nlptransfer.cache import (
+    CacheKey,
+    FeatureCache,
+    examples_fingerprint,
+    resolve_cache_dir,
+    weights_fingerprint,
+)
 from nlptransfer.context import RunContext
 from nlptransfer.data import EncodedDataset, FeatureDataset
 from nlptransfer.inference import run_inference
 from nlptransfer.model import TransferModel
+from nlptransfer.version import __version__
+
+logger = logging.getLogger(__name__)
 
 
 def extract_features(
     model: TransferModel, encoded: dict[str, EncodedDataset], ctx: RunContext
 ) -> tuple[dict[str, Dataset], float]:
-    """``model.layer_features`` of every split under inference mode; and the seconds it took."""
+    """``model.layer_features`` of every split, from the cache or under inference mode; and the seconds."""
     start = time.perf_counter()
-    model.to(ctx.accelerator.device).eval()
-    features: dict[str, Dataset] = {}
-    for name, dataset in encoded.items():
-        values = run_inference(model.layer_features, dataset, model, ctx, f"features ({name})")
-        features[name] = FeatureDataset(values, dataset.labels)
+    device = ctx.accelerator.device
+    model.to(device).eval()
+    cache = open_cache(ctx)
+    body = body_key_parts(model, ctx) if cache is not None else {}
+    # Inference loaders draw seeds from the global RNG; a hit draws none. Restoring the RNG
+    # afterwards keeps the training that follows (dropout, shuffling) identical either way.
+    with torch.random.fork_rng(devices=_gpu_ids(device)):
+        features: dict[str, Dataset] = {
+            name: _split_features(name, dataset, model, ctx, cache, body) for name, dataset in encoded.items()
+        }
     return features, time.perf_counter() - start
+
+
+def _gpu_ids(device: torch.device) -> list[int]:
+    if device.type != "cuda":
+        return []
+    return [device.index if device.index is not None else torch.cuda.current_device()]
+
+
+def open_cache(ctx: RunContext) -> FeatureCache | None:
+    """The feature cache of this run, or None under ``--no-feature_cache``."""
+    if not ctx.config.feature_cache:
+        return None
+    return FeatureCache(resolve_cache_dir(ctx.config.cache_dir))
+
+
+def body_key_parts(model: TransferModel, ctx: RunContext) -> dict[str, Any]:
+    """Everything but the examples that changes ``layer_features``; hashes the weights once."""
+    start = time.perf_counter()
+    backbone = model.backbone
+    parts = {
+        "backbone": {"type": backbone.registry_name, **backbone.get_config()},
+        "weights": weights_fingerprint(backbone),
+        "dtypes": sorted({str(p.dtype) for p in backbone.parameters()}),
+        "pooling": model.pooling.mode,
+        "layers": list(model.pooling.layers),
+        "mixed_precision": ctx.config.mixed_precision,
+        # CPU and GPU kernels round differently: a cached feature must be bit-for-bit what this run computes.
+        "device": ctx.accelerator.device.type,
+        # A new version may pool differently; recomputing once per upgrade is cheap insurance.
+        "nlptransfer_version": __version__,
+    }
+    logger.debug("fingerprinted the body's weights in %.2f s", time.perf_counter() - start)
+    return parts
+
+
+def split_key(body: Mapping[str, Any], dataset: EncodedDataset) -> CacheKey:
+    return CacheKey({**body, "examples": len(dataset), "tokens": examples_fingerprint(dataset.encodings)})
+
+
+def _split_features(
+    name: str,
+    dataset: EncodedDataset,
+    model: TransferModel,
+    ctx: RunContext,
+    cache: FeatureCache | None,
+    body: Mapping[str, Any],
+) -> FeatureDataset:
+    if cache is None:
+        return FeatureDataset(_compute(name, dataset, model, ctx), dataset.labels)
+    key = split_key(body, dataset)
+    info = {"dir": str(cache.root), "entry": key.digest}
+    cached = cache.load(key, rows=len(dataset))
+    # run_inference gathers across processes: either every process reads the cache or all compute.
+    if _on_every_process(cached is not None, ctx):
+        logger.info("feature cache hit for %s: %s", name, cache.path(key))
+        return FeatureDataset(cached, dataset.labels, {**info, "hit": True})
+    logger.info("feature cache miss for %s: running the body", name)
+    values = _compute(name, dataset, model, ctx)
+    # Every process already holds the gathered features; one writer per machine is enough.
+    if ctx.accelerator.is_local_main_process:
+        _store(cache, key, values)
+    return FeatureDataset(values, dataset.labels, {**info, "hit": False})
+
+
+def _compute(name: str, dataset: EncodedDataset, model: TransferModel, ctx: RunContext) -> torch.Tensor:
+    return run_inference(model.layer_features, dataset, model, ctx, f"features ({name})")
+
+
+def _store(cache: FeatureCache, key: CacheKey, values: torch.Tensor) -> None:
+    try:
+        path = cache.store(key, values.numpy())
+    except OSError as err:  # a full disk must not end a run whose features are in memory
+        logger.warning("Could not write feature cache entry %s (%s); going on without it.", key.digest, err)
+        return
+    logger.info("feature cache: wrote %s", path)
+
+
+def _on_every_process(flag: bool, ctx: RunContext) -> bool:
+    accelerator = ctx.accelerator
+    if accelerator.num_processes == 1:
+        return flag
+    flags = accelerator.gather(torch.tensor([int(flag)], device=accelerator.device))
+    return bool(flags.min().item())
+
+
+def feature_cache_report(datasets: Mapping[str, Dataset]) -> dict[str, Any] | None:
+    """For results.json: the cache folder and which splits were hits; None if nothing was extracted."""
+    infos = {name: ds.cache_info for name, ds in datasets.items() if isinstance(ds, FeatureDataset)}
+    if not infos:
+        return None
+    if any(info is None for info in infos.values()):
+        return {"enabled": False}
+    return {
+        "enabled": True,
+        "dir": next(iter(infos.values()))["dir"],
+        "hits": {name: info["hit"] for name, info in infos.items()},
+        "entries": {name: info["entry"] for name, info in infos.items()},
+    }
+
+
+__all__ = ["body_key_parts", "extract_features", "feature_cache_report", "open_cache", "split_key"]

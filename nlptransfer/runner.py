@@ -13,6 +13,7 @@ from nlptransfer.backbones import VocabOptions, is_word_vector_source, load_back
 from nlptransfer.config import FinetuneConfig
 from nlptransfer.context import RunContext, build_accelerator
 from nlptransfer.data import TextClassificationData, load_data
+from nlptransfer.features import feature_cache_report
 from nlptransfer.inference import evaluate_split
 from nlptransfer.layers import count_parameters, format_table, trainable_rows
 from nlptransfer.metrics import MetricSet
@@ -74,6 +75,7 @@ def train(config: FinetuneConfig) -> dict[str, Any]:
     test = evaluate_split(model, datasets["test"], ctx, "test") if "test" in datasets else None
     report = distributed_report(ctx.accelerator, result.seen_indices, len(data.train))
     results = _results(ctx, model, data, result, test, timings, report)
+    results["feature_cache"] = feature_cache_report(datasets)
     if ctx.accelerator.is_main_process:
         write_run(output_dir, model, config, results, table)
         logger.info("saved model and results to %s; test: %s", output_dir, test)

@@ -24,6 +24,20 @@ NEGATIVE = ["bad", "awful", "terrible", "boring", "dull"]
 FILLER = ["the", "a", "movie", "film", "plot", "acting", "was", "is", "and"]
 
 
+@pytest.fixture(scope="session", autouse=True)
+def _session_feature_cache(tmp_path_factory: pytest.TempPathFactory):
+    """Module- and session-scoped runs never write features to ~/.cache either."""
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setenv("NLPTRANSFER_CACHE_DIR", str(tmp_path_factory.mktemp("feature-cache")))
+        yield
+
+
+@pytest.fixture(autouse=True)
+def _feature_cache(tmp_path_factory: pytest.TempPathFactory, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Each test gets its own empty feature cache (subprocesses inherit it), never ~/.cache."""
+    monkeypatch.setenv("NLPTRANSFER_CACHE_DIR", str(tmp_path_factory.mktemp("feature-cache")))
+
+
 def _tiny_tokenizer():
     from tokenizers import Tokenizer, models, normalizers, pre_tokenizers, processors
     from transformers import PreTrainedTokenizerFast

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from typing import Any
 
+import numpy as np
 import torch
 from torch.utils.data import Dataset, Sampler
 
@@ -28,17 +29,34 @@ class EncodedDataset(Dataset):
 
 
 class FeatureDataset(Dataset):
-    """Precomputed body features (one row per example) for frozen-body training."""
+    """Precomputed body features (one row per example) for frozen-body training.
 
-    def __init__(self, features: torch.Tensor, labels: list[int]) -> None:
+    ``features`` is a tensor, or a numpy array such as a read-only memory map from
+    the feature cache, whose rows are read only when an item is asked for.
+    ``cache_info`` says where the features came from (see ``nlptransfer.features``).
+    """
+
+    def __init__(
+        self,
+        features: torch.Tensor | np.ndarray,
+        labels: list[int],
+        cache_info: dict[str, Any] | None = None,
+    ) -> None:
         self.features = features
         self.labels = torch.tensor(labels, dtype=torch.long)
+        self.cache_info = cache_info
 
     def __len__(self) -> int:
         return len(self.labels)
 
     def __getitem__(self, i: int) -> dict[str, Any]:
-        return {"features": self.features[i], "labels": self.labels[i], "idx": i}
+        return {"features": self._row(i), "labels": self.labels[i], "idx": i}
+
+    def _row(self, i: int) -> torch.Tensor:
+        if isinstance(self.features, torch.Tensor):
+            return self.features[i]
+        # Copy the one row: a tensor on a read-only memory map would warn and must not be written.
+        return torch.from_numpy(np.array(self.features[i], dtype=np.float32))
 
 
 class Collator:
