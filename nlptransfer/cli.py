@@ -53,7 +53,7 @@ def _train(argv: Sequence[str]) -> int:
 
 
 def _layers(argv: Sequence[str]) -> int:
-    from nlptransfer.layers import format_table, trainable_rows
+    from nlptransfer.layers import phase_tables
     from nlptransfer.runner import build_model
     from nlptransfer.strategies import get_strategy
 
@@ -64,8 +64,7 @@ def _layers(argv: Sequence[str]) -> int:
     )
     strategy = get_strategy(config.strategy)
     model = build_model(config, ["label_0", "label_1"], strategy)
-    strategy.configure(model, config)
-    print(format_table(trainable_rows(model)))
+    print(phase_tables(model, strategy.phases(model, config)))
     return 0
 
 

@@ -21,6 +21,7 @@ from nlptransfer.version import __version__
 C = TypeVar("C")
 
 MIXED_PRECISION = ("no", "fp16", "bf16")
+HEAD_TYPES = ("linear", "logistic-cv")
 
 
 def _opt(default: Any, help: str) -> Any:
@@ -35,7 +36,11 @@ class FinetuneConfig:
 
     # Source model and strategy
     model: str = _opt("minilm", "Short name (minilm), local folder or hub id of the source model.")
-    strategy: str = _opt("feature-extraction", "Transfer strategy: feature-extraction or finetune.")
+    strategy: str = _opt(
+        "feature-extraction",
+        "Transfer strategy: feature-extraction, finetune, layerwise-lr-decay, gradual-unfreezing, "
+        "lp-ft, contrastive, or a PEFT adapter (lora, ia3, prefix-tuning, prompt-tuning).",
+    )
     pooling: str = _opt("mean", "How token states become one vector: cls, mean, max or last.")
     layers: list[int | str] | None = _opt(
         None,
@@ -61,6 +66,24 @@ class FinetuneConfig:
     )
     num_virtual_tokens: int = _opt(20, "prompt-tuning / prefix-tuning: number of virtual tokens.")
     head_dropout: float = _opt(0.1, "Dropout before the linear head.")
+    head: str | None = _opt(
+        None,
+        "Classifier on the pooled features: linear (trained by gradient) or logistic-cv (scikit-learn "
+        "logistic regression, regularisation chosen by cross-validation, on frozen features). "
+        "Default: logistic-cv for contrastive, linear otherwise.",
+    )
+    layer_lr_decay: float | None = _opt(
+        None,
+        "Layer-wise LR decay: a body layer d layers below the top trains at body LR x this^d "
+        "(layerwise-lr-decay and gradual-unfreezing; default 0.9 there, 1.0 elsewhere).",
+    )
+    reinit_layers: int = _opt(
+        0, "Re-initialise the top K body layers before training (few-sample stability; Zhang et al. 2021)."
+    )
+    contrastive_iterations: int = _opt(
+        20, "contrastive: pairs per training example and iteration, as SetFit's num_iterations."
+    )
+    max_pairs: int = _opt(20_000, "contrastive: at most this many sentence pairs, however large the data.")
     trust_remote_code: bool = _opt(False, "Allow model code from the hub (off: never run foreign code).")
     # Word vectors (--model glove:PATH, word2vec:PATH, fasttext:PATH, kv:PATH, glove-6b-50d)
     word_encoder: str = _opt("none", "On word vectors: none (bag of embeddings), bilstm or cnn.")
@@ -142,6 +165,16 @@ class FinetuneConfig:
             value = getattr(self, name)
             if value is not None and value < 1:
                 raise ConfigError(f"--{name} must be at least 1, got {value}.")
+        if self.head is not None and self.head not in HEAD_TYPES:
+            raise ConfigError(f"--head must be one of {', '.join(HEAD_TYPES)}, got '{self.head}'.")
+        if self.layer_lr_decay is not None:
+            self._check_range("layer_lr_decay", 1e-3, 1.0)
+        for name in ("reinit_layers",):
+            if getattr(self, name) < 0:
+                raise ConfigError(f"--{name} must be >= 0, got {getattr(self, name)}.")
+        for name in ("contrastive_iterations", "max_pairs"):
+            if getattr(self, name) < 1:
+                raise ConfigError(f"--{name} must be at least 1, got {getattr(self, name)}.")
         if self.samples_per_label is not None and self.max_train_examples is not None:
             raise ConfigError(
                 "--samples_per_label and --max_train_examples both limit the training data; pass one."

@@ -34,3 +34,7 @@ class ModelLoadError(NLPTransferError, OSError):
 
 class OutputDirExistsError(NLPTransferError, FileExistsError):
     """The output folder already holds another run."""
+
+
+class TrainingError(NLPTransferError, RuntimeError):
+    """Training cannot go on (for example the loss became NaN)."""

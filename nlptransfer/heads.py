@@ -2,12 +2,17 @@
 
 from __future__ import annotations
 
+import logging
+import warnings
 from typing import Any
 
+import numpy as np
 import torch
 from torch import nn
 
 from nlptransfer.registry import Registry
+
+logger = logging.getLogger(__name__)
 
 HEADS: Registry[type[nn.Module]] = Registry("head")
 
@@ -40,3 +45,55 @@ def build_head(config: dict[str, Any]) -> nn.Module:
     """Rebuild a head from its saved config (a registry name plus its arguments)."""
     kwargs = {k: v for k, v in config.items() if k != "type"}
     return HEADS.get(config["type"])(**kwargs)
+
+
+def fit_logistic_head(head: LinearHead, features: np.ndarray, labels: np.ndarray, seed: int) -> float:
+    """Fit ``head`` as a logistic regression, its regularisation chosen by cross-validation.
+
+    scikit-learn does the fitting; the coefficients are copied into the linear
+    layer, so the saved model is the usual safetensors file (no pickle) and
+    predicts exactly like the fitted estimator. Returns the training log-loss.
+    """
+    from sklearn.linear_model import LogisticRegression, LogisticRegressionCV
+    from sklearn.metrics import log_loss
+
+    folds = int(min(5, np.unique(labels, return_counts=True)[1].min()))
+    if folds >= 2:
+        estimator = LogisticRegressionCV(
+            Cs=10, cv=folds, scoring="neg_log_loss", max_iter=2000, random_state=seed
+        )
+    else:
+        logger.warning("Some label has a single training example: no cross-validation, C=1.")
+        estimator = LogisticRegression(C=1.0, max_iter=2000, random_state=seed)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", category=FutureWarning)  # sklearn API notices, not user issues
+        estimator.fit(features, labels)
+    weight, bias = _as_softmax_layer(
+        estimator.coef_, estimator.intercept_, estimator.classes_, head.num_labels
+    )
+    with torch.no_grad():
+        head.linear.weight.copy_(torch.as_tensor(weight))
+        head.linear.bias.copy_(torch.as_tensor(bias))
+    if hasattr(estimator, "C_"):
+        logger.info(
+            "logistic-cv: C=%s chosen by %d-fold cross-validation", float(np.ravel(estimator.C_)[0]), folds
+        )
+    return float(log_loss(labels, estimator.predict_proba(features), labels=estimator.classes_))
+
+
+def _as_softmax_layer(
+    coef: np.ndarray, intercept: np.ndarray, classes: np.ndarray, num_labels: int
+) -> tuple[np.ndarray, np.ndarray]:
+    """A (num_labels, features) layer whose softmax equals the estimator's probabilities.
+
+    Binary logistic regression has one row w: softmax([-w/2, w/2]) = sigmoid(w).
+    Labels never seen in training get a very negative bias.
+    """
+    if coef.shape[0] == 1:
+        coef = np.concatenate([-coef / 2, coef / 2])
+        intercept = np.concatenate([-intercept / 2, intercept / 2])
+    weight = np.zeros((num_labels, coef.shape[1]), dtype=np.float32)
+    bias = np.full(num_labels, -1e4, dtype=np.float32)
+    weight[classes] = coef
+    bias[classes] = intercept
+    return weight, bias

@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
+from typing import Any
 
 from torch import nn
 
@@ -56,3 +58,25 @@ def format_table(rows: list[LayerRow]) -> str:
     share = 100.0 * trainable / total if total else 0.0
     lines.append(f"| {'total':<{width}} | {total:>12,} | {trainable:,} ({share:.2f}%) |")
     return "\n".join(lines)
+
+
+def phase_tables(model: nn.Module, phases: Sequence[Any]) -> str:
+    """The trainable-layer table of every phase, configuring each in turn (also validates them).
+
+    Leaves the model configured for the last phase.
+    """
+    if len(phases) == 1:
+        phases[0].configure(model)
+        return format_table(trainable_rows(model))
+    parts = []
+    for i, phase in enumerate(phases, 1):
+        phase.configure(model)
+        how = (
+            f"{phase.epochs} epoch{'s' * (phase.epochs != 1)}"
+            if phase.loop != "logistic-cv"
+            else "closed form"
+        )
+        parts.append(
+            f"Phase {i}: {phase.name} ({phase.loop}, {how})\n\n{format_table(trainable_rows(model))}"
+        )
+    return "\n\n".join(parts)

@@ -130,11 +130,16 @@ class TransferModel(nn.Module):
         """Pooled, combined body features for a collated batch."""
         return self.pooling.combine(self.layer_features(**inputs))
 
-    def forward(self, features: torch.Tensor | None = None, **inputs: torch.Tensor) -> torch.Tensor:
-        """Logits from tokenised inputs, or from ``features`` given by :meth:`layer_features`."""
-        if features is None:
-            return self.head(self.encode(**inputs))
-        return self.head(self.pooling.combine(features))
+    def forward(
+        self, features: torch.Tensor | None = None, return_embeddings: bool = False, **inputs: torch.Tensor
+    ) -> torch.Tensor:
+        """Logits from tokenised inputs, or from ``features`` given by :meth:`layer_features`.
+
+        ``return_embeddings=True`` stops before the head (contrastive training runs
+        through here so DistributedDataParallel sees the forward pass).
+        """
+        pooled = self.encode(**inputs) if features is None else self.pooling.combine(features)
+        return pooled if return_embeddings else self.head(pooled)
 
     def preprocess(self, texts: list[str], text_pairs: list[str] | None = None) -> list[dict[str, list[int]]]:
         encoded = self.backbone.tokenize(list(texts), text_pairs, self.max_length)

@@ -15,12 +15,12 @@ from nlptransfer.context import RunContext, build_accelerator
 from nlptransfer.data import TextClassificationData, load_data
 from nlptransfer.features import feature_cache_report
 from nlptransfer.inference import evaluate_split
-from nlptransfer.layers import count_parameters, format_table, trainable_rows
+from nlptransfer.layers import count_parameters, phase_tables
 from nlptransfer.metrics import MetricSet
 from nlptransfer.model import TransferModel
 from nlptransfer.outputs import check_output_dir, resolve_output_dir, versions, write_run
 from nlptransfer.strategies import Strategy, get_strategy
-from nlptransfer.training import FitResult, build_datasets, distributed_report, fit
+from nlptransfer.training import FitResult, distributed_report, fit
 
 logger = logging.getLogger(__name__)
 
@@ -39,6 +39,8 @@ def build_model(
     backbone = load_backbone(
         config.model, config.trust_remote_code, train_texts, word_options, allow_pickle=config.allow_pickle
     )
+    if config.reinit_layers:
+        backbone.reinit_top_blocks(config.reinit_layers)
     return TransferModel.from_backbone(
         backbone,
         labels,
@@ -64,18 +66,21 @@ def train(config: FinetuneConfig) -> dict[str, Any]:
     data = load_data(config)
     logger.info("data: %s", _describe(data))
     model = build_model(config, data.label_names, strategy, data.train.texts + (data.train.pairs or []))
-    groups = strategy.configure(model, config)
-    table = format_table(trainable_rows(model))
+    phases = strategy.phases(model, config)
+    table = phase_tables(model, phases)
     logger.info("strategy %s, trainable layers:\n%s", strategy.name, table)
     start = time.perf_counter()
-    datasets, extraction_seconds = build_datasets(model, data, ctx)
-    result = fit(model, datasets, groups, ctx)
-    timings = {"train_seconds": time.perf_counter() - start, "feature_extraction_seconds": extraction_seconds}
+    result = fit(model, data, phases, ctx)
+    timings = {
+        "train_seconds": time.perf_counter() - start,
+        "feature_extraction_seconds": result.feature_extraction_seconds,
+    }
     model.to(ctx.accelerator.device)
-    test = evaluate_split(model, datasets["test"], ctx, "test") if "test" in datasets else None
+    splits = result.eval_datasets
+    test = evaluate_split(model, splits["test"], ctx, "test") if "test" in splits else None
     report = distributed_report(ctx.accelerator, result.seen_indices, len(data.train))
     results = _results(ctx, model, data, result, test, timings, report)
-    results["feature_cache"] = feature_cache_report(datasets)
+    results["feature_cache"] = feature_cache_report(result.features)
     if ctx.accelerator.is_main_process:
         write_run(output_dir, model, config, results, table)
         logger.info("saved model and results to %s; test: %s", output_dir, test)
@@ -110,6 +115,7 @@ def _results(
         "best_epoch": result.best_epoch,
         "epochs_run": len(result.history),
         "history": [asdict(h) for h in result.history],
+        "phases": [asdict(p) for p in result.phases],
         **{name: round(seconds, 3) for name, seconds in timings.items()},
         "trainable_parameters": trainable,
         "total_parameters": total,

@@ -70,7 +70,9 @@ def main() -> None:
     parser = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
-    parser.add_argument("--only", nargs="+", choices=list(SOURCES), help="Run only these rows.")
+    parser.add_argument(
+        "--only", nargs="+", choices=[*SOURCES, *LAYER_SWEEP], help="Run only these rows."
+    )
     parser.add_argument("--layer_sweep", action="store_true", help="Also one row per single MiniLM layer.")
     parser.add_argument("--output_root", type=Path, default=Path("runs/sources"))
     args = parser.parse_args()
@@ -80,7 +82,7 @@ def main() -> None:
     )
     print("|---|---|---:|---:|---:|---:|---:|")
     rows = {**SOURCES, **LAYER_SWEEP}
-    names = (args.only or list(SOURCES)) + (list(LAYER_SWEEP) if args.layer_sweep else [])
+    names = args.only or [*SOURCES, *(LAYER_SWEEP if args.layer_sweep else [])]
     for name in names:
         description, flags = rows[name]
         r = run(name, flags, args.output_root)

@@ -12,7 +12,7 @@ from nlptransfer.context import RunContext
 from nlptransfer.data import Split, TextClassificationData
 from nlptransfer.layers import format_table, trainable_rows
 from nlptransfer.metrics import MetricSet
-from nlptransfer.training import build_datasets, fit
+from nlptransfer.training import fit
 
 
 def _data(n: int = 64) -> TextClassificationData:
@@ -27,11 +27,10 @@ def _train(tiny_bert: str, **options) -> tuple[TransferModel, dict[str, torch.Te
     strategy = get_strategy(config.strategy)
     torch.manual_seed(0)
     model = TransferModel.from_backbone(tiny_bert, ["neg", "pos"], layers=strategy.layers(config, 2))
-    groups = strategy.configure(model, config)
+    phases = strategy.phases(model, config)
     before = {n: p.detach().clone() for n, p in model.named_parameters()}
     ctx = RunContext(config, strategy, Accelerator(cpu=True), MetricSet(config.metrics))
-    datasets, _ = build_datasets(model, _data(), ctx)
-    fit(model, datasets, groups, ctx)
+    fit(model, _data(), phases, ctx)
     return model, before
 
 

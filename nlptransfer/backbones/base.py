@@ -18,6 +18,7 @@ from typing import Any, Literal
 import torch
 from torch import nn
 
+from nlptransfer.errors import ConfigError
 from nlptransfer.registry import Registry
 
 GroupKind = Literal["embeddings", "block", "final"]
@@ -101,6 +102,20 @@ class Backbone(nn.Module, ABC):
     def num_hidden_states(self) -> int:
         """How many hidden states ``forward(output_hidden_states=True)`` returns."""
         return self.num_blocks() + 1
+
+    def reinit_top_blocks(self, k: int) -> None:
+        """Give the top ``k`` blocks fresh random weights, as the source model initialised them."""
+        raise ConfigError(
+            f"--reinit_layers is not supported by the {self.registry_name} backbone; "
+            "it works with Hugging Face transformer models."
+        )
+
+    def _check_reinit(self, k: int) -> None:
+        if not 0 < k <= self.num_blocks():
+            raise ConfigError(
+                f"--reinit_layers {k} is out of range: this model has {self.num_blocks()} layers; "
+                f"use a value from 1 to {self.num_blocks()}."
+            )
 
     @property
     def has_untrained_blocks(self) -> bool:

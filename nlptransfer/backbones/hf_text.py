@@ -163,6 +163,20 @@ class HFTextBackbone(Backbone):
             (embeddings if input_side else final).parameters.append((f"model.{name}", param))
         return [g for g in [embeddings, *groups, final] if g.parameters]
 
+    def reinit_top_blocks(self, k: int) -> None:
+        self._check_reinit(k)
+        init = getattr(self.model, "_init_weights", None)
+        if init is None:
+            super().reinit_top_blocks(k)
+        for block in _find_blocks(self.model)[1][-k:]:
+            for module in block.modules():
+                # transformers skips modules it marked initialised when it loaded the checkpoint.
+                module._is_hf_initialized = False
+                for param in module.parameters(recurse=False):
+                    param._is_hf_initialized = False
+            for module in block.modules():
+                init(module)
+
     def get_config(self) -> dict[str, Any]:
         return {
             "source": self.source,

@@ -3,14 +3,40 @@
 from __future__ import annotations
 
 from abc import ABC, abstractmethod
+from collections.abc import Callable
+from dataclasses import dataclass
 from typing import Any
 
 from torch import nn
 
+from nlptransfer.backbones.base import LayerGroup
 from nlptransfer.config import FinetuneConfig
+from nlptransfer.errors import ConfigError
 from nlptransfer.registry import Registry
 
 ParamGroups = list[dict[str, Any]]
+
+# Training loops a phase can ask for (implemented in nlptransfer.training and friends).
+LOOPS = ("gradient", "logistic-cv", "contrastive")
+
+
+@dataclass
+class Phase:
+    """One stage of a strategy: what trains, how, for how long.
+
+    Single-stage strategies have one phase; LP-FT, gradual unfreezing and
+    contrastive few-shot chain several. ``configure`` runs at the start of the
+    phase (and once up front, to validate and to report the trainable layers).
+    """
+
+    name: str
+    configure: Callable[[nn.Module], ParamGroups]
+    epochs: int
+    freezes_body: bool = False
+    patience: int | None = None
+    loop: str = "gradient"
+    # False for phases whose model has no usable head yet (contrastive body training).
+    evaluate: bool = True
 
 
 class Strategy(ABC):
@@ -33,7 +59,11 @@ class Strategy(ABC):
 
     @abstractmethod
     def configure(self, model: nn.Module, config: FinetuneConfig) -> ParamGroups:
-        """Freeze / unfreeze parameters of ``model``; return optimizer groups."""
+        """Freeze / unfreeze parameters of ``model``; return optimizer groups.
+
+        Must be idempotent: the runner configures every phase once up front (to
+        validate and report the trainable layers) and again when the phase starts.
+        """
 
     def learning_rate(self, config: FinetuneConfig) -> float:
         return config.learning_rate if config.learning_rate is not None else self.default_learning_rate
@@ -52,6 +82,49 @@ class Strategy(ABC):
             return config.early_stopping_patience
         return self.default_patience
 
+    def phases(self, model: nn.Module, config: FinetuneConfig) -> list[Phase]:
+        """The stages of this strategy; one by default."""
+        frozen = self.freezes_body(config)
+        if config.head == "logistic-cv":
+            return [
+                head_phase(
+                    self.name, config, frozen_body=frozen, configure=lambda m: self.configure(m, config)
+                )
+            ]
+        return [
+            Phase(
+                self.name,
+                lambda m: self.configure(m, config),
+                self.epochs(config),
+                freezes_body=frozen,
+                patience=self.patience(config),
+            )
+        ]
+
+
+def head_phase(
+    name: str, config: FinetuneConfig, frozen_body: bool = True,
+    configure: Callable[[nn.Module], ParamGroups] | None = None, lr: float = 1e-3, epochs: int = 30,
+    patience: int | None = 5, default_head: str = "linear",
+) -> Phase:  # fmt: skip
+    """A phase that trains only the head (and layer mix) on frozen features, by --head's method."""
+    if (config.head or default_head) == "logistic-cv":
+        if not frozen_body:
+            raise ConfigError(
+                "--head logistic-cv fits on frozen features; use it with feature-extraction, "
+                "contrastive, or finetune --unfreeze_layers 0, or drop it (linear head)."
+            )
+        return Phase(name, configure or train_head_only(lr, config.weight_decay), 1, True, loop="logistic-cv")
+    return Phase(name, configure or train_head_only(lr, config.weight_decay), epochs, True, patience=patience)
+
+
+def train_head_only(lr: float, weight_decay: float) -> Callable[[nn.Module], ParamGroups]:
+    def configure(model: nn.Module) -> ParamGroups:
+        unfreeze_top(model, 0)
+        return param_groups(model.new_parameters(), lr, weight_decay)
+
+    return configure
+
 
 def param_groups(named_params: list[tuple[str, nn.Parameter]], lr: float, weight_decay: float) -> ParamGroups:
     """AdamW groups at one learning rate; biases and norm weights get no weight decay."""
@@ -63,6 +136,61 @@ def param_groups(named_params: list[tuple[str, nn.Parameter]], lr: float, weight
         {"params": no_decay, "lr": lr, "weight_decay": 0.0},
     ]
     return [g for g in groups if g["params"]]
+
+
+def unfreeze_top(model: nn.Module, k: int | None) -> list[LayerGroup]:
+    """Freeze the body except its top ``k`` blocks (all of it when ``k`` is None).
+
+    Returns the trainable body groups, bottom to top. The head and layer mix
+    always train. Blocks above the highest pooled layer get no gradient;
+    trainable, they would break DistributedDataParallel, so they stay frozen.
+    """
+    backbone = model.backbone
+    groups = backbone.layer_groups()
+    num_blocks = backbone.num_blocks()
+    if k is not None and k > num_blocks:
+        raise ConfigError(
+            f"--unfreeze_layers {k} exceeds the {num_blocks} layers of this model; "
+            f"use a value from 0 to {num_blocks}, or omit it to train all layers."
+        )
+    backbone.requires_grad_(k is None)
+    blocks = [g for g in groups if g.kind == "block"]
+    if k:
+        for group in blocks[num_blocks - k :] + [g for g in groups if g.kind == "final"]:
+            group.set_trainable(True)
+    top = max(i % (num_blocks + 1) for i in model.pooling.layers)
+    if k and num_blocks - k >= top:
+        raise ConfigError(
+            f"--unfreeze_layers {k} trains blocks {num_blocks - k}..{num_blocks - 1}, but the pooled "
+            f"layers {model.pooling.layers} read nothing above block {top - 1}. Unfreeze more layers "
+            "or pool a higher layer."
+        )
+    for group in blocks[top:]:
+        group.set_trainable(False)
+    if top < num_blocks:
+        for group in groups:
+            if group.kind == "final":
+                group.set_trainable(False)
+    for _, param in model.new_parameters():
+        param.requires_grad_(True)
+    return [g for g in groups if any(p.requires_grad for _, p in g.parameters)]
+
+
+def layerwise_groups(
+    model: nn.Module, body: list[LayerGroup], head_lr: float, body_lr: float, decay: float,
+    weight_decay: float,
+) -> ParamGroups:  # fmt: skip
+    """Head at ``head_lr``; body group at depth d from the top at ``body_lr * decay**d``.
+
+    The final norm shares the top block's rate; embeddings sit one step below the lowest block.
+    """
+    groups = param_groups(model.new_parameters(), head_lr, weight_decay)
+    depth = -1
+    for group in reversed(body):
+        if group.kind != "final":
+            depth += 1
+        groups += param_groups(group.parameters, body_lr * decay ** max(depth, 0), weight_decay)
+    return groups
 
 
 STRATEGIES: Registry[type[Strategy]] = Registry("strategy")

@@ -37,6 +37,16 @@ class FeatureExtraction(Strategy):
                 "feature extraction would freeze. Use --strategy finetune --unfreeze_layers 1 (frozen "
                 "vectors, trained encoder), or --word_encoder none for a bag of embeddings."
             )
+        if config.reinit_layers:
+            raise ConfigError(
+                "--reinit_layers re-initialises layers that must then train; feature-extraction "
+                "freezes them. Use --strategy finetune (or lp-ft) with it."
+            )
+        if config.head == "logistic-cv" and model.pooling.mix is not None:
+            raise ConfigError(
+                "--head logistic-cv cannot learn the scalar layer mix; use --layer_mix concat "
+                "(or --layers with one layer), or the linear head."
+            )
         model.backbone.requires_grad_(False)
         new = model.new_parameters()  # the head, and the layer mix when there is one
         for _, param in new:

@@ -1,0 +1,146 @@
+"""Contrastive few-shot body training: the idea SetFit popularised.
+
+Pairs of training texts are labelled 1 (same class) or 0 (different classes);
+the body learns to make the cosine similarity of their embeddings match that
+label. A head is then fitted on the tuned body's embeddings (another phase).
+Pairs are sampled, never enumerated: their number is linear in the data and
+capped by ``--max_pairs``, whatever the number of classes or examples.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+import transformers
+from torch.utils.data import DataLoader, Dataset
+from tqdm.auto import tqdm
+
+from nlptransfer.data import EncodedDataset
+from nlptransfer.errors import ConfigError, TrainingError
+
+if TYPE_CHECKING:
+    from nlptransfer.training import PhaseRun
+
+logger = logging.getLogger(__name__)
+
+
+def sample_pairs(labels: list[int], iterations: int, max_pairs: int, seed: int) -> np.ndarray:
+    """(pairs, 3) rows of (index a, index b, same class 0/1), half positive and half negative.
+
+    Each round gives every anchor one partner from its class and one from
+    another class (SetFit's scheme); rounds stop at ``max_pairs``.
+    """
+    labels_arr = np.asarray(labels)
+    classes = np.unique(labels_arr)
+    if len(classes) < 2:
+        raise ConfigError("Contrastive training needs examples of at least two labels.")
+    members = {c: np.flatnonzero(labels_arr == c) for c in classes}
+    others = {c: np.flatnonzero(labels_arr != c) for c in classes}
+    anchors = np.arange(len(labels_arr))
+    rng = np.random.default_rng(seed)
+    rounds = min(iterations, max(1, math.ceil(max_pairs / (2 * len(anchors)))))
+    rows = []
+    for _ in range(rounds):
+        for a in rng.permutation(anchors):
+            c = labels_arr[a]
+            same = members[c]
+            # A class with one example pairs it with itself: still a valid positive.
+            rows.append((a, same[rng.integers(len(same))], 1))
+            rows.append((a, others[c][rng.integers(len(others[c]))], 0))
+    pairs = np.asarray(rows, dtype=np.int64)
+    if len(pairs) > max_pairs:
+        pairs = pairs[rng.choice(len(pairs), max_pairs, replace=False)]
+    return pairs
+
+
+class PairDataset(Dataset):
+    """Pairs over an encoded split: both sides' tokens and the 0/1 target."""
+
+    def __init__(self, encoded: EncodedDataset, pairs: np.ndarray) -> None:
+        self.encoded = encoded
+        self.pairs = pairs
+
+    def __len__(self) -> int:
+        return len(self.pairs)
+
+    def __getitem__(self, i: int) -> dict[str, Any]:
+        a, b, same = (int(v) for v in self.pairs[i])
+        return {"a": self.encoded.encodings[a], "b": self.encoded.encodings[b], "target": float(same)}
+
+
+class PairCollator:
+    """One padded batch holding all first texts, then all second texts (one forward pass)."""
+
+    def __init__(self, backbone: Any) -> None:
+        self.backbone = backbone
+
+    def __call__(self, items: list[dict[str, Any]]) -> dict[str, torch.Tensor]:
+        batch = self.backbone.collate([item["a"] for item in items] + [item["b"] for item in items])
+        batch["target"] = torch.tensor([item["target"] for item in items], dtype=torch.float32)
+        return batch
+
+
+def contrastive_loop(run: PhaseRun) -> None:
+    """Train the body on sampled pairs with SetFit's cosine-similarity loss."""
+    ctx, config, model = run.ctx, run.ctx.config, run.model
+    train = run.datasets["train"]
+    if not isinstance(train, EncodedDataset):
+        raise ConfigError("The contrastive phase trains the body and needs tokenised inputs.")
+    pairs = sample_pairs(train.labels, config.contrastive_iterations, config.max_pairs, config.seed)
+    logger.info(
+        "contrastive: %d pairs (%d positive) from %d examples", len(pairs), pairs[:, 2].sum(), len(train)
+    )
+    generator = torch.Generator().manual_seed(config.seed + run.index)
+    loader = DataLoader(
+        PairDataset(train, pairs), batch_size=config.batch_size, shuffle=True, generator=generator,
+        collate_fn=PairCollator(model.backbone),
+    )  # fmt: skip
+    accelerator = ctx.accelerator
+    optimizer = torch.optim.AdamW(run.groups)
+    prepared, optimizer, loader = accelerator.prepare(model, optimizer, loader)
+    steps = max(1, math.ceil(len(loader) / config.gradient_accumulation_steps) * run.phase.epochs)
+    steps *= accelerator.num_processes
+    scheduler = accelerator.prepare(
+        transformers.get_linear_schedule_with_warmup(
+            optimizer.optimizer, int(steps * config.warmup_ratio), steps
+        )
+    )
+    for epoch in range(1, run.phase.epochs + 1):
+        loss = _pair_epoch(prepared, loader, optimizer, scheduler, run, epoch)
+        if run.end_epoch(loss):
+            break
+
+
+def _pair_epoch(
+    prepared: Any, loader: DataLoader, optimizer: Any, scheduler: Any, run: PhaseRun, epoch: int
+) -> float:
+    accelerator = run.ctx.accelerator
+    prepared.train()
+    params = [p for p in prepared.parameters() if p.requires_grad]
+    max_norm = run.ctx.config.max_grad_norm or float("inf")
+    total, count = 0.0, 0
+    bar = tqdm(loader, desc=f"pairs epoch {epoch}", disable=not run.ctx.show_progress, leave=False)
+    for batch in bar:
+        with accelerator.accumulate(prepared):
+            target = batch.pop("target")
+            u, v = prepared(return_embeddings=True, **batch).chunk(2)
+            loss = F.mse_loss(F.cosine_similarity(u, v), target)
+            accelerator.backward(loss)
+            if accelerator.sync_gradients:
+                norm = accelerator.clip_grad_norm_(params, max_norm)
+                if norm is not None and not torch.isfinite(torch.as_tensor(norm)):
+                    raise TrainingError(
+                        f"The gradients became {float(norm)} in contrastive epoch {epoch}; "
+                        "lower --learning_rate."
+                    )
+            optimizer.step()
+            scheduler.step()
+            optimizer.zero_grad()
+        total, count = total + loss.item(), count + 1
+        bar.set_postfix(loss=f"{total / count:.4f}", refresh=False)
+    return total / max(count, 1)
