@@ -32,13 +32,16 @@ logger = logging.getLogger(__name__)
 
 
 def extract_features(
-    model: TransferModel, encoded: dict[str, EncodedDataset], ctx: RunContext
+    model: TransferModel, encoded: dict[str, EncodedDataset], ctx: RunContext, use_cache: bool = True
 ) -> tuple[dict[str, Dataset], float]:
-    """``model.layer_features`` of every split, from the cache or under inference mode; and the seconds."""
+    """``model.layer_features`` of every split, from the cache or under inference mode; and the seconds.
+
+    ``use_cache=False`` for weights no other run will have (a body this run trained).
+    """
     start = time.perf_counter()
     device = ctx.accelerator.device
     model.to(device).eval()
-    cache = open_cache(ctx)
+    cache = open_cache(ctx) if use_cache else None
     body = body_key_parts(model, ctx) if cache is not None else {}
     # Inference loaders draw seeds from the global RNG; a hit draws none. Restoring the RNG
     # afterwards keeps the training that follows (dropout, shuffling) identical either way.

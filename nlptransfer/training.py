@@ -184,11 +184,12 @@ def fit(
     encoded = encode_splits(model, data)
     result, best = FitResult(eval_datasets=encoded), BestWeights(model)
     features: dict[str, Dataset] | None = None
+    body_trained = False
     for index, phase in enumerate(phases):
         groups = phase.configure(model)
         best.cover_trainable()
         if phase.freezes_body and features is None:
-            features, seconds = extract_features(model, encoded, ctx)
+            features, seconds = extract_features(model, encoded, ctx, use_cache=not body_trained)
             result.feature_extraction_seconds += seconds
             result.features = features
         datasets = features if phase.freezes_body else encoded
@@ -202,7 +203,7 @@ def fit(
         ctx.accelerator.free_memory()
         result.phases.append(_phase_log(model, phase, len(result.history) - start_epochs))
         if any(p.requires_grad for p in model.backbone.parameters()):
-            features = None
+            features, body_trained = None, True
     best.restore()
     return result
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 from pathlib import Path
 
 import numpy as np
@@ -206,6 +207,8 @@ def test_contrastive_tunes_the_body_then_fits_the_head(tiny_bert: str) -> None:
     assert not any(n.startswith("head.") for n in body_changed)
     assert result.history[0].validation == {}  # no head yet: the body phase is not scored
     assert result.best_epoch == 2
+    # Features of a body this run trained can never be hit again: they are not cached.
+    assert not list(Path(os.environ["NLPTRANSFER_CACHE_DIR"]).rglob("meta.json"))
 
 
 # --- scikit-learn logistic-regression head ---------------------------------------------------
