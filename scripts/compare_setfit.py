@@ -3,6 +3,7 @@
     bash scripts/setfit_env.sh                      # once: SetFit in .venv-setfit, never in the main venv
     python scripts/compare_setfit.py                # K = 8 and 16, seeds 0 1 2, every method below
     python scripts/compare_setfit.py --k 8 --seeds 0 --only setfit feature-extraction
+    python scripts/compare_setfit.py --output all.json --reuse earlier.json   # measure only what is missing
 
 For each K and seed the script draws K training examples per label from the built-in
 movie-review corpus with nlptransfer's own ``--samples_per_label K --seed s`` sampling,
@@ -36,6 +37,8 @@ SETFIT = "setfit"
 # know is skipped with a note, so the table picks up new strategies when they land.
 METHODS: dict[str, list[str]] = {
     "feature-extraction": ["--strategy", "feature-extraction"],
+    # The linear head's defaults take one step per epoch at K=8: a closed-form head fits instead.
+    "feature-extraction-logreg": ["--strategy", "feature-extraction", "--head", "logistic-cv"],
     "finetune": ["--strategy", "finetune"],
     # Defaults are tuned for thousands of examples (2 epochs of batch 32 is 2 steps at K=8);
     # few-shot fine-tuning needs many more, smaller steps.
@@ -112,9 +115,14 @@ def _validation_frame(
 # --------------------------------------------------------------------------- runners
 
 
-def _env() -> dict[str, str]:
+def _env(cache_dir: Path | None = None) -> dict[str, str]:
     # PYTHONPATH: the recipe runs this checkout's code even when another one is installed.
-    return {**os.environ, "HF_HUB_OFFLINE": "1", "TOKENIZERS_PARALLELISM": "false", "PYTHONPATH": str(REPO)}
+    env = {**os.environ, "HF_HUB_OFFLINE": "1", "TOKENIZERS_PARALLELISM": "false", "PYTHONPATH": str(REPO)}
+    if cache_dir is not None:
+        # A fresh feature cache per run: features cached by an earlier run would make a
+        # frozen-body run's train_seconds look cheaper than SetFit's, which encodes every time.
+        env["NLPTRANSFER_CACHE_DIR"] = str(cache_dir)
+    return env
 
 
 def run_setfit(paths: dict[str, Path], k: int, seed: int, args: argparse.Namespace) -> Run:
@@ -149,7 +157,12 @@ def run_nlptransfer(
     command += ["--output_dir", str(output_dir), "--overwrite_output_dir", "--num_threads", str(args.threads)]
     command += ["--cpu"]
     done = subprocess.run(
-        command, env=_env(), capture_output=True, text=True, timeout=args.timeout, check=False
+        command,
+        env=_env(output_dir.with_name(f"{method}-feature-cache")),
+        capture_output=True,
+        text=True,
+        timeout=args.timeout,
+        check=False,
     )
     if done.returncode != 0:
         error = done.stderr.strip().splitlines()[-1] if done.stderr.strip() else f"exit {done.returncode}"
@@ -163,17 +176,26 @@ def run_nlptransfer(
 
 
 def run_all(args: argparse.Namespace, workdir: Path) -> Outcome:
-    outcome = Outcome()
+    outcome = Outcome(runs=load_runs(args.reuse) if args.reuse else [])
+    measured = {(r.method, r.k, r.seed) for r in outcome.runs}
     methods = [m for m in [SETFIT, *METHODS] if not args.only or m in args.only]
     for k in args.k:
         for seed in args.seeds:
+            todo = [m for m in methods if (m, k, seed) not in measured]
+            if not todo:
+                continue
             paths = write_split_files(k, seed, args.validation, workdir / f"k{k}-seed{seed}")
-            for method in methods:
+            for method in todo:
                 if method in outcome.skipped:
                     continue
                 _run_one(method, paths, k, seed, args, outcome)
                 _save(outcome, args)
     return outcome
+
+
+def load_runs(path: Path) -> list[Run]:
+    """Runs of an earlier --output file: the table adds to them instead of measuring them again."""
+    return [Run(**run) for run in json.loads(path.read_text())["runs"]]
 
 
 def _run_one(
@@ -263,6 +285,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--setfit_iterations", type=int, help="SetFit num_iterations (default: SetFit's).")
     parser.add_argument("--workdir", type=Path, help="Keep data and runs here (default: a temporary folder).")
     parser.add_argument("--output", help="Write every run as JSON here too.")
+    parser.add_argument(
+        "--reuse", type=Path, help="An earlier --output file: keep its runs, measure the rest."
+    )
     parser.add_argument("--timeout", type=int, default=3600, help="Seconds one run may take.")
     return parser.parse_args(argv)
 
@@ -272,7 +297,10 @@ def main(argv: list[str] | None = None) -> int:
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
     with tempfile.TemporaryDirectory(prefix="compare-setfit-") as scratch:
         outcome = run_all(args, args.workdir or Path(scratch))
-    print(markdown_table(outcome.runs) if outcome.runs else "No run finished.")
+    # Reused runs of other K, seeds or methods stay in --output but not in this table.
+    shown = [r for r in outcome.runs if r.k in args.k and r.seed in args.seeds]
+    shown = [r for r in shown if not args.only or r.method in args.only]
+    print(markdown_table(shown) if shown else "No run finished.")
     print(
         f"\nnlptransfer validation (epoch selection): {VALIDATION_MODES[args.validation]}; SetFit uses none."
     )
