@@ -4,6 +4,7 @@
     python scripts/compare_setfit.py                # K = 8 and 16, seeds 0 1 2, every method below
     python scripts/compare_setfit.py --k 8 --seeds 0 --only setfit feature-extraction
     python scripts/compare_setfit.py --output all.json --reuse earlier.json   # measure only what is missing
+    python scripts/compare_setfit.py --reuse docs/few-shot-runs.json --table_only   # the measured table
 
 For each K and seed the script draws K training examples per label from the built-in
 movie-review corpus with nlptransfer's own ``--samples_per_label K --seed s`` sampling,
@@ -181,7 +182,7 @@ def run_all(args: argparse.Namespace, workdir: Path) -> Outcome:
     methods = [m for m in [SETFIT, *METHODS] if not args.only or m in args.only]
     for k in args.k:
         for seed in args.seeds:
-            todo = [m for m in methods if (m, k, seed) not in measured]
+            todo = [m for m in methods if (m, k, seed) not in measured and not args.table_only]
             if not todo:
                 continue
             paths = write_split_files(k, seed, args.validation, workdir / f"k{k}-seed{seed}")
@@ -245,23 +246,31 @@ def _options(args: argparse.Namespace) -> dict:
 
 
 def markdown_table(runs: list[Run]) -> str:
-    """One row per (method, K): mean +- std over seeds, each seed, mean train seconds, gap to SetFit."""
+    """One row per (method, K): mean +- std over seeds, each seed, gap to SetFit, mean train seconds."""
     groups: dict[tuple[str, int], list[Run]] = {}
     for run in runs:
         groups.setdefault((run.method, run.k), []).append(run)
-    setfit_mean = {k: _mean([r.accuracy for r in rs]) for (m, k), rs in groups.items() if m == SETFIT}
     lines = [
-        "| method | K | accuracy (mean ± std) | per seed | vs SetFit (points) | train s (mean) |",
+        "| method | K | accuracy (mean ± std) | per seed (seed: accuracy) | vs SetFit, same seeds (points) "
+        "| train s (mean) |",
         "| --- | --- | --- | --- | --- | --- |",
     ]
     for (method, k), group in sorted(groups.items(), key=lambda item: (item[0][1], item[0][0] != SETFIT)):
-        accuracies = [r.accuracy for r in sorted(group, key=lambda r: r.seed)]
+        group = sorted(group, key=lambda r: r.seed)
+        accuracies = [r.accuracy for r in group]
         mean, std = _mean(accuracies), statistics.stdev(accuracies) if len(accuracies) > 1 else 0.0
-        per_seed = " ".join(f"{a:.3f}" for a in accuracies)
-        gap = f"{100 * (mean - setfit_mean[k]):+.1f}" if k in setfit_mean and method != SETFIT else ""
+        per_seed = " ".join(f"{r.seed}: {r.accuracy:.3f}" for r in group)
+        gap = _gap_to_setfit(group, groups.get((SETFIT, k), [])) if method != SETFIT else ""
         seconds = _mean([r.train_seconds for r in group])
         lines.append(f"| {method} | {k} | {mean:.3f} ± {std:.3f} | {per_seed} | {gap} | {seconds:.1f} |")
     return "\n".join(lines)
+
+
+def _gap_to_setfit(group: list[Run], setfit: list[Run]) -> str:
+    """Mean paired difference over the seeds both ran: same examples, so seed noise cancels."""
+    setfit_by_seed = {r.seed: r.accuracy for r in setfit}
+    paired = [100 * (r.accuracy - setfit_by_seed[r.seed]) for r in group if r.seed in setfit_by_seed]
+    return f"{_mean(paired):+.1f} (n={len(paired)})" if paired else ""
 
 
 def _mean(values: list[float]) -> float:
@@ -288,6 +297,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument(
         "--reuse", type=Path, help="An earlier --output file: keep its runs, measure the rest."
     )
+    parser.add_argument("--table_only", action="store_true", help="Print the --reuse runs; measure nothing.")
     parser.add_argument("--timeout", type=int, default=3600, help="Seconds one run may take.")
     return parser.parse_args(argv)
 
