@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
 from torch import nn
 
 from nlptransfer.config import FinetuneConfig
@@ -73,7 +75,7 @@ class GradualUnfreezing(Strategy):
         return phases
 
     @staticmethod
-    def _unfreeze(k: int | None, lr: float, config: FinetuneConfig):
+    def _unfreeze(k: int | None, lr: float, config: FinetuneConfig) -> Callable[[nn.Module], ParamGroups]:
         def configure(model: nn.Module) -> ParamGroups:
             body = unfreeze_top(model, k)
             return layerwise_groups(
