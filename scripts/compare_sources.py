@@ -70,9 +70,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
-    parser.add_argument(
-        "--only", nargs="+", choices=[*SOURCES, *LAYER_SWEEP], help="Run only these rows."
-    )
+    parser.add_argument("--only", nargs="+", choices=[*SOURCES, *LAYER_SWEEP], help="Run only these rows.")
     parser.add_argument("--layer_sweep", action="store_true", help="Also one row per single MiniLM layer.")
     parser.add_argument("--output_root", type=Path, default=Path("runs/sources"))
     args = parser.parse_args()
