@@ -5,11 +5,13 @@ from __future__ import annotations
 import logging
 import os
 from dataclasses import dataclass
+from typing import Any
 
 import torch
 from accelerate import Accelerator
 
 from nlptransfer.config import FinetuneConfig
+from nlptransfer.errors import TrainingError
 from nlptransfer.metrics import MetricSet
 from nlptransfer.strategies import Strategy
 
@@ -51,3 +53,22 @@ def set_cpu_threads(requested: int | None, local_processes: int) -> None:
     threads = requested or max(1, cores // max(local_processes, 1))
     torch.set_num_threads(threads)
     logger.debug("using %d CPU threads per process", threads)
+
+
+def optimizer_step(
+    ctx: RunContext, params: list[torch.nn.Parameter], optimizer: Any, scheduler: Any, where: str
+) -> None:
+    """Clip, check for NaN on synced gradients, then step optimizer and schedule (inside ``accumulate``)."""
+    accelerator = ctx.accelerator
+    if accelerator.sync_gradients:
+        # After the all-reduce every process holds the same gradients, so all of
+        # them see a NaN together and stop together instead of deadlocking.
+        norm = accelerator.clip_grad_norm_(params, ctx.config.max_grad_norm or float("inf"))
+        if norm is not None and not torch.isfinite(torch.as_tensor(norm)):
+            raise TrainingError(
+                f"The gradients became {float(norm)} at {where}. Lower --learning_rate, "
+                "or use --mixed_precision bf16/no if it was fp16."
+            )
+    optimizer.step()
+    scheduler.step()
+    optimizer.zero_grad()

@@ -20,8 +20,9 @@ import transformers
 from torch.utils.data import DataLoader, Dataset
 from tqdm.auto import tqdm
 
+from nlptransfer.context import optimizer_step
 from nlptransfer.data import EncodedDataset
-from nlptransfer.errors import ConfigError, TrainingError
+from nlptransfer.errors import ConfigError
 
 if TYPE_CHECKING:
     from nlptransfer.training import PhaseRun
@@ -122,7 +123,6 @@ def _pair_epoch(
     accelerator = run.ctx.accelerator
     prepared.train()
     params = [p for p in prepared.parameters() if p.requires_grad]
-    max_norm = run.ctx.config.max_grad_norm or float("inf")
     total, count = 0.0, 0
     bar = tqdm(loader, desc=f"pairs epoch {epoch}", disable=not run.ctx.show_progress, leave=False)
     for batch in bar:
@@ -131,16 +131,7 @@ def _pair_epoch(
             u, v = prepared(return_embeddings=True, **batch).chunk(2)
             loss = F.mse_loss(F.cosine_similarity(u, v), target)
             accelerator.backward(loss)
-            if accelerator.sync_gradients:
-                norm = accelerator.clip_grad_norm_(params, max_norm)
-                if norm is not None and not torch.isfinite(torch.as_tensor(norm)):
-                    raise TrainingError(
-                        f"The gradients became {float(norm)} in contrastive epoch {epoch}; "
-                        "lower --learning_rate."
-                    )
-            optimizer.step()
-            scheduler.step()
-            optimizer.zero_grad()
+            optimizer_step(run.ctx, params, optimizer, scheduler, f"contrastive epoch {epoch}")
         total, count = total + loss.item(), count + 1
         bar.set_postfix(loss=f"{total / count:.4f}", refresh=False)
     return total / max(count, 1)

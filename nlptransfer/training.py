@@ -18,7 +18,7 @@ from torch.utils.data import DataLoader, Dataset
 from tqdm.auto import tqdm
 
 from nlptransfer.config import FinetuneConfig
-from nlptransfer.context import RunContext
+from nlptransfer.context import RunContext, optimizer_step
 from nlptransfer.contrastive import contrastive_loop
 from nlptransfer.data import (
     Collator,
@@ -27,7 +27,7 @@ from nlptransfer.data import (
     LengthGroupedSampler,
     TextClassificationData,
 )
-from nlptransfer.errors import ConfigError, TrainingError
+from nlptransfer.errors import ConfigError
 from nlptransfer.features import extract_features
 from nlptransfer.heads import fit_logistic_head
 from nlptransfer.inference import encode_split, evaluate_split
@@ -122,7 +122,6 @@ def train_epoch(
     accelerator = ctx.accelerator
     total, count = 0.0, 0
     params = [p for p in model.parameters() if p.requires_grad]
-    max_norm = ctx.config.max_grad_norm or float("inf")
     bar = tqdm(loader, desc=f"epoch {epoch}", disable=not ctx.show_progress, leave=False)
     for step, batch in enumerate(bar):
         with accelerator.accumulate(model):
@@ -130,18 +129,7 @@ def train_epoch(
             idx = batch.pop("idx")
             loss = F.cross_entropy(model(**batch), labels)
             accelerator.backward(loss)
-            if accelerator.sync_gradients:
-                # After the all-reduce every process holds the same gradients, so all of
-                # them see a NaN together and stop together instead of deadlocking.
-                norm = accelerator.clip_grad_norm_(params, max_norm)
-                if norm is not None and not torch.isfinite(torch.as_tensor(norm)):
-                    raise TrainingError(
-                        f"The gradients became {float(norm)} at epoch {epoch}, step {step}. Lower "
-                        "--learning_rate, or use --mixed_precision bf16/no if it was fp16."
-                    )
-            optimizer.step()
-            scheduler.step()
-            optimizer.zero_grad()
+            optimizer_step(ctx, params, optimizer, scheduler, f"epoch {epoch}, step {step}")
         if seen is not None:
             seen.extend(idx.tolist())
         total, count = total + loss.item(), count + 1

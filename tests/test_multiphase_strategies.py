@@ -308,3 +308,19 @@ def test_each_strategy_runs_end_to_end(
     assert results["test"]["accuracy"] >= 0.0 and results["phases"]
     assert sum(p["epochs_run"] for p in results["phases"]) == results["epochs_run"]
     assert (tmp_path / strategy / "trainable_layers.md").read_text().strip()
+
+
+def test_non_finite_gradients_stop_training_with_a_clear_error() -> None:
+    from nlptransfer.context import optimizer_step
+    from nlptransfer.errors import TrainingError
+
+    param = torch.nn.Parameter(torch.ones(2))
+    param.grad = torch.tensor([float("nan"), 1.0])
+    optimizer = torch.optim.AdamW([param])
+    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda _: 1.0)
+    ctx = RunContext(
+        FinetuneConfig(), get_strategy("finetune"), Accelerator(cpu=True), MetricSet(["accuracy"])
+    )
+    with pytest.raises(TrainingError, match="Lower --learning_rate"):
+        optimizer_step(ctx, [param], optimizer, scheduler, "epoch 1, step 0")
+    assert torch.equal(param.detach(), torch.ones(2))  # no step was taken
