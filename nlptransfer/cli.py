@@ -10,7 +10,7 @@ import sys
 from collections.abc import Callable, Sequence
 
 from nlptransfer.config import FinetuneConfig, parse_config
-from nlptransfer.errors import DataError, NLPTransferError
+from nlptransfer.errors import DataError, NLPTransferError, TrainingInterrupted
 from nlptransfer.registry import closest_hint
 
 USAGE = """usage: nlptransfer COMMAND [options]
@@ -32,7 +32,13 @@ def setup_logging() -> None:
     is_main = os.environ.get("RANK", "0") == "0"
     level = logging.INFO if is_main else logging.ERROR
     logging.basicConfig(format="%(asctime)s %(levelname)s %(name)s: %(message)s", level=level, force=True)
-    for noisy in ("httpx", "huggingface_hub", "filelock"):
+    for noisy in (
+        "httpx",
+        "huggingface_hub",
+        "filelock",
+        "accelerate.checkpointing",
+        "accelerate.accelerator",
+    ):
         logging.getLogger(noisy).setLevel(logging.WARNING)
     if not is_main:
         transformers.logging.set_verbosity_error()
@@ -194,6 +200,9 @@ def run_recipe(command: str, argv: Sequence[str]) -> int:
     """Run a command; user errors end in one clear line, not a traceback."""
     try:
         return COMMANDS[command](argv)
+    except TrainingInterrupted as err:
+        print(f"{err}", file=sys.stderr)
+        return err.exit_code
     except NLPTransferError as err:
         print(f"error: {err}", file=sys.stderr)
         return 2

@@ -22,6 +22,8 @@ C = TypeVar("C")
 
 MIXED_PRECISION = ("no", "fp16", "bf16")
 HEAD_TYPES = ("linear", "logistic-cv")
+LR_SCHEDULERS = ("linear", "cosine", "constant", "slanted-triangular")
+TRACKERS = ("jsonl", "tensorboard", "none")
 
 
 def _opt(default: Any, help: str) -> Any:
@@ -31,7 +33,113 @@ def _opt(default: Any, help: str) -> Any:
 
 
 @dataclass
-class FinetuneConfig:
+class TrainingOptions:
+    """Optimisation, output, checkpoint and tracking options shared by every recipe."""
+
+    # Optimisation
+    epochs: int | None = _opt(None, "Training epochs (default depends on the recipe and strategy).")
+    batch_size: int = _opt(32, "Training batch size per process.")
+    eval_batch_size: int = _opt(64, "Batch size for evaluation and feature extraction.")
+    learning_rate: float | None = _opt(
+        None, "Peak learning rate (default depends on the recipe and strategy)."
+    )
+    weight_decay: float = _opt(0.01, "AdamW weight decay.")
+    lr_scheduler: str = _opt(
+        "linear",
+        "Learning-rate schedule after warmup: linear (decay to 0), cosine, constant, or "
+        "slanted-triangular (ULMFiT: short linear rise, long linear fall to peak / --stlr_ratio).",
+    )
+    warmup_ratio: float | None = _opt(
+        None,
+        "Fraction of optimizer steps spent warming up (ULMFiT's cut_frac for slanted-triangular). "
+        "Default: 0.1 for slanted-triangular, 0.06 otherwise.",
+    )
+    stlr_ratio: float = _opt(32.0, "slanted-triangular: how much smaller the lowest LR is than the peak.")
+    max_grad_norm: float = _opt(1.0, "Gradient clipping norm (0 disables).")
+    gradient_accumulation_steps: int = _opt(1, "Micro-batches per optimizer step.")
+    mixed_precision: str = _opt("no", "no, fp16 or bf16 (passed to accelerate).")
+    seed: int = _opt(42, "Random seed for initialisation, shuffling and splits of user data.")
+    # Output, checkpoints and tracking
+    output_dir: str | None = _opt(None, "Where to write the model and results (default: runs/...).")
+    overwrite_output_dir: bool = _opt(False, "Replace an output folder that holds another run.")
+    save_steps: int = _opt(500, "Save a checkpoint every N optimizer steps (0: only at epoch ends).")
+    save_every_epoch: bool = _opt(True, "Also save a checkpoint at the end of every epoch.")
+    save_total_limit: int = _opt(2, "Keep only the newest K checkpoints (0: keep every one).")
+    resume_from_checkpoint: str | None = _opt(
+        None,
+        "Continue a stopped run: 'latest' (the newest complete checkpoint in --output_dir) "
+        "or the path of one checkpoint folder.",
+    )
+    logging_steps: int = _opt(10, "Log loss, learning rate and throughput every N optimizer steps.")
+    report_to: list[str] = _opt(
+        ["jsonl", "tensorboard"],
+        "Trackers: jsonl (always available), tensorboard (when installed), or none.",
+    )
+    push_to_hub: bool = _opt(False, "Upload the saved model folder to the Hugging Face Hub at the end.")
+    hub_model_id: str | None = _opt(
+        None, "Hub repository for --push_to_hub (default: the output folder's name under your account)."
+    )
+    cpu: bool = _opt(False, "Run on CPU even when a GPU is present.")
+    num_threads: int | None = _opt(
+        None, "CPU threads per process (default: this machine's cores / local processes)."
+    )
+
+    def __post_init__(self) -> None:
+        for name in ("batch_size", "eval_batch_size", "gradient_accumulation_steps", "logging_steps"):
+            if getattr(self, name) < 1:
+                raise ConfigError(f"--{name} must be at least 1, got {getattr(self, name)}.")
+        for name in ("save_steps", "save_total_limit"):
+            if getattr(self, name) < 0:
+                raise ConfigError(f"--{name} must be >= 0, got {getattr(self, name)}.")
+        for name in ("epochs", "num_threads"):
+            value = getattr(self, name)
+            if value is not None and value < 1:
+                raise ConfigError(f"--{name} must be at least 1, got {value}.")
+        if self.learning_rate is not None and not self.learning_rate > 0:
+            raise ConfigError(f"--learning_rate must be positive, got {self.learning_rate}.")
+        if self.warmup_ratio is not None:
+            self._check_range("warmup_ratio", 0.0, 1.0)
+        if self.stlr_ratio < 1:
+            raise ConfigError(f"--stlr_ratio must be at least 1, got {self.stlr_ratio}.")
+        for name, valid in (("lr_scheduler", LR_SCHEDULERS), ("mixed_precision", MIXED_PRECISION)):
+            if getattr(self, name) not in valid:
+                raise ConfigError(
+                    f"--{name} must be one of {', '.join(valid)}, got '{getattr(self, name)}'."
+                    + closest_hint(getattr(self, name), list(valid))
+                )
+        unknown = [t for t in self.report_to if t not in TRACKERS]
+        if unknown:
+            raise ConfigError(f"--report_to takes {', '.join(TRACKERS)}; got {', '.join(unknown)}.")
+        if self.push_to_hub and self.hub_model_id is not None and self.hub_model_id.count("/") > 1:
+            raise ConfigError(
+                f"--hub_model_id must look like 'name' or 'user/name', got '{self.hub_model_id}'."
+            )
+
+    @property
+    def warmup(self) -> float:
+        """The warmup fraction in effect (the schedule's default when not given)."""
+        if self.warmup_ratio is not None:
+            return self.warmup_ratio
+        return 0.1 if self.lr_scheduler == "slanted-triangular" else 0.06
+
+    @property
+    def trackers(self) -> list[str]:
+        return [] if "none" in self.report_to else list(dict.fromkeys(self.report_to))
+
+    def _check_range(self, name: str, low: float, high: float) -> None:
+        value = getattr(self, name)
+        if not low <= value <= high:
+            raise ConfigError(f"--{name} must be between {low} and {high}, got {value}.")
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"nlptransfer_version": __version__, **dataclasses.asdict(self)}
+
+    def save(self, path: Path) -> None:
+        path.write_text(json.dumps(self.to_dict(), indent=2))
+
+
+@dataclass
+class FinetuneConfig(TrainingOptions):
     """Everything one run of ``recipes/finetune.py`` needs. Every field is a CLI flag."""
 
     # Source model and strategy
@@ -112,30 +220,12 @@ class FinetuneConfig:
         None, "Few-shot: keep K training examples per label, drawn with --seed (validation/test unchanged)."
     )
     max_length: int = _opt(128, "Truncate token sequences to this length.")
-    # Optimisation
-    epochs: int | None = _opt(None, "Training epochs (default depends on the strategy).")
-    batch_size: int = _opt(32, "Training batch size per process.")
-    eval_batch_size: int = _opt(64, "Batch size for evaluation and feature extraction.")
-    learning_rate: float | None = _opt(None, "Head learning rate (default depends on the strategy).")
-    weight_decay: float = _opt(0.01, "AdamW weight decay.")
-    warmup_ratio: float = _opt(0.06, "Fraction of steps with linear warmup, then linear decay.")
-    max_grad_norm: float = _opt(1.0, "Gradient clipping norm (0 disables).")
-    gradient_accumulation_steps: int = _opt(1, "Micro-batches per optimizer step.")
-    mixed_precision: str = _opt("no", "no, fp16 or bf16 (passed to accelerate).")
     metric_for_best_model: str = _opt("accuracy", "Validation metric that picks the best epoch.")
     early_stopping_patience: int | None = _opt(
         None, "Stop after this many epochs without improvement (default: strategy's)."
     )
     metrics: list[str] = _opt(
         ["accuracy", "f1_macro", "precision_macro", "recall_macro"], "Metrics to report."
-    )
-    seed: int = _opt(42, "Random seed for initialisation, shuffling and splits of user data.")
-    # Output
-    output_dir: str | None = _opt(None, "Where to write the model and results (default: runs/...).")
-    overwrite_output_dir: bool = _opt(False, "Replace an output folder that holds another run.")
-    cpu: bool = _opt(False, "Run on CPU even when a GPU is present.")
-    num_threads: int | None = _opt(
-        None, "CPU threads per process (default: this machine's cores / local processes)."
     )
     cache_dir: str | None = _opt(
         None,
@@ -147,20 +237,14 @@ class FinetuneConfig:
     )
 
     def __post_init__(self) -> None:
+        super().__post_init__()
         self._check_range("validation_split", 0.0, 0.9)
         self._check_range("test_split", 0.0, 0.9)
         self._check_range("body_lr_scale", 0.0, 1e3)
         self._check_range("head_dropout", 0.0, 0.99)
-        for name in ("batch_size", "eval_batch_size", "max_length", "gradient_accumulation_steps"):
-            if getattr(self, name) < 1:
-                raise ConfigError(f"--{name} must be at least 1, got {getattr(self, name)}.")
-        optional_counts = (
-            "epochs",
-            "max_train_examples",
-            "samples_per_label",
-            "early_stopping_patience",
-            "num_threads",
-        )
+        if self.max_length < 1:
+            raise ConfigError(f"--max_length must be at least 1, got {self.max_length}.")
+        optional_counts = ("max_train_examples", "samples_per_label", "early_stopping_patience")
         for name in optional_counts:
             value = getattr(self, name)
             if value is not None and value < 1:
@@ -181,11 +265,6 @@ class FinetuneConfig:
             )
         if self.unfreeze_layers is not None and self.unfreeze_layers < 0:
             raise ConfigError(f"--unfreeze_layers must be >= 0, got {self.unfreeze_layers}.")
-        if self.mixed_precision not in MIXED_PRECISION:
-            raise ConfigError(
-                f"--mixed_precision must be one of {', '.join(MIXED_PRECISION)}, "
-                f"got '{self.mixed_precision}'."
-            )
         self._check_layers()
         for name, valid in (("word_encoder", ("none", "bilstm", "cnn")), ("word_weighting", ("none", "sif")),
                             ("oov", ("zero", "random", "subword"))):  # fmt: skip
@@ -210,17 +289,6 @@ class FinetuneConfig:
             raise ConfigError(
                 f"--layers takes layer indices such as -1 or '-4 -3 -2 -1', or 'all'; got {self.layers}."
             ) from err
-
-    def _check_range(self, name: str, low: float, high: float) -> None:
-        value = getattr(self, name)
-        if not low <= value <= high:
-            raise ConfigError(f"--{name} must be between {low} and {high}, got {value}.")
-
-    def to_dict(self) -> dict[str, Any]:
-        return {"nlptransfer_version": __version__, **dataclasses.asdict(self)}
-
-    def save(self, path: Path) -> None:
-        path.write_text(json.dumps(self.to_dict(), indent=2))
 
 
 def _base_type(annotation: Any) -> tuple[type, bool]:

@@ -5,15 +5,18 @@ from __future__ import annotations
 import logging
 import os
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 import torch
 from accelerate import Accelerator
+from accelerate.utils import ProjectConfiguration
 
-from nlptransfer.config import FinetuneConfig
-from nlptransfer.errors import TrainingError
+from nlptransfer.config import FinetuneConfig, TrainingOptions
+from nlptransfer.loop import TrainSession
 from nlptransfer.metrics import MetricSet
 from nlptransfer.strategies import Strategy
+from nlptransfer.tracking import LOGS_DIR
 
 logger = logging.getLogger(__name__)
 
@@ -26,18 +29,32 @@ class RunContext:
     strategy: Strategy
     accelerator: Accelerator
     metrics: MetricSet
+    # Checkpoints, tracking and interruption; by default a session that saves nothing.
+    session: TrainSession = None  # type: ignore[assignment]
+
+    def __post_init__(self) -> None:
+        if self.session is None:
+            self.session = TrainSession(self.accelerator, self.config, checkpointer=None)
 
     @property
     def show_progress(self) -> bool:
         return self.accelerator.is_local_main_process
 
 
-def build_accelerator(config: FinetuneConfig) -> Accelerator:
+def build_accelerator(
+    config: TrainingOptions, output_dir: Path | None = None, log_with: list[Any] | None = None
+) -> Accelerator:
     # Without cpu=True, a CPU-only `accelerate launch --multi_gpu` runs unsynchronised copies.
     accelerator = Accelerator(
         cpu=config.cpu or not torch.cuda.is_available(),
         mixed_precision=config.mixed_precision,
         gradient_accumulation_steps=config.gradient_accumulation_steps,
+        log_with=log_with or None,
+        project_config=ProjectConfiguration(
+            project_dir=str(output_dir), logging_dir=str(Path(output_dir) / LOGS_DIR)
+        )
+        if output_dir is not None
+        else None,
     )
     if accelerator.device.type == "cpu":
         if config.mixed_precision == "fp16":
@@ -53,22 +70,3 @@ def set_cpu_threads(requested: int | None, local_processes: int) -> None:
     threads = requested or max(1, cores // max(local_processes, 1))
     torch.set_num_threads(threads)
     logger.debug("using %d CPU threads per process", threads)
-
-
-def optimizer_step(
-    ctx: RunContext, params: list[torch.nn.Parameter], optimizer: Any, scheduler: Any, where: str
-) -> None:
-    """Clip, check for NaN on synced gradients, then step optimizer and schedule (inside ``accumulate``)."""
-    accelerator = ctx.accelerator
-    if accelerator.sync_gradients:
-        # After the all-reduce every process holds the same gradients, so all of
-        # them see a NaN together and stop together instead of deadlocking.
-        norm = accelerator.clip_grad_norm_(params, ctx.config.max_grad_norm or float("inf"))
-        if norm is not None and not torch.isfinite(torch.as_tensor(norm)):
-            raise TrainingError(
-                f"The gradients became {float(norm)} at {where}. Lower --learning_rate, "
-                "or use --mixed_precision bf16/no if it was fp16."
-            )
-    optimizer.step()
-    scheduler.step()
-    optimizer.zero_grad()

@@ -16,13 +16,11 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 import torch
 import torch.nn.functional as F
-import transformers
 from torch.utils.data import DataLoader, Dataset
-from tqdm.auto import tqdm
 
-from nlptransfer.context import optimizer_step
-from nlptransfer.data import EncodedDataset
+from nlptransfer.data import EncodedDataset, EpochSampler
 from nlptransfer.errors import ConfigError
+from nlptransfer.loop import EpochPlan, prepare_phase, run_epochs
 
 if TYPE_CHECKING:
     from nlptransfer.training import PhaseRun
@@ -88,7 +86,7 @@ class PairCollator:
 
 def contrastive_loop(run: PhaseRun) -> None:
     """Train the body on sampled pairs with SetFit's cosine-similarity loss."""
-    ctx, config, model = run.ctx, run.ctx.config, run.model
+    session, config, model = run.ctx.session, run.ctx.config, run.model
     train = run.datasets["train"]
     if not isinstance(train, EncodedDataset):
         raise ConfigError("The contrastive phase trains the body and needs tokenised inputs.")
@@ -96,42 +94,31 @@ def contrastive_loop(run: PhaseRun) -> None:
     logger.info(
         "contrastive: %d pairs (%d positive) from %d examples", len(pairs), pairs[:, 2].sum(), len(train)
     )
-    generator = torch.Generator().manual_seed(config.seed + run.index)
+    seed = config.seed + run.index
+    sampler = EpochSampler(len(pairs), seed)
     loader = DataLoader(
-        PairDataset(train, pairs), batch_size=config.batch_size, shuffle=True, generator=generator,
-        collate_fn=PairCollator(model.backbone),
+        PairDataset(train, pairs), batch_size=config.batch_size, sampler=sampler,
+        generator=torch.Generator().manual_seed(seed), collate_fn=PairCollator(model.backbone),
     )  # fmt: skip
-    accelerator = ctx.accelerator
-    optimizer = torch.optim.AdamW(run.groups)
-    prepared, optimizer, loader = accelerator.prepare(model, optimizer, loader)
-    steps = max(1, math.ceil(len(loader) / config.gradient_accumulation_steps) * run.phase.epochs)
-    steps *= accelerator.num_processes
-    scheduler = accelerator.prepare(
-        transformers.get_linear_schedule_with_warmup(
-            optimizer.optimizer, int(steps * config.warmup_ratio), steps
-        )
+    prepared, optimizer, loader, scheduler = prepare_phase(
+        session, model, run.groups, loader, run.phase.epochs
     )
-    for epoch in range(1, run.phase.epochs + 1):
-        loss = _pair_epoch(prepared, loader, optimizer, scheduler, run, epoch)
-        if run.end_epoch(loss):
-            break
+    plan = EpochPlan(
+        prepared,
+        loader,
+        sampler,
+        optimizer,
+        scheduler,
+        run.phase.epochs,
+        pair_loss,
+        run.end_epoch,
+        "pairs epoch",
+    )
+    run_epochs(session, plan)
 
 
-def _pair_epoch(
-    prepared: Any, loader: DataLoader, optimizer: Any, scheduler: Any, run: PhaseRun, epoch: int
-) -> float:
-    accelerator = run.ctx.accelerator
-    prepared.train()
-    params = [p for p in prepared.parameters() if p.requires_grad]
-    total, count = 0.0, 0
-    bar = tqdm(loader, desc=f"pairs epoch {epoch}", disable=not run.ctx.show_progress, leave=False)
-    for batch in bar:
-        with accelerator.accumulate(prepared):
-            target = batch.pop("target")
-            u, v = prepared(return_embeddings=True, **batch).chunk(2)
-            loss = F.mse_loss(F.cosine_similarity(u, v), target)
-            accelerator.backward(loss)
-            optimizer_step(run.ctx, params, optimizer, scheduler, f"contrastive epoch {epoch}")
-        total, count = total + loss.item(), count + 1
-        bar.set_postfix(loss=f"{total / count:.4f}", refresh=False)
-    return total / max(count, 1)
+def pair_loss(model: Any, batch: dict[str, torch.Tensor]) -> torch.Tensor:
+    """SetFit's loss: the cosine similarity of the two embeddings should be the 0/1 target."""
+    target = batch.pop("target")
+    u, v = model(return_embeddings=True, **batch).chunk(2)
+    return F.mse_loss(F.cosine_similarity(u, v), target)

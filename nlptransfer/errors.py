@@ -38,3 +38,16 @@ class OutputDirExistsError(NLPTransferError, FileExistsError):
 
 class TrainingError(NLPTransferError, RuntimeError):
     """Training cannot go on (for example the loss became NaN)."""
+
+
+class TrainingInterrupted(NLPTransferError):
+    """SIGINT or SIGTERM stopped training after a checkpoint was saved."""
+
+    def __init__(self, message: str, signum: int, checkpoint: str | None) -> None:
+        super().__init__(message)
+        self.signum = signum
+        self.checkpoint = checkpoint
+
+    @property
+    def exit_code(self) -> int:
+        return 128 + self.signum

@@ -11,15 +11,17 @@ import accelerate
 import torch
 import transformers
 
+from nlptransfer.checkpoint import CHECKPOINTS_DIR
 from nlptransfer.config import FinetuneConfig
 from nlptransfer.errors import OutputDirExistsError
 from nlptransfer.model import CONFIG_NAME, TransferModel
+from nlptransfer.tracking import LOG_NAME
 from nlptransfer.version import __version__
 
 RESULTS_NAME = "results.json"
 TABLE_NAME = "trainable_layers.md"
 RUN_CONFIG_NAME = "run_config.json"
-RUN_MARKERS = (RESULTS_NAME, RUN_CONFIG_NAME, CONFIG_NAME)
+RUN_MARKERS = (RESULTS_NAME, RUN_CONFIG_NAME, CONFIG_NAME, CHECKPOINTS_DIR, LOG_NAME)
 
 
 def resolve_output_dir(config: FinetuneConfig) -> Path:
@@ -40,6 +42,13 @@ def check_output_dir(path: Path, overwrite: bool) -> None:
         raise OutputDirExistsError(
             f"Output folder '{path}' is not empty and holds no earlier run; choose a new or empty "
             "--output_dir (nlptransfer never deletes files it did not write)."
+        )
+    unfinished = (path / CHECKPOINTS_DIR).is_dir() and not (path / RESULTS_NAME).exists()
+    if unfinished and not overwrite:
+        raise OutputDirExistsError(
+            f"Output folder '{path}' holds checkpoints of a run that did not finish. Pass "
+            "--resume_from_checkpoint latest to continue it, --overwrite_output_dir to start over, "
+            "or choose another --output_dir."
         )
     if not overwrite:
         raise OutputDirExistsError(

@@ -5,20 +5,23 @@ from __future__ import annotations
 import logging
 import time
 from dataclasses import asdict
+from pathlib import Path
 from typing import Any
 
 from accelerate.utils import set_seed
 
 from nlptransfer.backbones import VocabOptions, is_word_vector_source, load_backbone
 from nlptransfer.config import FinetuneConfig
-from nlptransfer.context import RunContext, build_accelerator
+from nlptransfer.context import RunContext
 from nlptransfer.data import TextClassificationData, load_data
 from nlptransfer.features import feature_cache_report
 from nlptransfer.inference import evaluate_split
 from nlptransfer.layers import count_parameters, phase_tables
 from nlptransfer.metrics import MetricSet
 from nlptransfer.model import TransferModel
+from nlptransfer.modelcard import CardInfo, command_line, push_to_hub, write_card
 from nlptransfer.outputs import check_output_dir, resolve_output_dir, versions, write_run
+from nlptransfer.session import finish_session, start_session
 from nlptransfer.strategies import Strategy, get_strategy
 from nlptransfer.training import FitResult, distributed_report, fit
 
@@ -59,9 +62,12 @@ def train(config: FinetuneConfig) -> dict[str, Any]:
     model) is checked before training starts and before an earlier run is replaced.
     """
     strategy = get_strategy(config.strategy)
+    metrics = MetricSet(config.metrics)
     output_dir = resolve_output_dir(config)
-    check_output_dir(output_dir, config.overwrite_output_dir)
-    ctx = RunContext(config, strategy, build_accelerator(config), MetricSet(config.metrics))
+    if not config.resume_from_checkpoint:
+        check_output_dir(output_dir, config.overwrite_output_dir)
+    session = start_session(config, output_dir, "nlptransfer-finetune")
+    ctx = RunContext(config, strategy, session.accelerator, metrics, session)
     set_seed(config.seed)
     data = load_data(config)
     logger.info("data: %s", _describe(data))
@@ -70,7 +76,8 @@ def train(config: FinetuneConfig) -> dict[str, Any]:
     table = phase_tables(model, phases)
     logger.info("strategy %s, trainable layers:\n%s", strategy.name, table)
     start = time.perf_counter()
-    result = fit(model, data, phases, ctx)
+    with session.guard:
+        result = fit(model, data, phases, ctx)
     timings = {
         "train_seconds": time.perf_counter() - start,
         "feature_extraction_seconds": result.feature_extraction_seconds,
@@ -81,11 +88,54 @@ def train(config: FinetuneConfig) -> dict[str, Any]:
     report = distributed_report(ctx.accelerator, result.seen_indices, len(data.train))
     results = _results(ctx, model, data, result, test, timings, report)
     results["feature_cache"] = feature_cache_report(result.features)
+    finish_session(session, output_dir, config.metric_for_best_model)
     if ctx.accelerator.is_main_process:
         write_run(output_dir, model, config, results, table)
+        write_card(output_dir, _card(config, results, table, output_dir))
         logger.info("saved model and results to %s; test: %s", output_dir, test)
+        if config.push_to_hub:
+            push_to_hub(output_dir, config.hub_model_id)
     ctx.accelerator.wait_for_everyone()
     return results
+
+
+def _card(config: FinetuneConfig, results: dict[str, Any], table: str, output_dir: Path) -> CardInfo:
+    data = Path(config.train_file).name if config.train_file else config.dataset
+    trainable, total = results["trainable_parameters"], results["total_parameters"]
+    splits = {"validation": results["validation"], "test": results["test"]}
+    details = {
+        "Source model": f"`{config.model}`",
+        "Strategy": f"`{config.strategy}` (phases: {', '.join(p['name'] for p in results['phases'])})",
+        "Data": f"{data}: {results['num_train_examples']} training, {results['num_validation_examples']} "
+        f"validation, {results['num_test_examples']} test examples",
+        "Labels": ", ".join(map(str, results["labels"])),
+        "Trainable parameters": f"{trainable:,} of {total:,} ({100 * trainable / max(total, 1):.2f}%)",
+        "Epochs": f"{results['epochs_run']} run, best epoch {results['best_epoch']} by validation "
+        f"{config.metric_for_best_model}",
+        "Optimisation": f"AdamW, batch size {config.batch_size}, {config.lr_scheduler} schedule, "
+        f"warmup {config.warmup:g}, seed {config.seed}",
+        "Training time": f"{results['train_seconds']:.0f} s",
+    }
+    usage = (
+        "from nlptransfer import TransferModel\n\n"
+        f'model = TransferModel.from_pretrained("{output_dir.name}")  # this folder, or its hub id\n'
+        'print(model.predict(["an example text"]).labels)'
+    )
+    return CardInfo(
+        title=output_dir.name,
+        summary=f"A text classifier trained by transfer learning from `{config.model}` on {data} "
+        f"with [nlptransfer](https://github.com/nlptransfer/nlptransfer)'s `{config.strategy}` strategy.",
+        base_model=config.model,
+        pipeline_tag="text-classification",
+        results={k: v for k, v in splits.items() if v},
+        details=details,
+        command=command_line(config, "recipes/finetune.py"),
+        usage=usage,
+        tags=["text-classification", config.strategy],
+        dataset=config.dataset if not config.train_file else None,
+        sections={"Trainable layers": table},
+        versions=results["versions"],
+    )
 
 
 def _describe(data: TextClassificationData) -> str:

@@ -3,26 +3,26 @@
 from __future__ import annotations
 
 import logging
-import math
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import asdict, dataclass, field
 from typing import Any
 
 import numpy as np
 import torch
 import torch.nn.functional as F
-import transformers
 from accelerate import Accelerator
 from accelerate.utils import gather_object
+from safetensors.torch import load_file
 from torch.utils.data import DataLoader, Dataset
-from tqdm.auto import tqdm
 
+from nlptransfer.checkpoint import Checkpoint
 from nlptransfer.config import FinetuneConfig
-from nlptransfer.context import RunContext, optimizer_step
+from nlptransfer.context import RunContext
 from nlptransfer.contrastive import contrastive_loop
 from nlptransfer.data import (
     Collator,
     EncodedDataset,
+    EpochSampler,
     FeatureDataset,
     LengthGroupedSampler,
     TextClassificationData,
@@ -32,6 +32,7 @@ from nlptransfer.features import extract_features
 from nlptransfer.heads import fit_logistic_head
 from nlptransfer.inference import encode_split, evaluate_split
 from nlptransfer.layers import count_parameters
+from nlptransfer.loop import EpochPlan, Snapshot, prepare_phase, run_epochs
 from nlptransfer.model import TransferModel
 from nlptransfer.strategies.base import ParamGroups, Phase
 
@@ -69,6 +70,12 @@ class FitResult:
     eval_datasets: dict[str, Dataset] = field(default_factory=dict)
     # The body features last extracted (empty when no phase froze the body).
     features: dict[str, Dataset] = field(default_factory=dict)
+    # Index of the phase whose datasets ``eval_datasets`` are (-1: the token splits).
+    eval_phase: int = -1
+    body_trained: bool = False
+
+    def epochs_before_phase(self) -> int:
+        return sum(p.epochs_run for p in self.phases)
 
 
 @dataclass
@@ -92,49 +99,23 @@ def encode_splits(model: TransferModel, data: TextClassificationData) -> dict[st
     return {name: encode_split(model, split) for name, split in splits.items()}
 
 
-def train_loader(dataset: Dataset, model: TransferModel, config: FinetuneConfig, seed: int) -> DataLoader:
+def train_loader(
+    dataset: Dataset, model: TransferModel, config: FinetuneConfig, seed: int
+) -> tuple[DataLoader, EpochSampler]:
+    """A loader whose order depends only on (seed, epoch), and the sampler to set the epoch on."""
+    # The loader's own generator: iterating it must not draw from the global RNG,
+    # or a resumed run's dropout masks would differ from an uninterrupted one's.
     generator = torch.Generator().manual_seed(seed)
     if not isinstance(dataset, EncodedDataset):  # fixed-size features: nothing to pad
-        return DataLoader(dataset, batch_size=config.batch_size, shuffle=True, generator=generator)
-    sampler = LengthGroupedSampler(dataset.lengths(), config.batch_size, generator)
+        sampler = EpochSampler(len(dataset), seed)
+        loader = DataLoader(dataset, batch_size=config.batch_size, sampler=sampler, generator=generator)
+        return loader, sampler
+    sampler = LengthGroupedSampler(dataset.lengths(), config.batch_size, seed)
     collate = Collator(model.backbone)
-    return DataLoader(dataset, batch_size=config.batch_size, sampler=sampler, collate_fn=collate)
-
-
-def build_scheduler(optimizer: Any, prepared_loader: DataLoader, ctx: RunContext, epochs: int) -> Any:
-    """Linear warmup then decay over exactly the optimizer steps the run will take.
-
-    Each process steps once per ``gradient_accumulation_steps`` batches of its own
-    shard (and at the end of every epoch); accelerate steps the scheduler once
-    per process for each optimizer step.
-    """
-    config = ctx.config
-    per_epoch = math.ceil(len(prepared_loader) / config.gradient_accumulation_steps)
-    steps = max(1, per_epoch * epochs * ctx.accelerator.num_processes)
-    return transformers.get_linear_schedule_with_warmup(optimizer, int(steps * config.warmup_ratio), steps)
-
-
-def train_epoch(
-    model: torch.nn.Module, loader: DataLoader, optimizer: Any, scheduler: Any, ctx: RunContext,
-    epoch: int, seen: list[int] | None,
-) -> float:  # fmt: skip
-    model.train()
-    accelerator = ctx.accelerator
-    total, count = 0.0, 0
-    params = [p for p in model.parameters() if p.requires_grad]
-    bar = tqdm(loader, desc=f"epoch {epoch}", disable=not ctx.show_progress, leave=False)
-    for step, batch in enumerate(bar):
-        with accelerator.accumulate(model):
-            labels = batch.pop("labels")
-            idx = batch.pop("idx")
-            loss = F.cross_entropy(model(**batch), labels)
-            accelerator.backward(loss)
-            optimizer_step(ctx, params, optimizer, scheduler, f"epoch {epoch}, step {step}")
-        if seen is not None:
-            seen.extend(idx.tolist())
-        total, count = total + loss.item(), count + 1
-        bar.set_postfix(loss=f"{total / count:.4f}", refresh=False)
-    return total / max(count, 1)
+    loader = DataLoader(
+        dataset, batch_size=config.batch_size, sampler=sampler, collate_fn=collate, generator=generator
+    )
+    return loader, sampler
 
 
 class BestWeights:
@@ -167,56 +148,96 @@ def fit(
     """Run the strategy's phases; evaluate every epoch, keep the best weights, stop early if told.
 
     Frozen-body phases train on body features computed once (and cached on
-    disk); a phase that trains the body makes later frozen phases compute them anew.
+    disk); a phase that trains the body makes later frozen phases compute them
+    anew. A resumed run skips the phases its checkpoint had finished.
     """
+    session = ctx.session
     encoded = encode_splits(model, data)
     result, best = FitResult(eval_datasets=encoded), BestWeights(model)
+    if session.resume is not None:
+        _restore(session.resume, model, result, best)
+    session.snapshot = lambda: _snapshot(ctx, result, best)
     features: dict[str, Dataset] | None = None
-    body_trained = False
     for index, phase in enumerate(phases):
+        if index < session.progress.phase:
+            continue
         groups = phase.configure(model)
         best.cover_trainable()
         if phase.freezes_body and features is None:
-            features, seconds = extract_features(model, encoded, ctx, use_cache=not body_trained)
+            features, seconds = extract_features(model, encoded, ctx, use_cache=not result.body_trained)
             result.feature_extraction_seconds += seconds
             result.features = features
         datasets = features if phase.freezes_body else encoded
         assert datasets is not None
-        recorder = _epoch_recorder(model, phase, datasets, ctx, result, best)
+        if result.eval_phase == index:
+            result.eval_datasets = datasets
+        recorder = _epoch_recorder(model, phase, index, datasets, ctx, result, best)
         run = PhaseRun(model, phase, index, datasets, groups, ctx, recorder)
-        if not result.seen_indices:
+        if index == 0 or not result.seen_indices:
             run.seen = result.seen_indices
-        start_epochs = len(result.history)
         LOOPS[phase.loop](run)
         ctx.accelerator.free_memory()
-        result.phases.append(_phase_log(model, phase, len(result.history) - start_epochs))
+        result.phases.append(_phase_log(model, phase, len(result.history) - result.epochs_before_phase()))
+        session.progress.next_phase()
         if any(p.requires_grad for p in model.backbone.parameters()):
-            features, body_trained = None, True
+            features, result.body_trained = None, True
     best.restore()
     return result
 
 
+def _snapshot(ctx: RunContext, result: FitResult, best: BestWeights) -> Snapshot:
+    """What a checkpoint holds besides accelerate's state: history, best epoch and its weights."""
+    state = {
+        "history": [asdict(h) for h in result.history],
+        "phases": [asdict(p) for p in result.phases],
+        "best_epoch": result.best_epoch,
+        "best_score": result.best_score,
+        "eval_phase": result.eval_phase,
+        "body_trained": result.body_trained,
+        "feature_extraction_seconds": result.feature_extraction_seconds,
+        "best_weights": sorted(best.state),
+        "config": ctx.config.to_dict(),
+    }
+    return state, dict(best.state), {"seen_indices": result.seen_indices}
+
+
+def _restore(checkpoint: Checkpoint, model: TransferModel, result: FitResult, best: BestWeights) -> None:
+    """Put back what the checkpoint's run had done, before its phase configures the model."""
+    state = checkpoint.state
+    result.history = [EpochLog(**h) for h in state["history"]]
+    result.phases = [PhaseLog(**p) for p in state["phases"]]
+    result.best_epoch, result.best_score = state["best_epoch"], state["best_score"]
+    result.eval_phase, result.body_trained = state["eval_phase"], state["body_trained"]
+    result.feature_extraction_seconds = state["feature_extraction_seconds"]
+    result.seen_indices[:] = checkpoint.process_state.get("seen_indices", [])
+    best.state = {name: checkpoint.tensors[name] for name in state["best_weights"]}
+    # The phase may extract features from the body before accelerate loads its state.
+    weights = load_file(str(checkpoint.path / "model.safetensors"))
+    model.load_state_dict({k.removeprefix("module."): v for k, v in weights.items()}, strict=False)
+
+
 def _epoch_recorder(
-    model: TransferModel, phase: Phase, datasets: dict[str, Dataset], ctx: RunContext, result: FitResult,
-    best: BestWeights,
+    model: TransferModel, phase: Phase, index: int, datasets: dict[str, Dataset], ctx: RunContext,
+    result: FitResult, best: BestWeights,
 ) -> Callable[[float], bool]:  # fmt: skip
     """The end-of-epoch step of one phase: validate, log, keep the best, decide on early stopping."""
     config = ctx.config
-    phase_start = len(result.history)
-    phase_best = phase_start
+    phase_start = result.epochs_before_phase()
 
     def end_epoch(loss: float) -> bool:
-        nonlocal phase_best
+        # Derived, not remembered: a resumed run gets the same answer.
+        phase_best = max(phase_start, result.best_epoch)
         epoch = len(result.history) + 1
         scores = evaluate_split(model, datasets["validation"], ctx, "validation") if phase.evaluate else {}
         result.history.append(EpochLog(epoch, phase.name, loss, scores))
         logger.info("epoch %d (%s): train_loss=%.4f validation %s", epoch, phase.name, loss, _fmt(scores))
+        ctx.session.log({"train/epoch_loss": loss, **{f"validation/{k}": v for k, v in scores.items()}})
         if not phase.evaluate:
             return False
         score = scores[config.metric_for_best_model]
         if score > result.best_score:
-            result.best_epoch, result.best_score, phase_best = epoch, score, epoch
-            result.eval_datasets = datasets
+            result.best_epoch, result.best_score = epoch, score
+            result.eval_datasets, result.eval_phase = datasets, index
             best.update()
         elif phase.patience is not None and epoch - phase_best >= phase.patience:
             logger.info(
@@ -240,17 +261,21 @@ def _phase_log(model: TransferModel, phase: Phase, epochs_run: int) -> PhaseLog:
 
 
 def gradient_loop(run: PhaseRun) -> None:
-    """Minibatch AdamW with warmup and linear decay, on tokens or cached features."""
-    ctx, accelerator, config = run.ctx, run.ctx.accelerator, run.ctx.config
-    optimizer = torch.optim.AdamW(run.groups)
-    loader = train_loader(run.datasets["train"], run.model, config, config.seed + run.index)
-    prepared, optimizer, loader = accelerator.prepare(run.model, optimizer, loader)
-    scheduler = accelerator.prepare(build_scheduler(optimizer.optimizer, loader, ctx, run.phase.epochs))
-    for epoch in range(1, run.phase.epochs + 1):
-        seen = run.seen if epoch == 1 else None
-        loss = train_epoch(prepared, loader, optimizer, scheduler, ctx, epoch, seen)
-        if run.end_epoch(loss):
-            break
+    """Minibatch AdamW with warmup and a learning-rate schedule, on tokens or cached features."""
+    session, config = run.ctx.session, run.ctx.config
+    loader, sampler = train_loader(run.datasets["train"], run.model, config, config.seed + run.index)
+    prepared, optimizer, loader, scheduler = prepare_phase(
+        session, run.model, run.groups, loader, run.phase.epochs
+    )
+
+    def loss(model: torch.nn.Module, batch: dict[str, Any]) -> torch.Tensor:
+        labels, idx = batch.pop("labels"), batch.pop("idx")
+        if run.seen is not None and session.progress.epoch == 1:
+            run.seen.extend(idx.tolist())
+        return F.cross_entropy(model(**batch), labels)
+
+    plan = EpochPlan(prepared, loader, sampler, optimizer, scheduler, run.phase.epochs, loss, run.end_epoch)
+    run_epochs(session, plan)
 
 
 def logistic_loop(run: PhaseRun) -> None:

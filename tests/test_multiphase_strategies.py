@@ -311,8 +311,8 @@ def test_each_strategy_runs_end_to_end(
 
 
 def test_non_finite_gradients_stop_training_with_a_clear_error() -> None:
-    from nlptransfer.context import optimizer_step
     from nlptransfer.errors import TrainingError
+    from nlptransfer.loop import optimizer_step
 
     param = torch.nn.Parameter(torch.ones(2))
     param.grad = torch.tensor([float("nan"), 1.0])
@@ -322,5 +322,5 @@ def test_non_finite_gradients_stop_training_with_a_clear_error() -> None:
         FinetuneConfig(), get_strategy("finetune"), Accelerator(cpu=True), MetricSet(["accuracy"])
     )
     with pytest.raises(TrainingError, match="Lower --learning_rate"):
-        optimizer_step(ctx, [param], optimizer, scheduler, "epoch 1, step 0")
+        optimizer_step(ctx.session, [param], optimizer, scheduler)
     assert torch.equal(param.detach(), torch.ones(2))  # no step was taken

@@ -1,6 +1,12 @@
 """Data loading, validation, label maps, splits and collators."""
 
-from nlptransfer.data.loaders import Collator, EncodedDataset, FeatureDataset, LengthGroupedSampler
+from nlptransfer.data.loaders import (
+    Collator,
+    EncodedDataset,
+    EpochSampler,
+    FeatureDataset,
+    LengthGroupedSampler,
+)
 from nlptransfer.data.prepare import Split, TextClassificationData, load_data
 from nlptransfer.data.sources import BUILTIN_DATASETS, read_table
 
@@ -8,6 +14,7 @@ __all__ = [
     "BUILTIN_DATASETS",
     "Collator",
     "EncodedDataset",
+    "EpochSampler",
     "FeatureDataset",
     "LengthGroupedSampler",
     "Split",

@@ -73,25 +73,47 @@ class Collator:
         return batch
 
 
-class LengthGroupedSampler(Sampler[int]):
+class EpochSampler(Sampler[int]):
+    """A new random order every epoch, fixed by (seed, epoch).
+
+    Every process draws the same order (accelerate then gives each one its own
+    batches), and a resumed run redraws exactly the order it stopped in, with no
+    generator state to carry over. Call ``set_epoch`` before each epoch.
+    """
+
+    def __init__(self, size: int, seed: int) -> None:
+        self.size = size
+        self.seed = seed
+        self.epoch = 0
+
+    def set_epoch(self, epoch: int) -> None:
+        self.epoch = epoch
+
+    def __len__(self) -> int:
+        return self.size
+
+    def order(self) -> list[int]:
+        generator = torch.Generator().manual_seed(self.seed * 1_000_003 + self.epoch)
+        return torch.randperm(self.size, generator=generator).tolist()
+
+    def __iter__(self):
+        return iter(self.order())
+
+
+class LengthGroupedSampler(EpochSampler):
     """A random order in which neighbouring examples have similar lengths.
 
     The shuffled data is cut into mega-batches of ``group`` batches, each sorted
     by length, so consecutive batches need little padding yet every epoch is a
-    new random order (the idea behind transformers' ``group_by_length``). The
-    ``generator`` attribute lets accelerate keep the order identical on all
-    processes, so each one gets a disjoint shard.
+    new random order (the idea behind transformers' ``group_by_length``).
     """
 
-    def __init__(self, lengths: list[int], batch_size: int, generator: torch.Generator, group: int = 50):
+    def __init__(self, lengths: list[int], batch_size: int, seed: int, group: int = 50) -> None:
+        super().__init__(len(lengths), seed)
         self.lengths = lengths
-        self.size = batch_size * group
-        self.generator = generator
-
-    def __len__(self) -> int:
-        return len(self.lengths)
+        self.chunk = batch_size * group
 
     def __iter__(self):
-        order = torch.randperm(len(self.lengths), generator=self.generator).tolist()
-        chunks = (order[i : i + self.size] for i in range(0, len(order), self.size))
+        order = self.order()
+        chunks = (order[i : i + self.chunk] for i in range(0, len(order), self.chunk))
         return iter([i for chunk in chunks for i in sorted(chunk, key=lambda j: -self.lengths[j])])

@@ -1,0 +1,171 @@
+"""Atomic training checkpoints on top of ``accelerator.save_state``.
+
+A checkpoint is written to a hidden temporary folder by every process, then
+renamed to ``checkpoints/checkpoint-<step>`` by the main process once all of
+them finished: a rename is atomic, so a process killed while saving leaves only
+a temporary folder, which ``latest`` never picks and the next save removes.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import re
+import shutil
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+from accelerate import Accelerator
+from safetensors.torch import load_file, save_file
+
+from nlptransfer.errors import ConfigError
+
+logger = logging.getLogger(__name__)
+
+CHECKPOINTS_DIR = "checkpoints"
+STATE_NAME = "trainer_state.json"
+TENSORS_NAME = "trainer_tensors.safetensors"
+_NAME = re.compile(r"^checkpoint-(\d+)$")
+_TMP_PREFIX = ".tmp-"
+
+
+@dataclass
+class Progress:
+    """Where a run stands; saved in every checkpoint, so a resumed run continues from there."""
+
+    phase: int = 0  # index of the phase in progress
+    epoch: int = 1  # epoch of that phase in progress (1-based)
+    batch: int = 0  # batches of that epoch already trained (and skipped on resume)
+    global_step: int = 0  # optimizer steps over the whole run
+    epoch_loss_sum: float = 0.0  # sum of this epoch's batch losses so far (for the epoch mean)
+    phase_done: bool = False  # the phase ran its last epoch or stopped early
+    num_processes: int = 1
+
+    def next_phase(self) -> None:
+        self.phase, self.epoch, self.batch, self.epoch_loss_sum, self.phase_done = (
+            self.phase + 1,
+            1,
+            0,
+            0.0,
+            False,
+        )
+
+
+@dataclass
+class Checkpoint:
+    """A complete checkpoint read back: its folder, progress, and the owner's saved state."""
+
+    path: Path
+    progress: Progress
+    state: dict[str, Any]
+    tensors: dict[str, torch.Tensor]
+    process_state: dict[str, Any]
+
+
+def checkpoint_root(output_dir: Path) -> Path:
+    return Path(output_dir) / CHECKPOINTS_DIR
+
+
+def complete_checkpoints(output_dir: Path) -> list[Path]:
+    """Finished checkpoints, oldest first (temporary folders of interrupted saves excluded)."""
+    root = checkpoint_root(output_dir)
+    if not root.is_dir():
+        return []
+    found = [(int(m.group(1)), p) for p in root.iterdir() if (m := _NAME.match(p.name)) and p.is_dir()]
+    return [p for _, p in sorted(found) if (p / STATE_NAME).is_file()]
+
+
+def resolve_checkpoint(spec: str, output_dir: Path) -> Path:
+    """``latest`` or a checkpoint folder path -> a complete checkpoint folder, or a clear error."""
+    if spec == "latest":
+        found = complete_checkpoints(output_dir)
+        if not found:
+            raise ConfigError(
+                "--resume_from_checkpoint latest: no complete checkpoint in "
+                f"'{checkpoint_root(output_dir)}'. "
+                "Pass the --output_dir of the stopped run (with the options it used), or a checkpoint path."
+            )
+        return found[-1]
+    path = Path(spec).expanduser()
+    if not (path / STATE_NAME).is_file():
+        hint = ""
+        if path.is_dir() and complete_checkpoints(path.parent if path.name == CHECKPOINTS_DIR else path):
+            hint = (
+                " It looks like a run folder: pass --output_dir to it with --resume_from_checkpoint latest."
+            )
+        raise ConfigError(
+            f"--resume_from_checkpoint '{spec}' is not a complete checkpoint (no {STATE_NAME} in it). "
+            f"Pass 'latest' or a folder such as {CHECKPOINTS_DIR}/checkpoint-500.{hint}"
+        )
+    return path
+
+
+def read_checkpoint(path: Path, process_index: int = 0) -> Checkpoint:
+    state = json.loads((path / STATE_NAME).read_text())
+    progress = Progress(**state.pop("progress"))
+    tensors_file = path / TENSORS_NAME
+    tensors = load_file(str(tensors_file)) if tensors_file.is_file() else {}
+    process_file = path / f"process_{process_index}.json"
+    process_state = json.loads(process_file.read_text()) if process_file.is_file() else {}
+    return Checkpoint(path, progress, state, tensors, process_state)
+
+
+class Checkpointer:
+    """Saves, rotates and finds the checkpoints of one output folder."""
+
+    def __init__(self, accelerator: Accelerator, output_dir: Path, total_limit: int) -> None:
+        self.accelerator = accelerator
+        self.root = checkpoint_root(output_dir)
+        self.total_limit = total_limit
+
+    def save(
+        self, progress: Progress, state: dict[str, Any], tensors: dict[str, torch.Tensor],
+        process_state: dict[str, Any],
+    ) -> Path:  # fmt: skip
+        """Write everything to a temporary folder, then rename it: all processes must call this."""
+        accelerator = self.accelerator
+        final = self.root / f"checkpoint-{progress.global_step}"
+        tmp = self.root / f"{_TMP_PREFIX}{final.name}"
+        if accelerator.is_main_process:
+            shutil.rmtree(tmp, ignore_errors=True)
+            tmp.mkdir(parents=True)
+        accelerator.wait_for_everyone()
+        accelerator.save_state(str(tmp))
+        index = accelerator.process_index
+        (tmp / f"process_{index}.json").write_text(json.dumps(process_state))
+        if accelerator.is_main_process:
+            if tensors:
+                save_file({k: v.contiguous() for k, v in tensors.items()}, str(tmp / TENSORS_NAME))
+            (tmp / STATE_NAME).write_text(json.dumps({"progress": asdict(progress), **state}, indent=1))
+        accelerator.wait_for_everyone()
+        if accelerator.is_main_process:
+            self._commit(tmp, final)
+        accelerator.wait_for_everyone()
+        logger.info("saved checkpoint %s", final)
+        return final
+
+    def _commit(self, tmp: Path, final: Path) -> None:
+        # An epoch-end checkpoint can share its step with a --save_steps one; the newer wins.
+        stale = final.with_name(f"{_TMP_PREFIX}old-{final.name}")
+        if final.exists():
+            final.rename(stale)
+        tmp.rename(final)
+        shutil.rmtree(stale, ignore_errors=True)
+        for leftover in self.root.glob(f"{_TMP_PREFIX}*"):
+            shutil.rmtree(leftover, ignore_errors=True)
+        if self.total_limit:
+            for old in complete_checkpoints(self.root.parent)[: -self.total_limit]:
+                shutil.rmtree(old, ignore_errors=True)
+
+
+__all__ = [
+    "CHECKPOINTS_DIR",
+    "Checkpoint",
+    "Checkpointer",
+    "Progress",
+    "complete_checkpoints",
+    "read_checkpoint",
+    "resolve_checkpoint",
+]

@@ -1,0 +1,250 @@
+"""The step loop every recipe trains with, on accelerate.
+
+Gradient accumulation, clipping, the learning-rate schedule, tracking, step and
+epoch checkpoints, resuming in the middle of an epoch, and stopping cleanly on
+Ctrl-C / SIGTERM live here once; classification phases, contrastive pairs and
+language-model pretraining only say what a batch's loss is.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+from accelerate import Accelerator
+from torch.utils.data import DataLoader
+from tqdm.auto import tqdm
+
+from nlptransfer.checkpoint import Checkpoint, Checkpointer, Progress
+from nlptransfer.config import TrainingOptions
+from nlptransfer.errors import TrainingError, TrainingInterrupted
+from nlptransfer.interrupt import InterruptGuard
+from nlptransfer.schedules import build_schedule
+
+logger = logging.getLogger(__name__)
+
+# What a session's owner adds to each checkpoint: (JSON state, tensors, this process's JSON state).
+Snapshot = tuple[dict[str, Any], dict[str, torch.Tensor], dict[str, Any]]
+
+
+@dataclass
+class TrainSession:
+    """What the step loop shares over a whole run: progress, checkpoints, tracking, interruption."""
+
+    accelerator: Accelerator
+    options: TrainingOptions
+    checkpointer: Checkpointer | None
+    guard: InterruptGuard = field(default_factory=InterruptGuard)
+    progress: Progress = field(default_factory=Progress)
+    # Set when resuming, until the phase it was saved in has loaded its accelerator state.
+    resume: Checkpoint | None = None
+    snapshot: Callable[[], Snapshot] = lambda: ({}, {}, {})
+    last_checkpoint: Path | None = None
+
+    @property
+    def show_progress(self) -> bool:
+        return self.accelerator.is_local_main_process
+
+    def log(self, values: dict[str, float]) -> None:
+        self.accelerator.log(values, step=self.progress.global_step)
+
+    def save_checkpoint(self) -> Path | None:
+        if self.checkpointer is None:
+            return None
+        state, tensors, process_state = self.snapshot()
+        self.progress.num_processes = self.accelerator.num_processes
+        self.last_checkpoint = self.checkpointer.save(self.progress, state, tensors, process_state)
+        return self.last_checkpoint
+
+    def stop_requested(self) -> bool:
+        """Whether any process got SIGINT/SIGTERM: all must stop at the same step."""
+        flag = self.guard.requested
+        if self.accelerator.num_processes > 1:
+            signal = torch.tensor([int(self.guard.received or 0)], device=self.accelerator.device)
+            flag_value = int(self.accelerator.reduce(signal, reduction="max").item())
+            if flag_value and self.guard.received is None:
+                self.guard.received = flag_value
+            flag = bool(flag_value)
+        return flag
+
+    def interrupt(self) -> None:
+        path = self.save_checkpoint()
+        signum = self.guard.received or 2
+        where = f"epoch {self.progress.epoch}, optimizer step {self.progress.global_step}"
+        if path is None:
+            message = (
+                f"Interrupted at {where}; checkpoints are off (--save_steps 0 and --no-save_every_epoch)."
+            )
+        else:
+            message = (
+                f"Interrupted at {where}; checkpoint saved in {path}. Resume by running the same "
+                "command with --resume_from_checkpoint latest."
+            )
+        raise TrainingInterrupted(message, signum, str(path) if path else None)
+
+    def load_resume_state(self) -> None:
+        """Load model, optimizer, schedule and RNG: in the checkpoint's phase, after ``prepare``."""
+        if self.resume is not None:
+            self.accelerator.load_state(str(self.resume.path))
+            logger.info("resumed from %s at %s", self.resume.path, self.progress)
+            self.resume = None
+
+
+@dataclass
+class EpochPlan:
+    """One phase's training: prepared objects, how many epochs, and the loss of a batch."""
+
+    model: Any
+    loader: DataLoader
+    sampler: Any  # has set_epoch(epoch)
+    optimizer: Any
+    scheduler: Any
+    epochs: int
+    loss: Callable[[Any, dict[str, Any]], torch.Tensor]
+    end_epoch: Callable[[float], bool]  # validate/record an epoch; True stops the phase early
+    desc: str = "epoch"
+
+
+def prepare_phase(
+    session: TrainSession, model: torch.nn.Module, groups: Any, loader: DataLoader, epochs: int
+) -> tuple[Any, Any, DataLoader, Any]:
+    """AdamW + schedule over exactly the optimizer steps the phase takes, all prepared by accelerate.
+
+    Each process steps once per ``gradient_accumulation_steps`` batches of its own
+    shard (and at the end of every epoch); accelerate steps the schedule once per
+    process for each optimizer step, hence the factor ``num_processes``.
+    """
+    accelerator, options = session.accelerator, session.options
+    optimizer = torch.optim.AdamW(groups)
+    prepared, optimizer, loader = accelerator.prepare(model, optimizer, loader)
+    per_epoch = math.ceil(len(loader) / options.gradient_accumulation_steps)
+    steps = max(1, per_epoch * epochs * accelerator.num_processes)
+    schedule = build_schedule(
+        options.lr_scheduler, optimizer.optimizer, int(steps * options.warmup), steps, options.stlr_ratio
+    )
+    return prepared, optimizer, loader, accelerator.prepare(schedule)
+
+
+def run_epochs(session: TrainSession, plan: EpochPlan) -> None:
+    """Train ``plan.epochs`` epochs from ``session.progress`` (a resumed run skips what it did)."""
+    session.load_resume_state()
+    progress = session.progress
+    if progress.phase_done:
+        return
+    for epoch in range(progress.epoch, plan.epochs + 1):
+        progress.epoch = epoch
+        mean_loss = _train_one_epoch(session, plan)
+        stop = plan.end_epoch(mean_loss)
+        progress.epoch, progress.batch, progress.epoch_loss_sum = epoch + 1, 0, 0.0
+        progress.phase_done = stop or epoch == plan.epochs
+        if session.options.save_every_epoch:
+            session.save_checkpoint()
+        if session.stop_requested():
+            session.interrupt()
+        if stop:
+            return
+
+
+def _train_one_epoch(session: TrainSession, plan: EpochPlan) -> float:
+    accelerator, progress = session.accelerator, session.progress
+    # accelerate's loader re-sets its sampler's epoch from its own counter, which
+    # a resumed run (fresh loader, then a skipping copy) would get wrong: set both.
+    if hasattr(plan.loader, "set_epoch"):
+        plan.loader.set_epoch(progress.epoch)
+    plan.sampler.set_epoch(progress.epoch)
+    skip = progress.batch
+    # Skipping works on batch indices: the skipped examples are never loaded or collated.
+    batches = accelerator.skip_first_batches(plan.loader, skip) if skip else plan.loader
+    plan.model.train()
+    params = [p for p in plan.model.parameters() if p.requires_grad]
+    window = _Window()
+    bar = tqdm(
+        batches, desc=f"{plan.desc} {progress.epoch}", total=len(plan.loader), initial=skip,
+        disable=not session.show_progress, leave=False,
+    )  # fmt: skip
+    session.guard.in_training = True
+    try:
+        for batch in bar:
+            window.add(batch)
+            with accelerator.accumulate(plan.model):
+                loss = plan.loss(plan.model, batch)
+                accelerator.backward(loss)
+                optimizer_step(session, params, plan.optimizer, plan.scheduler)
+            progress.batch += 1
+            progress.epoch_loss_sum += loss.item()
+            window.loss += loss.item()
+            bar.set_postfix(loss=f"{progress.epoch_loss_sum / progress.batch:.4f}", refresh=False)
+            if accelerator.sync_gradients:
+                _after_optimizer_step(session, plan, window)
+    finally:
+        session.guard.in_training = False
+    return progress.epoch_loss_sum / max(progress.batch, 1)
+
+
+def _after_optimizer_step(session: TrainSession, plan: EpochPlan, window: _Window) -> None:
+    options, progress = session.options, session.progress
+    progress.global_step += 1
+    if progress.global_step % options.logging_steps == 0:
+        session.log(window.flush(plan, progress, session.accelerator.num_processes))
+    if options.save_steps and progress.global_step % options.save_steps == 0:
+        session.save_checkpoint()
+    if session.stop_requested():
+        session.interrupt()
+
+
+class _Window:
+    """Loss and throughput since the last log line."""
+
+    def __init__(self) -> None:
+        self.start = time.perf_counter()
+        self.loss, self.batches, self.examples, self.tokens = 0.0, 0, 0, 0
+
+    def add(self, batch: dict[str, Any]) -> None:
+        self.batches += 1
+        first = next(iter(batch.values()))
+        self.examples += len(first)
+        mask = batch.get("attention_mask")
+        if isinstance(mask, torch.Tensor):
+            self.tokens += int(mask.sum())
+
+    def flush(self, plan: EpochPlan, progress: Progress, processes: int) -> dict[str, float]:
+        seconds = max(time.perf_counter() - self.start, 1e-9)
+        values = {
+            "train/loss": self.loss / max(self.batches, 1),
+            "train/learning_rate": plan.scheduler.get_last_lr()[0],
+            "train/epoch": progress.epoch - 1 + progress.batch / max(len(plan.loader), 1),
+            "train/examples_per_second": self.examples * processes / seconds,
+        }
+        if self.tokens:
+            values["train/tokens_per_second"] = self.tokens * processes / seconds
+        self.__init__()
+        return values
+
+
+def optimizer_step(
+    session: TrainSession, params: list[torch.nn.Parameter], optimizer: Any, scheduler: Any
+) -> None:
+    """Clip, check for NaN on synced gradients, then step optimizer and schedule (inside ``accumulate``)."""
+    accelerator = session.accelerator
+    if accelerator.sync_gradients:
+        # After the all-reduce every process holds the same gradients, so all of
+        # them see a NaN together and stop together instead of deadlocking.
+        norm = accelerator.clip_grad_norm_(params, session.options.max_grad_norm or float("inf"))
+        if norm is not None and not torch.isfinite(torch.as_tensor(norm)):
+            where = f"epoch {session.progress.epoch}, batch {session.progress.batch + 1}"
+            raise TrainingError(
+                f"The gradients became {float(norm)} at {where}. Lower --learning_rate, "
+                "or use --mixed_precision bf16/no if it was fp16."
+            )
+    optimizer.step()
+    scheduler.step()
+    optimizer.zero_grad()
+
+
+__all__ = ["EpochPlan", "TrainSession", "optimizer_step", "prepare_phase", "run_epochs"]
