@@ -17,6 +17,7 @@ USAGE = """usage: nlptransfer COMMAND [options]
 
 commands:
   train    train a classifier (same as `accelerate launch recipes/finetune.py`)
+  pretrain continue pretraining on unlabelled text (same as `accelerate launch recipes/pretrain.py`)
   layers   show which layers a strategy trains, without training
   predict  predict labels with a saved model
   merge-adapter  fold a LoRA / IA3 / LoHa adapter into the body: a plain model (RUN_DIR OUTPUT_DIR)
@@ -55,6 +56,21 @@ def _train(argv: Sequence[str]) -> int:
     if PartialState().is_main_process:
         summary = {k: results[k] for k in ("strategy", "model", "test", "validation", "train_seconds")}
         print(json.dumps(summary, indent=2))
+    return 0
+
+
+def _pretrain(argv: Sequence[str]) -> int:
+    from accelerate import PartialState
+
+    from nlptransfer.pretrain import PretrainConfig, pretrain
+
+    config = parse_config(
+        PretrainConfig, argv, description="Continue pretraining a model on unlabelled in-domain text."
+    )
+    setup_logging()
+    results = pretrain(config)
+    if PartialState().is_main_process:
+        print(json.dumps({k: v for k, v in results.items() if k not in ("config", "versions")}, indent=2))
     return 0
 
 
@@ -157,7 +173,7 @@ def _train_vectors(argv: Sequence[str]) -> int:
     from pathlib import Path
 
     from nlptransfer.backbones.word_vectors import train_word_vectors
-    from nlptransfer.data import read_table
+    from nlptransfer.data import read_texts
 
     parser = argparse.ArgumentParser(
         prog="nlptransfer train-vectors",
@@ -171,17 +187,7 @@ def _train_vectors(argv: Sequence[str]) -> int:
     parser.add_argument("--epochs", type=int, default=5)
     parser.add_argument("--min_count", type=int, default=2)
     args = parser.parse_args(argv)
-    path = Path(args.input_file)
-    if path.suffix == ".txt" and path.is_file():
-        texts = path.read_text(encoding="utf-8", errors="replace").splitlines()
-    else:
-        frame = next(iter(read_table(args.input_file).values()))
-        if args.text_column not in frame.columns:
-            raise DataError(
-                f"{args.input_file} has no column '{args.text_column}'. Columns that exist: "
-                f"{', '.join(map(str, frame.columns))}."
-            )
-        texts = frame[args.text_column].dropna().astype(str).tolist()
+    texts = read_texts(args.input_file, args.text_column)
     spec = train_word_vectors(texts, Path(args.output), args.method, args.dim, args.epochs, args.min_count)
     print(f"trained on {len(texts)} texts; use it with: --model {spec}")
     return 0
@@ -189,6 +195,7 @@ def _train_vectors(argv: Sequence[str]) -> int:
 
 COMMANDS: dict[str, Callable[[Sequence[str]], int]] = {
     "train": _train,
+    "pretrain": _pretrain,
     "layers": _layers,
     "predict": _predict,
     "train-vectors": _train_vectors,

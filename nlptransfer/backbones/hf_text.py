@@ -58,27 +58,7 @@ class HFTextBackbone(Backbone):
     @classmethod
     def from_pretrained(cls, name_or_path: str, trust_remote_code: bool = False) -> HFTextBackbone:
         """Load from a hub id, a local folder, or a short name such as ``minilm``."""
-        resolved = resolve_model(name_or_path)
-        path, extra = resolved.path, {"trust_remote_code": trust_remote_code, **resolved.load_kwargs()}
-        local = Path(path).is_dir()
-        if local and not resolved.gguf_file and not (Path(path) / "config.json").is_file():
-            raise ModelLoadError(
-                f"Model folder '{name_or_path}' has no config.json. Pass the folder that holds the "
-                "Hugging Face model files (config.json, weights, tokenizer)."
-            )
-        try:
-            config = AutoConfig.from_pretrained(path, **extra)
-        except (OSError, ValueError) as err:
-            if local:
-                raise ModelLoadError(f"Could not read the config in {path}: {err}") from err
-            raise unknown_model_error(name_or_path, err) from err
-        try:
-            tokenizer = AutoTokenizer.from_pretrained(path, **extra)
-            model = AutoModel.from_pretrained(path, config=config, dtype=torch.float32, **extra)
-        except (OSError, ValueError) as err:
-            raise ModelLoadError(
-                f"'{name_or_path}' has a config but its tokenizer or weights could not be loaded: {err}"
-            ) from err
+        model, tokenizer, config = load_hf_model(name_or_path, trust_remote_code)
         backbone = cls(_feature_stack(model, config), tokenizer, config, source=name_or_path)
         backbone.trust_remote_code = trust_remote_code
         return backbone
@@ -232,3 +212,34 @@ def _find_blocks(model: nn.Module) -> tuple[str, nn.ModuleList]:
     if best is None:
         raise ConfigError(f"{type(model).__name__} has no list of layers to group for freezing.")
     return best[1], best[2]
+
+
+def load_hf_model(
+    name_or_path: str, trust_remote_code: bool = False, model_class: Any = AutoModel
+) -> tuple[nn.Module, Any, PretrainedConfig]:
+    """(model, tokenizer, config) from a hub id, a local folder or a short name, with clear errors.
+
+    ``model_class`` picks the head: ``AutoModel`` (none), ``AutoModelForMaskedLM``, ...
+    """
+    resolved = resolve_model(name_or_path)
+    path, extra = resolved.path, {"trust_remote_code": trust_remote_code, **resolved.load_kwargs()}
+    local = Path(path).is_dir()
+    if local and not resolved.gguf_file and not (Path(path) / "config.json").is_file():
+        raise ModelLoadError(
+            f"Model folder '{name_or_path}' has no config.json. Pass the folder that holds the "
+            "Hugging Face model files (config.json, weights, tokenizer)."
+        )
+    try:
+        config = AutoConfig.from_pretrained(path, **extra)
+    except (OSError, ValueError) as err:
+        if local:
+            raise ModelLoadError(f"Could not read the config in {path}: {err}") from err
+        raise unknown_model_error(name_or_path, err) from err
+    try:
+        tokenizer = AutoTokenizer.from_pretrained(path, **extra)
+        model = model_class.from_pretrained(path, config=config, dtype=torch.float32, **extra)
+    except (OSError, ValueError) as err:
+        raise ModelLoadError(
+            f"'{name_or_path}' has a config but its tokenizer or weights could not be loaded: {err}"
+        ) from err
+    return model, tokenizer, config

@@ -8,7 +8,7 @@ from nlptransfer.data.loaders import (
     LengthGroupedSampler,
 )
 from nlptransfer.data.prepare import Split, TextClassificationData, load_data
-from nlptransfer.data.sources import BUILTIN_DATASETS, read_table
+from nlptransfer.data.sources import BUILTIN_DATASETS, read_table, read_texts
 
 __all__ = [
     "BUILTIN_DATASETS",
@@ -21,4 +21,5 @@ __all__ = [
     "TextClassificationData",
     "load_data",
     "read_table",
+    "read_texts",
 ]

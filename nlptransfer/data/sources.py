@@ -55,6 +55,30 @@ def read_table(path: str) -> Frames:
     return {"data": frame}
 
 
+def read_texts(path: str, text_column: str = "text") -> list[str]:
+    """Unlabelled texts: a .txt file (one per line, blank lines skipped) or a table's text column.
+
+    A saved ``DatasetDict`` gives the texts of its ``train`` split (else of all splits).
+    """
+    file = Path(path).expanduser()
+    if file.suffix == ".txt" and file.is_file():
+        try:
+            lines = file.read_text(encoding="utf-8").splitlines()
+        except UnicodeDecodeError as err:
+            raise DataError(f"'{path}' is not valid UTF-8 text ({err}). Re-save the file as UTF-8.") from err
+        return [line for line in lines if line.strip()]
+    frames = read_table(path)
+    chosen = [frames["train"]] if "train" in frames else list(frames.values())
+    for frame in chosen:
+        if text_column not in frame.columns:
+            raise DataError(
+                f"{path} has no column '{text_column}'. Columns that exist: "
+                f"{', '.join(map(str, frame.columns))}. Pass --text_column."
+            )
+    texts = [str(t) for frame in chosen for t in frame[text_column].dropna()]
+    return [t for t in texts if t.strip()]
+
+
 def _read_json(file: Path) -> pd.DataFrame:
     try:
         return pd.read_json(file)
