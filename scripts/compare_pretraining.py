@@ -48,8 +48,15 @@ def main() -> None:
     args = parser.parse_args()
     out = Path(args.out)
     adapted = out / "minilm-adapted"
-    pre = run("pretrain.py", ["--model", "minilm", "--epochs", str(args.pretrain_epochs),
-                              "--learning_rate", str(args.pretrain_lr)], adapted, args.num_threads)  # fmt: skip
+    flags = [
+        "--model",
+        "minilm",
+        "--epochs",
+        str(args.pretrain_epochs),
+        "--learning_rate",
+        str(args.pretrain_lr),
+    ]
+    pre = run("pretrain.py", flags, adapted, args.num_threads)
     print(table(pre, {}, args).splitlines()[0], flush=True)
     rows: dict[str, list[dict]] = {"MiniLM (original)": [], "MiniLM adapted (DAPT)": []}
     for seed in args.seeds:
