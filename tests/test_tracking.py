@@ -1,0 +1,133 @@
+"""Experiment tracking: the JSONL tracker, its resume, tracker selection and the training-curve plot."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+
+import nlptransfer.tracking as tracking
+from nlptransfer.tracking import LOG_NAME, JSONLTracker, build_trackers, flat_config, plot_curves, read_log
+
+PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
+
+
+def _write(path: Path, records: list[dict]) -> None:
+    path.write_text("".join(json.dumps(r) + "\n" for r in records))
+
+
+def test_jsonl_tracker_writes_one_record_per_log(tmp_path: Path) -> None:
+    path = tmp_path / "sub" / LOG_NAME
+    tracker = JSONLTracker(path)
+    tracker.start()
+    tracker.log({"train/loss": 0.5, "train/learning_rate": 1e-3}, step=1)
+    tracker.log({"validation/accuracy": 0.75}, step=2)
+    tracker.finish()
+    records = read_log(path)
+    assert [r["step"] for r in records] == [1, 2]
+    assert records[0]["train/loss"] == 0.5 and records[0]["train/learning_rate"] == 1e-3
+    assert records[1]["validation/accuracy"] == 0.75
+    assert all(isinstance(r["time"], float) for r in records)
+    assert tracker.tracker is None  # the file is closed
+
+
+def test_fresh_start_deletes_an_old_log(tmp_path: Path) -> None:
+    path = tmp_path / LOG_NAME
+    _write(path, [{"step": 1, "old": 1}, {"step": 2, "old": 2}])
+    tracker = JSONLTracker(path)
+    tracker.start()
+    tracker.log({"new": 1}, step=1)
+    tracker.finish()
+    assert [(r["step"], "old" in r, r.get("new")) for r in read_log(path)] == [(1, False, 1)]
+
+
+def test_resume_keeps_records_up_to_the_step_and_appends(tmp_path: Path) -> None:
+    path = tmp_path / LOG_NAME
+    first = JSONLTracker(path)
+    first.start()
+    for step in range(1, 6):
+        first.log({"train/loss": float(step)}, step=step)
+    first.finish()
+
+    resumed = JSONLTracker(path, resume_step=3)
+    resumed.start()
+    resumed.log({"train/loss": 40.0}, step=4)
+    resumed.finish()
+    records = read_log(path)
+    assert [r["step"] for r in records] == [1, 2, 3, 4]
+    assert [r["train/loss"] for r in records] == [1.0, 2.0, 3.0, 40.0]
+
+
+def test_resume_without_an_old_log_starts_one(tmp_path: Path) -> None:
+    path = tmp_path / LOG_NAME
+    tracker = JSONLTracker(path, resume_step=7)
+    tracker.start()
+    tracker.log({"a": 1}, step=8)
+    tracker.finish()
+    assert [(r["step"], r["a"]) for r in read_log(path)] == [(8, 1)]
+
+
+def test_read_log_skips_a_truncated_last_line(tmp_path: Path) -> None:
+    path = tmp_path / LOG_NAME
+    path.write_text('{"step": 1, "x": 1}\n{"step": 2, "x": 2}\n{"step": 3, "x"')
+    assert read_log(path) == [{"step": 1, "x": 1}, {"step": 2, "x": 2}]
+
+
+def test_build_trackers_without_tensorboard(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(tracking, "is_tensorboard_available", lambda: False)
+    trackers = build_trackers(["jsonl", "tensorboard"], tmp_path, resume_step=5)
+    assert len(trackers) == 1
+    assert isinstance(trackers[0], JSONLTracker)
+    assert trackers[0].path == tmp_path / LOG_NAME
+    assert trackers[0].resume_step == 5
+    assert build_trackers(["tensorboard"], tmp_path, None) == []
+
+
+def test_build_trackers_with_tensorboard(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(tracking, "is_tensorboard_available", lambda: True)
+    trackers = build_trackers(["jsonl", "tensorboard"], tmp_path, resume_step=None)
+    assert isinstance(trackers[0], JSONLTracker) and trackers[0].resume_step is None
+    assert trackers[1:] == ["tensorboard"]
+    assert build_trackers(["tensorboard"], tmp_path, None) == ["tensorboard"]
+    assert build_trackers([], tmp_path, None) == []
+
+
+def test_flat_config_turns_non_scalars_into_strings() -> None:
+    flat = flat_config({"layers": [-1, -2], "lr": 0.1, "name": "x", "epochs": 3, "cpu": True, "head": None})
+    assert flat == {"layers": "[-1, -2]", "lr": 0.1, "name": "x", "epochs": 3, "cpu": True, "head": "None"}
+
+
+def test_plot_curves_writes_a_png(tmp_path: Path) -> None:
+    log = tmp_path / LOG_NAME
+    records = [{"step": s, "train/loss": 1.0 / s, "train/learning_rate": 1e-3 * s} for s in range(1, 11)]
+    records += [{"step": 5, "validation/accuracy": 0.6}, {"step": 10, "validation/accuracy": 0.8}]
+    _write(log, records)
+    png = tmp_path / "curves.png"
+    assert plot_curves(log, png, "accuracy") == png
+    data = png.read_bytes()
+    assert data.startswith(PNG_MAGIC)
+    assert len(data) > 1000
+
+
+def test_plot_curves_without_a_log_or_records(tmp_path: Path) -> None:
+    png = tmp_path / "curves.png"
+    assert plot_curves(tmp_path / "missing.jsonl", png) is None
+    log = tmp_path / LOG_NAME
+    _write(log, [{"step": 1, "other": 2}])
+    assert plot_curves(log, png) is None
+    assert not png.exists()
+
+
+def test_accelerator_logs_through_the_jsonl_tracker(tmp_path: Path) -> None:
+    from accelerate import Accelerator
+
+    path = tmp_path / LOG_NAME
+    accelerator = Accelerator(cpu=True, log_with=[JSONLTracker(path)])
+    accelerator.init_trackers("x")
+    accelerator.log({"a": 1.0}, step=3)
+    accelerator.log({"b": 2.5}, step=4)
+    for tracker in accelerator.trackers:
+        tracker.finish()
+    records = read_log(path)
+    assert [(r["step"], r.get("a"), r.get("b")) for r in records] == [(3, 1.0, None), (4, None, 2.5)]
