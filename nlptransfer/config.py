@@ -107,6 +107,7 @@ class TrainingOptions:
                     f"--{name} must be one of {', '.join(valid)}, got '{getattr(self, name)}'."
                     + closest_hint(getattr(self, name), list(valid))
                 )
+        self.report_to = self.report_to or ["none"]  # an empty YAML list means no tracker
         unknown = [t for t in self.report_to if t not in TRACKERS]
         if unknown:
             raise ConfigError(f"--report_to takes {', '.join(TRACKERS)}; got {', '.join(unknown)}.")

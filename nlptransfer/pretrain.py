@@ -100,7 +100,7 @@ def load_texts(config: PretrainConfig) -> list[str]:
 def split_heldout(texts: list[str], fraction: float, seed: int) -> tuple[list[str], list[str]]:
     order = list(range(len(texts)))
     random.Random(seed).shuffle(order)
-    n = max(1, round(len(texts) * fraction))
+    n = min(max(1, round(len(texts) * fraction)), len(texts) - 1)  # keep a text to train on
     return [texts[i] for i in order[n:]], [texts[i] for i in order[:n]]
 
 

@@ -251,11 +251,6 @@ def test_split_heldout_is_a_deterministic_partition() -> None:
     assert len(split_heldout(texts[:3], 0.1, seed=0)[1]) == 1  # at least one held-out text
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="split_heldout holds out max(1, round(n * fraction)) texts without leaving one for training: "
-    "2 texts with --heldout_split 0.9 (both allowed) give an empty training set",
-)
 def test_split_heldout_leaves_a_training_text() -> None:
     texts = ["first text", "second text"]  # load_texts accepts 2 texts, PretrainConfig heldout_split 0.9
     PretrainConfig(heldout_split=0.9)
