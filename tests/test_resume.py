@@ -12,6 +12,7 @@ from pathlib import Path
 
 import pytest
 import torch
+from accelerate.utils import is_tensorboard_available
 from conftest import REPO, free_port, run_script, sentiment_frame
 from safetensors.torch import load_file
 
@@ -204,3 +205,5 @@ def test_a_finished_run_has_its_log_curves_and_model_card(reference: dict[str, P
     assert card.startswith("---\n") and "library_name: nlptransfer" in card
     assert "--strategy finetune" in card and "| test |" in card and "Trainable parameters" in card
     assert len(complete_checkpoints(out)) == 3  # --save_total_limit 3
+    if is_tensorboard_available():
+        assert list((out / "logs").rglob("events.out.tfevents.*"))
