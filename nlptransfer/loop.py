@@ -46,6 +46,22 @@ class TrainSession:
     resume: Checkpoint | None = None
     snapshot: Callable[[], Snapshot] = lambda: ({}, {}, {})
     last_checkpoint: Path | None = None
+    # Parameters that have trained so far (None: all). The others still hold the
+    # values a rebuilt model gets (source weights, seeded initialisation), so
+    # checkpoints leave them out: a frozen body or a LoRA base costs no disk.
+    trained_params: set[str] | None = None
+
+    def __post_init__(self) -> None:
+        self.accelerator.register_save_state_pre_hook(self._drop_untrained)
+
+    def _drop_untrained(self, models: list[Any], weights: list[dict[str, Any]], output_dir: str) -> None:
+        if self.trained_params is None:
+            return
+        for model, state in zip(models, weights, strict=True):
+            params = {name for name, _ in model.named_parameters()}
+            for key in [k for k in state if k in params]:
+                if key.removeprefix("module.") not in self.trained_params:
+                    del state[key]
 
     @property
     def show_progress(self) -> bool:
@@ -91,7 +107,8 @@ class TrainSession:
     def load_resume_state(self) -> None:
         """Load model, optimizer, schedule and RNG: in the checkpoint's phase, after ``prepare``."""
         if self.resume is not None:
-            self.accelerator.load_state(str(self.resume.path))
+            # Not strict: parameters that had not trained were left out on purpose.
+            self.accelerator.load_state(str(self.resume.path), strict=False)
             logger.info("resumed from %s at %s", self.resume.path, self.progress)
             self.resume = None
 

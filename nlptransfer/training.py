@@ -163,6 +163,7 @@ def fit(
             continue
         groups = phase.configure(model)
         best.cover_trainable()
+        session.trained_params = set(best.state)
         if phase.freezes_body and features is None:
             features, seconds = extract_features(model, encoded, ctx, use_cache=not result.body_trained)
             result.feature_extraction_seconds += seconds

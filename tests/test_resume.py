@@ -207,3 +207,20 @@ def test_a_finished_run_has_its_log_curves_and_model_card(reference: dict[str, P
     assert len(complete_checkpoints(out)) == 3  # --save_total_limit 3
     if is_tensorboard_available():
         assert list((out / "logs").rglob("events.out.tfevents.*"))
+
+
+@pytest.mark.parametrize("strategy", ["feature-extraction", "lora"])
+def test_checkpoints_hold_only_what_trained(
+    strategy: str, tiny_bert: str, data: Path, tmp_path: Path
+) -> None:
+    from nlptransfer.config import FinetuneConfig
+    from nlptransfer.runner import train
+
+    out = tmp_path / strategy
+    config = FinetuneConfig(model=tiny_bert, train_file=str(data / "train.csv"), strategy=strategy, epochs=1,
+                            output_dir=str(out), report_to=["none"])  # fmt: skip
+    train(config)
+    saved = load_file(str(complete_checkpoints(out)[-1] / "model.safetensors"))
+    full = load_file(str(out / "model.safetensors"))
+    assert saved and len(saved) < len(full) / 4  # the frozen body (or LoRA's base) is left out
+    assert all(name.startswith("head.") or "lora_" in name for name in saved)
