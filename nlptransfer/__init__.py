@@ -8,10 +8,13 @@ from nlptransfer.errors import (
     ModelLoadError,
     NLPTransferError,
     OutputDirExistsError,
+    TrainingError,
+    TrainingInterrupted,
     UnknownNameError,
 )
 from nlptransfer.layers import format_table, trainable_rows
 from nlptransfer.model import Predictions, TransferModel
+from nlptransfer.pretrain import PretrainConfig, pretrain
 from nlptransfer.runner import train
 from nlptransfer.strategies import STRATEGIES, get_strategy
 from nlptransfer.version import __version__
@@ -26,12 +29,16 @@ __all__ = [
     "NLPTransferError",
     "OutputDirExistsError",
     "Predictions",
+    "PretrainConfig",
+    "TrainingError",
+    "TrainingInterrupted",
     "TransferModel",
     "UnknownNameError",
     "__version__",
     "format_table",
     "get_strategy",
     "load_backbone",
+    "pretrain",
     "train",
     "trainable_rows",
 ]
