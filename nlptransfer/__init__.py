@@ -14,7 +14,7 @@ from nlptransfer.errors import (
 )
 from nlptransfer.layers import format_table, trainable_rows
 from nlptransfer.model import Predictions, TransferModel
-from nlptransfer.pretrain import PretrainConfig, pretrain
+from nlptransfer.pretrain import PretrainConfig  # not `pretrain`: it would hide the module
 from nlptransfer.runner import train
 from nlptransfer.strategies import STRATEGIES, get_strategy
 from nlptransfer.version import __version__
@@ -38,7 +38,6 @@ __all__ = [
     "format_table",
     "get_strategy",
     "load_backbone",
-    "pretrain",
     "train",
     "trainable_rows",
 ]
