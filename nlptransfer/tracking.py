@@ -8,7 +8,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-from accelerate.tracking import GeneralTracker
+from accelerate.tracking import GeneralTracker, on_main_process
 from accelerate.utils import is_tensorboard_available
 
 logger = logging.getLogger(__name__)
@@ -39,6 +39,7 @@ class JSONLTracker(GeneralTracker):
     def tracker(self) -> Any:
         return self._file
 
+    @on_main_process
     def start(self) -> None:
         self.path.parent.mkdir(parents=True, exist_ok=True)
         if self.resume_step is None:
@@ -51,11 +52,13 @@ class JSONLTracker(GeneralTracker):
     def store_init_configuration(self, values: dict) -> None:
         pass  # the run's config is saved next to the model (run_config.json)
 
+    @on_main_process
     def log(self, values: dict, step: int | None = None, **kwargs: Any) -> None:
         record = {"step": step, "time": round(time.time(), 3), **values}
         self._file.write(json.dumps(record) + "\n")
         self._file.flush()
 
+    @on_main_process
     def finish(self) -> None:
         if self._file is not None:
             self._file.close()
