@@ -2,6 +2,7 @@
 
     python scripts/compare_pretraining.py                 # about 40 min on 2 CPU cores
     python scripts/compare_pretraining.py --seeds 1 2 3   # fine-tuning seeds to average over
+    python scripts/compare_pretraining.py --reuse_pretrained --seeds 43   # more seeds, same adapted model
 
 1. ``recipes/pretrain.py``: masked-LM on the movie-review corpus's *training* texts
    (validation and test texts are never seen), held-out MLM loss before and after.
@@ -45,6 +46,9 @@ def main() -> None:
     parser.add_argument("--finetune_epochs", type=int, default=2)
     parser.add_argument("--seeds", type=int, nargs="+", default=[42])
     parser.add_argument("--num_threads", type=int, default=None, help="CPU threads per run (default: all).")
+    parser.add_argument(
+        "--reuse_pretrained", action="store_true", help="Fine-tune from an adapted model already in --out."
+    )
     args = parser.parse_args()
     out = Path(args.out)
     adapted = out / "minilm-adapted"
@@ -56,7 +60,10 @@ def main() -> None:
         "--learning_rate",
         str(args.pretrain_lr),
     ]
-    pre = run("pretrain.py", flags, adapted, args.num_threads)
+    if args.reuse_pretrained and (adapted / "results.json").is_file():
+        pre = json.loads((adapted / "results.json").read_text())
+    else:
+        pre = run("pretrain.py", flags, adapted, args.num_threads)
     print(table(pre, {}, args).splitlines()[0], flush=True)
     rows: dict[str, list[dict]] = {"MiniLM (original)": [], "MiniLM adapted (DAPT)": []}
     for seed in args.seeds:
@@ -67,8 +74,16 @@ def main() -> None:
             result = run("finetune.py", flags, out / f"finetune-{name}-seed{seed}", args.num_threads)
             rows[label].append(result)
             print(f"{label}, seed {seed}: test accuracy {result['test']['accuracy']:.4f}", flush=True)
+    # The table covers every seed run so far in --out, from this call or earlier ones.
+    for label, name in (("MiniLM (original)", "original"), ("MiniLM adapted (DAPT)", "adapted")):
+        found = sorted(
+            out.glob(f"finetune-{name}-seed*/results.json"),
+            key=lambda p: int(p.parent.name[len(f"finetune-{name}-seed") :]),
+        )
+        rows[label] = [json.loads(f.read_text()) for f in found]
     print(table(pre, rows, args))
-    (out / "summary.json").write_text(json.dumps({"pretrain": pre, "finetune": rows}, indent=1, default=str))
+    summary = out / f"summary-seeds-{'-'.join(map(str, args.seeds))}.json"
+    summary.write_text(json.dumps({"pretrain": pre, "finetune": rows}, indent=1, default=str))
 
 
 def table(pre: dict, rows: dict[str, list[dict]], args: argparse.Namespace) -> str:
@@ -84,7 +99,8 @@ def table(pre: dict, rows: dict[str, list[dict]], args: argparse.Namespace) -> s
     for label, results in rows.items():
         acc = [r["test"]["accuracy"] for r in results]
         f1 = [r["test"]["f1_macro"] for r in results]
-        lines.append(f"| {label} | {len(acc)} | {statistics.mean(acc):.4f} | "
+        seeds = ", ".join(str(r["seed"]) for r in results)
+        lines.append(f"| {label} | {seeds} | {statistics.mean(acc):.4f} | "
                      f"{', '.join(f'{a:.4f}' for a in acc)} | {statistics.mean(f1):.4f} |")  # fmt: skip
     return "\n".join(lines)
 
