@@ -16,7 +16,8 @@ SCHEDULES: Registry[Callable[[int, int, int, float], float]] = Registry("lr_sche
 
 
 def _rise(step: int, warmup: int) -> float:
-    return (step + 1) / (warmup + 1)
+    # transformers' warmup (step / warmup, so the first step has LR 0): the same runs as its schedules.
+    return step / max(1, warmup)
 
 
 @SCHEDULES.register("linear")

@@ -41,8 +41,9 @@ def test_warmup_rises_to_the_peak_at_warmup_steps(name: str) -> None:
     lrs = _lrs(name, warmup=10, total=100)
     rising = lrs[:11]
     assert all(a < b for a, b in pairwise(rising)), rising
-    assert lrs[0] == pytest.approx(PEAK / 11)
-    assert lrs[9] == pytest.approx(PEAK * 10 / 11)
+    # transformers' warmup: step / warmup, so step 0 has LR 0 (the same runs as its schedules).
+    assert lrs[0] == 0.0
+    assert lrs[9] == pytest.approx(PEAK * 9 / 10)
     assert lrs[10] == pytest.approx(PEAK)
     assert max(lrs) == pytest.approx(PEAK)
 
@@ -205,3 +206,22 @@ def test_trackers(report_to: list[str], trackers: list[str]) -> None:
 def test_report_to_none_from_the_command_line() -> None:
     assert parse_config(FinetuneConfig, ["--report_to", "none"]).trackers == []
     assert FinetuneConfig().trackers == ["jsonl", "tensorboard"]
+
+
+@pytest.mark.parametrize("name", ["linear", "cosine", "constant"])
+def test_schedules_match_transformers(name: str) -> None:
+    import transformers
+
+    reference = {
+        "linear": transformers.get_linear_schedule_with_warmup,
+        "cosine": transformers.get_cosine_schedule_with_warmup,
+        "constant": lambda opt, warmup, total: transformers.get_constant_schedule_with_warmup(opt, warmup),
+    }[name]
+    optimizer = torch.optim.SGD([torch.nn.Parameter(torch.ones(1))], lr=PEAK)
+    schedule = reference(optimizer, 7, 50)
+    expected = []
+    for _ in range(50):
+        expected.append(optimizer.param_groups[0]["lr"])
+        optimizer.step()
+        schedule.step()
+    assert _lrs(name, warmup=7, total=50)[:50] == pytest.approx(expected)

@@ -78,13 +78,18 @@ class EpochSampler(Sampler[int]):
 
     Every process draws the same order (accelerate then gives each one its own
     batches), and a resumed run redraws exactly the order it stopped in, with no
-    generator state to carry over. Call ``set_epoch`` before each epoch.
+    generator state to carry over. Call ``set_epoch`` (1-based) before each epoch.
+
+    Epoch ``e`` replays the draws a ``DataLoader(shuffle=True, generator=g)``
+    with ``g`` seeded by ``seed`` makes up to its e-th epoch (a worker seed and
+    two permutations per epoch), so runs from before resumable training existed
+    keep their order and their results.
     """
 
     def __init__(self, size: int, seed: int) -> None:
         self.size = size
         self.seed = seed
-        self.epoch = 0
+        self.epoch = 1
 
     def set_epoch(self, epoch: int) -> None:
         self.epoch = epoch
@@ -93,8 +98,16 @@ class EpochSampler(Sampler[int]):
         return self.size
 
     def order(self) -> list[int]:
-        generator = torch.Generator().manual_seed(self.seed * 1_000_003 + self.epoch)
-        return torch.randperm(self.size, generator=generator).tolist()
+        generator = torch.Generator().manual_seed(self.seed)
+        for _ in range(max(self.epoch, 1) - 1):
+            self._draw(generator)
+        return self._draw(generator)
+
+    def _draw(self, generator: torch.Generator) -> list[int]:
+        torch.empty((), dtype=torch.int64).random_(generator=generator)  # the loader's worker seed
+        order = torch.randperm(self.size, generator=generator).tolist()
+        torch.randperm(self.size, generator=generator)  # RandomSampler's empty remainder draw
+        return order
 
     def __iter__(self):
         return iter(self.order())
@@ -112,6 +125,9 @@ class LengthGroupedSampler(EpochSampler):
         super().__init__(len(lengths), seed)
         self.lengths = lengths
         self.chunk = batch_size * group
+
+    def _draw(self, generator: torch.Generator) -> list[int]:
+        return torch.randperm(self.size, generator=generator).tolist()  # one permutation per epoch
 
     def __iter__(self):
         order = self.order()
