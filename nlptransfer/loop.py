@@ -176,6 +176,11 @@ def _train_one_epoch(session: TrainSession, plan: EpochPlan) -> float:
         plan.loader.set_epoch(progress.epoch)
     plan.sampler.set_epoch(progress.epoch)
     skip = progress.batch
+    if not skip and getattr(plan.sampler, "draws_global_seed", False):
+        # Earlier releases' token loaders drew their worker seed from the global RNG at each
+        # epoch start; drawing it here keeps their dropout masks, hence their results. A
+        # resumed epoch skips it: the checkpoint's RNG state already follows that draw.
+        torch.empty((), dtype=torch.int64).random_()
     # Skipping works on batch indices: the skipped examples are never loaded or collated.
     batches = accelerator.skip_first_batches(plan.loader, skip) if skip else plan.loader
     plan.model.train()

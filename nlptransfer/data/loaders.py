@@ -126,6 +126,9 @@ class LengthGroupedSampler(EpochSampler):
         self.lengths = lengths
         self.chunk = batch_size * group
 
+    # The loop draws one global-RNG value per fresh epoch, as earlier token loaders did.
+    draws_global_seed = True
+
     def _draw(self, generator: torch.Generator) -> list[int]:
         return torch.randperm(self.size, generator=generator).tolist()  # one permutation per epoch
 
