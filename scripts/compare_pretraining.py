@@ -1,6 +1,6 @@
 """Domain-adaptive pretraining, measured: does continuing MiniLM's pretraining help downstream?
 
-    python scripts/compare_pretraining.py                 # about 40 min on 2 CPU cores
+    python scripts/compare_pretraining.py                 # about 25 min on 2 CPU cores
     python scripts/compare_pretraining.py --seeds 1 2 3   # fine-tuning seeds to average over
     python scripts/compare_pretraining.py --reuse_pretrained --seeds 43   # more seeds, same adapted model
 
@@ -41,7 +41,7 @@ def main() -> None:
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
     parser.add_argument("--out", default="runs/dapt")
-    parser.add_argument("--pretrain_epochs", type=int, default=3)
+    parser.add_argument("--pretrain_epochs", type=int, default=2)
     parser.add_argument("--pretrain_lr", type=float, default=1e-4)
     parser.add_argument("--finetune_epochs", type=int, default=2)
     parser.add_argument("--seeds", type=int, nargs="+", default=[42])
