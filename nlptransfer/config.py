@@ -314,7 +314,7 @@ def build_parser(cls: type[C], description: str = "") -> argparse.ArgumentParser
     hints = typing.get_type_hints(cls)
     for f in dataclasses.fields(cls):
         kind, is_list = _base_type(hints[f.name])
-        help_text = f.metadata.get("help", "")
+        help_text = f.metadata.get("help", "").replace("%", "%%")  # argparse formats help with %
         if kind is bool:
             parser.add_argument(f"--{f.name}", action=argparse.BooleanOptionalAction, help=help_text)
         else:

@@ -125,3 +125,16 @@ def test_real_smollm2_from_gguf_adapts_with_causal_lm(tmp_path: Path) -> None:
     assert results["objective"] == "clm"
     assert results["heldout_loss_after"] < results["heldout_loss_before"]
     assert (tmp_path / "s" / "config.json").is_file()  # a plain HF folder: a valid --model
+
+
+@pytest.mark.parametrize("cls", [PretrainConfig, FinetuneConfig])
+def test_help_lists_every_option(cls: type, capsys: pytest.CaptureFixture[str]) -> None:
+    import dataclasses
+
+    from nlptransfer.config import parse_config
+
+    with pytest.raises(SystemExit) as exit_info:
+        parse_config(cls, ["--help"])
+    assert exit_info.value.code == 0
+    shown = capsys.readouterr().out
+    assert all(f"--{f.name}" in shown for f in dataclasses.fields(cls))
