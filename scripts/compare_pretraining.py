@@ -93,15 +93,18 @@ def table(pre: dict, rows: dict[str, list[dict]], args: argparse.Namespace) -> s
         f"{pre['heldout_loss_after']:.4f}, perplexity {pre['heldout_perplexity_before']:.1f} -> "
         f"{pre['heldout_perplexity_after']:.1f}, {pre['train_seconds']:.0f} s.",
         "",
-        "| body | seeds | test accuracy (mean) | per seed | test macro-F1 (mean) |",
-        "|---|---|---|---|---|",
+        "| body | seeds | test accuracy (mean) | test accuracy per seed | test macro-F1 (mean) "
+        "| validation accuracy per seed |",
+        "|---|---|---|---|---|---|",
     ]
     for label, results in rows.items():
         acc = [r["test"]["accuracy"] for r in results]
         f1 = [r["test"]["f1_macro"] for r in results]
+        val = [r["validation"]["accuracy"] for r in results]
         seeds = ", ".join(str(r["seed"]) for r in results)
-        lines.append(f"| {label} | {seeds} | {statistics.mean(acc):.4f} | "
-                     f"{', '.join(f'{a:.4f}' for a in acc)} | {statistics.mean(f1):.4f} |")  # fmt: skip
+        per_seed, per_seed_val = (", ".join(f"{v:.4f}" for v in values) for values in (acc, val))
+        lines.append(f"| {label} | {seeds} | **{statistics.mean(acc):.4f}** | {per_seed} "
+                     f"| {statistics.mean(f1):.4f} | {per_seed_val} |")  # fmt: skip
     return "\n".join(lines)
 
 
