@@ -349,21 +349,17 @@ def heldout_loss(
     collator.set_epoch(_HELDOUT_EPOCH)
     total, count = 0.0, 0
     device = next(model.parameters()).device
+    causal = isinstance(collator, CLMCollator)
     for start in range(0, len(dataset), batch_size):
         batch = collator([dataset[i] for i in range(start, min(start + batch_size, len(dataset)))])
         batch = {k: v.to(device) for k, v in batch.items()}
         loss = model(**batch).loss
         labels = batch["labels"]
         # Causal LMs shift labels inside the model: the first position is never predicted.
-        targets = int((labels[:, 1:] != -100).sum()) if _is_causal(model) else int((labels != -100).sum())
+        targets = int((labels[:, 1:] != -100).sum()) if causal else int((labels != -100).sum())
         total, count = total + float(loss) * targets, count + targets
     model.train(was_training)
     return total / max(count, 1)
-
-
-def _is_causal(model: torch.nn.Module) -> bool:
-    config = model.config
-    return not getattr(config, "is_encoder_decoder", False) and "ForCausalLM" in type(model).__name__
 
 
 # ---------------------------------------------------------------- run
