@@ -303,10 +303,13 @@ def load_lm(config: PretrainConfig) -> tuple[torch.nn.Module, Any, str]:
         "clm": transformers.AutoModelForCausalLM,
         "span": transformers.AutoModelForSeq2SeqLM,
     }[objective]
-    try:
-        model, tokenizer, _ = load_hf_model(config.model, config.trust_remote_code, auto)
-    except ValueError as err:  # the family has no head for this objective
-        raise ConfigError(f"'{config.model}' cannot be trained with --objective {objective}: {err}") from err
+    if type(hf_config) not in auto._model_mapping and not config.trust_remote_code:
+        valid = [o for o in OBJECTIVES if o == default_objective(hf_config)]
+        raise ConfigError(
+            f"'{config.model}' ({hf_config.model_type}) has no {objective} head in transformers; "
+            f"use --objective {valid[0]}."
+        )
+    model, tokenizer, _ = load_hf_model(config.model, config.trust_remote_code, auto)
     if tokenizer.pad_token is None:
         tokenizer.pad_token = tokenizer.eos_token or tokenizer.unk_token
     tokenizer.padding_side = "right"

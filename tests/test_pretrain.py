@@ -138,3 +138,13 @@ def test_help_lists_every_option(cls: type, capsys: pytest.CaptureFixture[str]) 
     assert exit_info.value.code == 0
     shown = capsys.readouterr().out
     assert all(f"--{f.name}" in shown for f in dataclasses.fields(cls))
+
+
+def test_an_objective_the_family_lacks_names_the_one_to_use(
+    tiny_models: dict[str, str], tmp_path: Path
+) -> None:
+    texts = tmp_path / "x.txt"
+    texts.write_text("one text\nanother text\n")
+    with pytest.raises(ConfigError, match=r"has no clm head.*--objective span"):
+        _pretrain(tiny_models["t5"], texts, tmp_path / "t5", objective="clm")
+    assert not (tmp_path / "t5").exists()
