@@ -310,6 +310,12 @@ def load_lm(config: PretrainConfig) -> tuple[torch.nn.Module, Any, str]:
             f"use --objective {valid[0]}."
         )
     model, tokenizer, _ = load_hf_model(config.model, config.trust_remote_code, auto)
+    if type(getattr(model, "hf_quantizer", None)).__name__ == "GgufHfQuantizer":
+        # GGUF weights are dequantised to float32 at load: from here on it is a plain
+        # model, and its output folder must save (and later load) as one.
+        model.hf_quantizer = None
+        if hasattr(model.config, "quantization_config"):
+            del model.config.quantization_config
     if tokenizer.pad_token is None:
         tokenizer.pad_token = tokenizer.eos_token or tokenizer.unk_token
     tokenizer.padding_side = "right"
