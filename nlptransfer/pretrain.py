@@ -336,6 +336,16 @@ def _load_config(config: PretrainConfig) -> Any:
         raise unknown_model_error(config.model, err) from err
 
 
+def _max_length(requested: int, model: torch.nn.Module, tokenizer: Any) -> int:
+    from nlptransfer.backbones.hf_text import max_positions
+
+    limit = max_positions(model.config, tokenizer)
+    if limit is not None and requested > limit:
+        logger.warning("--max_length %d exceeds what the model accepts; using %d.", requested, limit)
+        return limit
+    return requested
+
+
 def build_collator(objective: str, tokenizer: Any, config: PretrainConfig) -> _Collator:
     if objective == "mlm":
         return MLMCollator(tokenizer, config.seed, config.mlm_probability)
@@ -392,8 +402,9 @@ def pretrain(config: PretrainConfig) -> dict[str, Any]:
     collator = build_collator(objective, tokenizer, config)
     session = start_session(config, output_dir, "nlptransfer-pretrain")
     train_texts, heldout_texts = split_heldout(texts, config.heldout_split, config.seed)
+    length = _max_length(config.max_length, model, tokenizer)
     train, heldout = (
-        TokenDataset(tokenizer(part, truncation=True, max_length=config.max_length)["input_ids"])
+        TokenDataset(tokenizer(part, truncation=True, max_length=length)["input_ids"])
         for part in (train_texts, heldout_texts)
     )
     logger.info("%s on %d texts (%d held out) with %s", objective, len(train), len(heldout), config.model)

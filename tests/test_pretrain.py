@@ -7,10 +7,13 @@ import sys
 from pathlib import Path
 
 import pytest
+import torch
 from conftest import REPO, _tiny_config, _tiny_tokenizer, free_port, run_script, sentiment_frame
+from transformers import AutoModel
 
 from nlptransfer.config import FinetuneConfig
 from nlptransfer.errors import ConfigError
+from nlptransfer.model import TransferModel
 from nlptransfer.pretrain import PretrainConfig, pretrain
 from nlptransfer.runner import train
 
@@ -60,9 +63,17 @@ def test_pretraining_lowers_heldout_loss_and_the_output_is_a_model_for_finetune(
 
     csv = tmp_path / "labelled.csv"
     sentiment_frame(120).to_csv(csv, index=False)
-    config = FinetuneConfig(model=str(out), train_file=str(csv), strategy="finetune", epochs=1,
+    config = FinetuneConfig(model=str(out), train_file=str(csv), epochs=1,
                             output_dir=str(tmp_path / "classifier"), save_steps=0)  # fmt: skip
-    assert train(config)["validation"]["accuracy"] >= 0.0
+    train(config)
+    # The classifier's (frozen) body is the adapted one, not the original source.
+    adapted = AutoModel.from_pretrained(out).state_dict()
+    body = TransferModel.from_pretrained(tmp_path / "classifier").backbone.state_dict()
+    original = AutoModel.from_pretrained(tiny_models[family]).state_dict()
+    embeddings = ("embed_tokens.weight", "word_embeddings.weight", "wte.weight")
+    name = next(k for k in adapted if k.endswith(embeddings))
+    saved = next(v for k, v in body.items() if k.endswith(name))
+    assert torch.equal(saved, adapted[name]) and not torch.equal(saved, original[name])
 
 
 def test_span_corruption_for_t5(tiny_t5_with_sentinels: str, texts: Path, tmp_path: Path) -> None:
@@ -148,3 +159,10 @@ def test_an_objective_the_family_lacks_names_the_one_to_use(
     with pytest.raises(ConfigError, match=r"has no clm head.*--objective span"):
         _pretrain(tiny_models["t5"], texts, tmp_path / "t5", objective="clm")
     assert not (tmp_path / "t5").exists()
+
+
+def test_texts_longer_than_the_model_takes_are_cut_to_its_positions(tiny_bert: str, tmp_path: Path) -> None:
+    texts = tmp_path / "long.txt"
+    texts.write_text("\n".join(" ".join(["good", "movie"] * 60) for _ in range(20)) + "\n")
+    results = _pretrain(tiny_bert, texts, tmp_path / "long", max_length=512)  # the tiny BERT has 64 positions
+    assert results["heldout_loss_after"] < results["heldout_loss_before"]

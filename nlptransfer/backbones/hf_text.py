@@ -65,10 +65,7 @@ class HFTextBackbone(Backbone):
 
     @property
     def max_positions(self) -> int | None:
-        limits = [getattr(self.hf_config, "max_position_embeddings", None), self.tokenizer.model_max_length]
-        # model_max_length is a huge sentinel when unset; RoBERTa's 514 positions hold only 512 tokens.
-        known = [int(v) for v in limits if v is not None and v < 1_000_000]
-        return min(known) if known else None
+        return max_positions(self.hf_config, self.tokenizer)
 
     def num_hidden_states(self) -> int:
         # Not num_blocks() + 1: ALBERT shares one block across all its layers.
@@ -243,3 +240,11 @@ def load_hf_model(
             f"'{name_or_path}' has a config but its tokenizer or weights could not be loaded: {err}"
         ) from err
     return model, tokenizer, config
+
+
+def max_positions(hf_config: PretrainedConfig, tokenizer: Any) -> int | None:
+    """The most tokens a model takes, from its position table and its tokenizer (None: no limit known)."""
+    limits = [getattr(hf_config, "max_position_embeddings", None), tokenizer.model_max_length]
+    # model_max_length is a huge sentinel when unset; RoBERTa's 514 positions hold only 512 tokens.
+    known = [int(v) for v in limits if v is not None and v < 1_000_000]
+    return min(known) if known else None
