@@ -39,6 +39,7 @@ def setup_logging() -> None:
         "filelock",
         "accelerate.checkpointing",
         "accelerate.accelerator",
+        "accelerate.utils.other",  # "Removed shared tensor ... while saving": expected for tied weights
     ):
         logging.getLogger(noisy).setLevel(logging.WARNING)
     if not is_main:
