@@ -194,6 +194,22 @@ class FinetuneConfig(TrainingOptions):
     )
     max_pairs: int = _opt(20_000, "contrastive: at most this many sentence pairs, however large the data.")
     trust_remote_code: bool = _opt(False, "Allow model code from the hub (off: never run foreign code).")
+    from_scratch: bool = _opt(
+        False,
+        "Build --model's architecture with random weights instead of its pretrained ones: the "
+        "baseline that shows what transfer gains.",
+    )
+    # Images (--model an image backbone; data with an --image_column or a folder of class folders)
+    augment: list[str] = _opt(
+        [],
+        "Image augmentation while the body trains: any of hflip, affine (rotate/scale/shift), color. "
+        "Frozen-body phases train on features of the unaugmented images.",
+    )
+    batchnorm: str = _opt(
+        "frozen-eval",
+        "BatchNorm in image bodies: frozen-eval (frozen layers keep their running statistics), eval "
+        "(every BatchNorm in inference mode, Keras' advice for fine-tuning), or train (all update).",
+    )
     # Word vectors (--model glove:PATH, word2vec:PATH, fasttext:PATH, kv:PATH, glove-6b-50d)
     word_encoder: str = _opt("none", "On word vectors: none (bag of embeddings), bilstm or cnn.")
     word_weighting: str = _opt("none", "On word vectors: none, or sif (a/(a+p(w)) token weights).")
@@ -212,6 +228,11 @@ class FinetuneConfig(TrainingOptions):
     validation_file: str | None = _opt(None, "Validation data; default: split off the training data.")
     test_file: str | None = _opt(None, "Test data; default: --test_split of the training data, or none.")
     text_column: str = _opt("text", "Column holding the text.")
+    image_column: str | None = _opt(
+        None,
+        "Column holding images (file paths relative to the data file, arrays, or datasets Image "
+        "values): trains an image classifier. Default: 'image' when the data has it and no text column.",
+    )
     text_pair_column: str | None = _opt(None, "Optional second text column (sentence pairs).")
     label_column: str = _opt("label", "Column holding the label (strings or integers).")
     validation_split: float = _opt(0.1, "Fraction of training data held out when no validation file.")

@@ -17,6 +17,7 @@ from safetensors.torch import load_model, save_model
 from torch import nn
 
 from nlptransfer.backbones import BACKBONES, Backbone, load_backbone, peft_adapter
+from nlptransfer.data.loaders import example_length
 from nlptransfer.errors import ConfigError, ModelLoadError
 from nlptransfer.heads import LinearHead, build_head
 from nlptransfer.pooling import Pooling
@@ -141,23 +142,25 @@ class TransferModel(nn.Module):
         pooled = self.encode(**inputs) if features is None else self.pooling.combine(features)
         return pooled if return_embeddings else self.head(pooled)
 
-    def preprocess(self, texts: list[str], text_pairs: list[str] | None = None) -> list[dict[str, list[int]]]:
+    def preprocess(self, texts: list[Any], text_pairs: list[str] | None = None) -> list[dict[str, Any]]:
+        """Per-example model inputs for raw texts (token ids) or images (resized pixels)."""
         encoded = self.backbone.tokenize(list(texts), text_pairs, self.max_length)
         keys = list(encoded)
         return [dict(zip(keys, values, strict=True)) for values in zip(*encoded.values(), strict=True)]
 
     @torch.inference_mode()
-    def predict(
-        self, texts: list[str] | str, text_pairs: list[str] | None = None, batch_size: int = 32
-    ) -> Predictions:
-        """Labels and probabilities for raw texts (optionally text pairs)."""
-        if isinstance(texts, str):
-            texts = [texts]
+    def predict(self, inputs: Any, text_pairs: list[str] | None = None, batch_size: int = 32) -> Predictions:
+        """Labels and probabilities for raw texts (optionally text pairs), or for images.
+
+        ``inputs``: a text or a list of texts; for an image model an image (path, array,
+        PIL image) or a list of them, or an ``(N, H, W[, C])`` array.
+        """
+        inputs = _as_list(inputs, self.backbone.modality)
         was_training = self.training
         self.eval()
-        examples = self.preprocess(texts, text_pairs)
+        examples = self.preprocess(inputs, text_pairs)
         # Length-sorted batches waste no compute on padding; the order is restored below.
-        order = sorted(range(len(examples)), key=lambda i: len(examples[i]["input_ids"]))
+        order = sorted(range(len(examples)), key=lambda i: example_length(examples[i]))
         device = next(self.parameters()).device
         probs = np.zeros((len(examples), self.num_labels), dtype=np.float32)
         for start in range(0, len(order), batch_size):
@@ -237,6 +240,21 @@ class TransferModel(nn.Module):
                 "truncated or does not match the saved config; save the model again."
             ) from err
         return model.eval()
+
+
+def _as_list(inputs: Any, modality: str) -> list[Any]:
+    """One input or many, as a list: a lone text, path or image array becomes a list of one."""
+    if isinstance(inputs, str | Path):
+        return [inputs]
+    if modality == "image":
+        if isinstance(inputs, np.ndarray | torch.Tensor):
+            # (H, W) and (H, W, C) are one image; (N, H, W) and (N, H, W, C) a batch. Pass a
+            # channels-first (C, H, W) image inside a list.
+            single = inputs.ndim == 2 or (inputs.ndim == 3 and inputs.shape[-1] in (1, 3, 4))
+            return [inputs] if single else list(inputs)
+        if hasattr(inputs, "convert"):  # one PIL image
+            return [inputs]
+    return list(inputs)
 
 
 def _read_config(path: Path) -> dict[str, Any]:

@@ -10,10 +10,11 @@ from typing import Any
 
 from accelerate.utils import set_seed
 
-from nlptransfer.backbones import VocabOptions, is_word_vector_source, load_backbone
+from nlptransfer.backbones import Backbone, ImageOptions, VocabOptions, is_word_vector_source, load_backbone
 from nlptransfer.config import FinetuneConfig
 from nlptransfer.context import RunContext
 from nlptransfer.data import TextClassificationData, load_data
+from nlptransfer.errors import ConfigError
 from nlptransfer.features import feature_cache_report
 from nlptransfer.inference import evaluate_split
 from nlptransfer.layers import count_parameters, phase_tables
@@ -29,9 +30,16 @@ logger = logging.getLogger(__name__)
 
 
 def build_model(
-    config: FinetuneConfig, labels: list[str], strategy: Strategy, train_texts: list[str] | None = None
+    config: FinetuneConfig,
+    labels: list[str],
+    strategy: Strategy,
+    train_texts: list[str] | None = None,
+    modality: str = "text",
 ) -> TransferModel:
-    """The model a run trains: source backbone, pooling and a new head, configured by the strategy."""
+    """The model a run trains: source backbone, pooling and a new head, configured by the strategy.
+
+    ``modality`` is what the data holds ("text" or "image"); the backbone must read it.
+    """
     word_options = VocabOptions(
         min_count=config.min_word_count, max_size=config.max_vocab_size, oov=config.oov,
         encoder=config.word_encoder, weighting=config.word_weighting, lowercase=config.word_lowercase,
@@ -40,19 +48,40 @@ def build_model(
     if not is_word_vector_source(config.model) and word_options != VocabOptions(seed=config.seed):
         logger.warning("Word-vector options (--word_encoder, --oov, ...) apply only to word-vector models.")
     backbone = load_backbone(
-        config.model, config.trust_remote_code, train_texts, word_options, allow_pickle=config.allow_pickle
-    )
+        config.model, config.trust_remote_code, train_texts, word_options, allow_pickle=config.allow_pickle,
+        from_scratch=config.from_scratch, image_options=image_options(config),
+    )  # fmt: skip
+    _check_modality(backbone, modality, config.model)
     if config.reinit_layers:
         backbone.reinit_top_blocks(config.reinit_layers)
     return TransferModel.from_backbone(
         backbone,
         labels,
         pooling=config.pooling,
-        layers=strategy.layers(config, backbone.num_blocks()),
+        # Hidden states of different widths (a CNN's stages) cannot be stacked: pool the top one.
+        layers=strategy.layers(config, backbone.num_blocks() if backbone.uniform_hidden_states else 1),
         layer_mix=config.layer_mix,
         head_dropout=config.head_dropout,
         max_length=config.max_length,
     )
+
+
+def image_options(config: FinetuneConfig) -> ImageOptions | None:
+    """The image options of a run (validated), or None when left at their defaults."""
+    options = ImageOptions(list(config.augment), config.batchnorm)
+    return None if options == ImageOptions() else options
+
+
+def _check_modality(backbone: Backbone, modality: str, model: str) -> None:
+    if backbone.modality != modality:
+        fix = (
+            "Use an image model (e.g. a ResNet or ViT folder or hub id)"
+            if modality == "image"
+            else "Use a text model, or image data (--image_column, or a folder of class sub-folders)"
+        )
+        raise ConfigError(
+            f"--model '{model}' reads {backbone.modality}, but the data holds {modality}s. {fix}."
+        )
 
 
 def train(config: FinetuneConfig) -> dict[str, Any]:
@@ -62,6 +91,7 @@ def train(config: FinetuneConfig) -> dict[str, Any]:
     model) is checked before training starts and before an earlier run is replaced.
     """
     strategy = get_strategy(config.strategy)
+    image_options(config)  # a bad --augment or --batchnorm fails before anything runs
     metrics = MetricSet(config.metrics)
     output_dir = resolve_output_dir(config)
     if not config.resume_from_checkpoint:
@@ -71,7 +101,8 @@ def train(config: FinetuneConfig) -> dict[str, Any]:
     set_seed(config.seed)
     data = load_data(config)
     logger.info("data: %s", _describe(data))
-    model = build_model(config, data.label_names, strategy, data.train.texts + (data.train.pairs or []))
+    texts = data.train.texts + (data.train.pairs or []) if data.modality == "text" else None
+    model = build_model(config, data.label_names, strategy, texts, data.modality)
     phases = strategy.phases(model, config)
     table = phase_tables(model, phases)
     logger.info("strategy %s, trainable layers:\n%s", strategy.name, table)

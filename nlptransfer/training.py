@@ -110,7 +110,10 @@ def train_loader(
         sampler = EpochSampler(len(dataset), seed)
         loader = DataLoader(dataset, batch_size=config.batch_size, sampler=sampler, generator=generator)
         return loader, sampler
-    sampler = LengthGroupedSampler(dataset.lengths(), config.batch_size, seed)
+    if model.backbone.variable_length:
+        sampler = LengthGroupedSampler(dataset.lengths(), config.batch_size, seed)
+    else:  # images: every example has the same size
+        sampler = EpochSampler(len(dataset), seed)
     collate = Collator(model.backbone)
     loader = DataLoader(
         dataset, batch_size=config.batch_size, sampler=sampler, collate_fn=collate, generator=generator

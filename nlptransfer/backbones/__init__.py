@@ -1,10 +1,21 @@
 """Source models behind one :class:`Backbone` contract."""
 
+import logging
+from pathlib import Path
+
 from nlptransfer.backbones.base import BACKBONES, Backbone, BackboneOutput, LayerGroup
 from nlptransfer.backbones.elmo import ElmoBackbone
+from nlptransfer.backbones.hf_base import HFBackbone, load_hf_config
 from nlptransfer.backbones.hf_text import HFTextBackbone
+from nlptransfer.backbones.hf_vision import HFVisionBackbone, is_vision_config
 from nlptransfer.backbones.sources import SHORT_NAMES, resolve_model
+from nlptransfer.backbones.vision import ImageBackbone, ImageOptions
 from nlptransfer.backbones.word_vectors import VocabOptions, WordVectorBackbone, is_word_vector_source
+from nlptransfer.errors import ModelLoadError
+
+logger = logging.getLogger(__name__)
+# The config file of a saved TransferModel (nlptransfer.model.CONFIG_NAME).
+TRANSFER_CONFIG = "transfer_config.json"
 
 
 def load_backbone(
@@ -13,10 +24,14 @@ def load_backbone(
     train_texts: list[str] | None = None,
     word_options: VocabOptions | None = None,
     allow_pickle: bool = False,
+    from_scratch: bool = False,
+    image_options: ImageOptions | None = None,
 ) -> Backbone:
-    """Load a pretrained backbone: HF short name / folder / hub id, or word vectors.
+    """Load a pretrained backbone: HF short name / folder / hub id, word vectors, or a saved run.
 
-    Word-vector backbones align their vocabulary to ``train_texts``.
+    Word-vector backbones align their vocabulary to ``train_texts``. A folder written by
+    ``TransferModel.save_pretrained`` (any run's output) gives its trained body.
+    ``from_scratch`` keeps a Hugging Face model's architecture with random weights.
     """
     if name_or_path.startswith("elmo:"):
         return ElmoBackbone.from_files(name_or_path.removeprefix("elmo:"))
@@ -25,7 +40,27 @@ def load_backbone(
         return WordVectorBackbone.from_source(
             name_or_path, train_texts, options, allow_pickle=allow_pickle, seed=options.seed
         )
-    return HFTextBackbone.from_pretrained(name_or_path, trust_remote_code=trust_remote_code)
+    if (Path(name_or_path).expanduser() / TRANSFER_CONFIG).is_file():
+        return _trained_body(name_or_path, from_scratch, image_options)
+    source = load_hf_config(name_or_path, trust_remote_code)
+    if is_vision_config(source.config):
+        return HFVisionBackbone.from_source(source, from_scratch, image_options)
+    return HFTextBackbone.from_source(source, from_scratch)
+
+
+def _trained_body(folder: str, from_scratch: bool, image_options: ImageOptions | None) -> Backbone:
+    from nlptransfer.model import TransferModel  # the model module imports this one
+
+    if from_scratch:
+        raise ModelLoadError(
+            f"'{folder}' is a trained nlptransfer model; --from_scratch would discard its weights. "
+            "Pass the original source model with --from_scratch instead."
+        )
+    backbone = TransferModel.from_pretrained(folder).backbone
+    if isinstance(backbone, ImageBackbone) and image_options is not None:
+        backbone.set_options(image_options)
+    logger.info("Starting from the trained body in %s (its head is dropped).", folder)
+    return backbone
 
 
 __all__ = [
@@ -34,7 +69,11 @@ __all__ = [
     "Backbone",
     "BackboneOutput",
     "ElmoBackbone",
+    "HFBackbone",
     "HFTextBackbone",
+    "HFVisionBackbone",
+    "ImageBackbone",
+    "ImageOptions",
     "LayerGroup",
     "VocabOptions",
     "WordVectorBackbone",

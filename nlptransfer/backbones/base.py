@@ -56,6 +56,9 @@ class Backbone(nn.Module, ABC):
 
     registry_name: str = ""
     hidden_size: int
+    # What the backbone reads ("text" or "image"), and whether its examples vary in length.
+    modality: str = "text"
+    variable_length: bool = True
 
     @abstractmethod
     def tokenize(
@@ -116,6 +119,11 @@ class Backbone(nn.Module, ABC):
                 f"--reinit_layers {k} is out of range: this model has {self.num_blocks()} layers; "
                 f"use a value from 1 to {self.num_blocks()}."
             )
+
+    @property
+    def uniform_hidden_states(self) -> bool:
+        """True when every hidden state has the same width, so several can be pooled together."""
+        return True
 
     @property
     def has_untrained_blocks(self) -> bool:

@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import inspect
 import logging
-import re
 from pathlib import Path
 from typing import Any
 
@@ -19,20 +18,24 @@ import torch
 from torch import nn
 from transformers import AutoConfig, AutoModel, AutoTokenizer, PretrainedConfig
 
-from nlptransfer.backbones.base import BACKBONES, Backbone, BackboneOutput, LayerGroup
-from nlptransfer.backbones.sources import resolve_model, unknown_model_error
-from nlptransfer.errors import ConfigError, ModelLoadError
+from nlptransfer.backbones.base import BACKBONES, BackboneOutput
+from nlptransfer.backbones.hf_base import (
+    HFBackbone,
+    HFSource,
+    feature_stack,
+    load_hf_config,
+    load_hf_weights,
+)
+from nlptransfer.errors import ModelLoadError
 
 logger = logging.getLogger(__name__)
 
 # Keys a tokenizer may return that a model's forward may take.
 _TOKEN_KEYS = ("input_ids", "attention_mask", "token_type_ids")
-# Module-name prefixes a peft wrapper adds in front of the wrapped model's own names.
-_PEFT_PREFIX = re.compile(r"^base_model\.(model\.)?")
 
 
 @BACKBONES.register("hf-text")
-class HFTextBackbone(Backbone):
+class HFTextBackbone(HFBackbone):
     """Any Hugging Face text model: encoder, decoder, or the encoder of an encoder-decoder."""
 
     registry_name = "hf-text"
@@ -56,20 +59,23 @@ class HFTextBackbone(Backbone):
         self._input_keys = tuple(k for k in _TOKEN_KEYS if k in accepted)
 
     @classmethod
-    def from_pretrained(cls, name_or_path: str, trust_remote_code: bool = False) -> HFTextBackbone:
+    def from_pretrained(
+        cls, name_or_path: str, trust_remote_code: bool = False, from_scratch: bool = False
+    ) -> HFTextBackbone:
         """Load from a hub id, a local folder, or a short name such as ``minilm``."""
-        model, tokenizer, config = load_hf_model(name_or_path, trust_remote_code)
-        backbone = cls(_feature_stack(model, config), tokenizer, config, source=name_or_path)
-        backbone.trust_remote_code = trust_remote_code
+        return cls.from_source(load_hf_config(name_or_path, trust_remote_code), from_scratch)
+
+    @classmethod
+    def from_source(cls, source: HFSource, from_scratch: bool = False) -> HFTextBackbone:
+        """The model a loaded config describes; ``from_scratch`` keeps its architecture only."""
+        model, tokenizer, config = load_hf_model(source, from_scratch=from_scratch)
+        backbone = cls(feature_stack(model, config), tokenizer, config, source=source.name)
+        backbone.trust_remote_code = bool(source.kwargs.get("trust_remote_code", False))
         return backbone
 
     @property
     def max_positions(self) -> int | None:
         return max_positions(self.hf_config, self.tokenizer)
-
-    def num_hidden_states(self) -> int:
-        # Not num_blocks() + 1: ALBERT shares one block across all its layers.
-        return int(getattr(self.hf_config, "num_hidden_layers", self.num_blocks())) + 1
 
     def tokenize(
         self, texts: list[str], text_pairs: list[str] | None, max_length: int
@@ -120,47 +126,6 @@ class HFTextBackbone(Backbone):
             hidden_states=tuple(h[:, extra:] for h in states) if states is not None else None,
         )
 
-    def layer_groups(self) -> list[LayerGroup]:
-        blocks_name, blocks = _find_blocks(self.model)
-        in_blocks: set[int] = set()
-        label = _PEFT_PREFIX.sub("", blocks_name) if hasattr(self.model, "peft_config") else blocks_name
-        groups = [LayerGroup(f"{label}.{i}", "block") for i in range(len(blocks))]
-        for i, block in enumerate(blocks):
-            for name, param in block.named_parameters():
-                groups[i].parameters.append((f"model.{blocks_name}.{i}.{name}", param))
-                in_blocks.add(id(param))
-        # HF models register embeddings before the blocks and final norms after them.
-        embeddings, final = LayerGroup("embeddings", "embeddings"), LayerGroup("final", "final")
-        seen_blocks = False
-        for name, param in self.model.named_parameters():
-            if id(param) in in_blocks:
-                seen_blocks = True
-                continue
-            input_side = not seen_blocks or name.startswith("prompt_encoder.")  # peft's virtual tokens
-            (embeddings if input_side else final).parameters.append((f"model.{name}", param))
-        return [g for g in [embeddings, *groups, final] if g.parameters]
-
-    def reinit_top_blocks(self, k: int) -> None:
-        self._check_reinit(k)
-        init = getattr(self.model, "_init_weights", None)
-        if init is None:
-            super().reinit_top_blocks(k)
-        for block in _find_blocks(self.model)[1][-k:]:
-            for module in block.modules():
-                # transformers skips modules it marked initialised when it loaded the checkpoint.
-                module._is_hf_initialized = False
-                for param in module.parameters(recurse=False):
-                    param._is_hf_initialized = False
-            for module in block.modules():
-                init(module)
-
-    def get_config(self) -> dict[str, Any]:
-        return {
-            "source": self.source,
-            "model_type": self.hf_config.model_type,
-            "trust_remote_code": getattr(self, "trust_remote_code", False),
-        }
-
     def save(self, directory: Path) -> None:
         config = self.hf_config
         # A GGUF-loaded config describes its quantisation; the saved weights are plain float32.
@@ -180,7 +145,7 @@ class HFTextBackbone(Backbone):
             tokenizer = AutoTokenizer.from_pretrained(directory, trust_remote_code=remote)
         except (OSError, ValueError) as err:
             raise ModelLoadError(f"Could not rebuild the saved model in {directory}: {err}") from err
-        return cls(_feature_stack(model, hf_config), tokenizer, hf_config, source=config.get("source", ""))
+        return cls(feature_stack(model, hf_config), tokenizer, hf_config, source=config.get("source", ""))
 
 
 def _is_prompt_learning(model: nn.Module) -> bool:
@@ -189,57 +154,27 @@ def _is_prompt_learning(model: nn.Module) -> bool:
     return bool(getattr(config, "is_prompt_learning", False))
 
 
-def _feature_stack(model: nn.Module, config: PretrainedConfig) -> nn.Module:
-    """The part of a model that produces features: the encoder of an encoder-decoder."""
-    if getattr(config, "is_encoder_decoder", False):
-        if not hasattr(model, "get_encoder"):
-            raise ConfigError(f"{type(model).__name__} is an encoder-decoder without get_encoder().")
-        return model.get_encoder()
-    return model
-
-
-def _find_blocks(model: nn.Module) -> tuple[str, nn.ModuleList]:
-    """The ModuleList of transformer layers: the list holding the most parameters."""
-    best: tuple[int, str, nn.ModuleList] | None = None
-    for name, module in model.named_modules():
-        if isinstance(module, nn.ModuleList) and len(module) > 0:
-            size = sum(p.numel() for p in module.parameters())
-            if best is None or size > best[0]:
-                best = (size, name, module)
-    if best is None:
-        raise ConfigError(f"{type(model).__name__} has no list of layers to group for freezing.")
-    return best[1], best[2]
-
-
 def load_hf_model(
-    name_or_path: str, trust_remote_code: bool = False, model_class: Any = AutoModel
+    source: str | HFSource,
+    trust_remote_code: bool = False,
+    model_class: Any = AutoModel,
+    from_scratch: bool = False,
 ) -> tuple[nn.Module, Any, PretrainedConfig]:
     """(model, tokenizer, config) from a hub id, a local folder or a short name, with clear errors.
 
-    ``model_class`` picks the head: ``AutoModel`` (none), ``AutoModelForMaskedLM``, ...
+    ``source`` may be a config already loaded by :func:`load_hf_config`. ``model_class`` picks
+    the head: ``AutoModel`` (none), ``AutoModelForMaskedLM``, ... ``from_scratch`` builds the
+    same architecture with random weights.
     """
-    resolved = resolve_model(name_or_path)
-    path, extra = resolved.path, {"trust_remote_code": trust_remote_code, **resolved.load_kwargs()}
-    local = Path(path).is_dir()
-    if local and not resolved.gguf_file and not (Path(path) / "config.json").is_file():
-        raise ModelLoadError(
-            f"Model folder '{name_or_path}' has no config.json. Pass the folder that holds the "
-            "Hugging Face model files (config.json, weights, tokenizer)."
-        )
+    if isinstance(source, str):
+        source = load_hf_config(source, trust_remote_code)
     try:
-        config = AutoConfig.from_pretrained(path, **extra)
-    except (OSError, ValueError) as err:
-        if local:
-            raise ModelLoadError(f"Could not read the config in {path}: {err}") from err
-        raise unknown_model_error(name_or_path, err) from err
-    try:
-        tokenizer = AutoTokenizer.from_pretrained(path, **extra)
-        model = model_class.from_pretrained(path, config=config, dtype=torch.float32, **extra)
+        tokenizer = AutoTokenizer.from_pretrained(source.path, **source.kwargs)
     except (OSError, ValueError) as err:
         raise ModelLoadError(
-            f"'{name_or_path}' has a config but its tokenizer or weights could not be loaded: {err}"
+            f"'{source.name}' has a config but its tokenizer could not be loaded: {err}"
         ) from err
-    return model, tokenizer, config
+    return load_hf_weights(source, model_class, from_scratch), tokenizer, source.config
 
 
 def max_positions(hf_config: PretrainedConfig, tokenizer: Any) -> int | None:

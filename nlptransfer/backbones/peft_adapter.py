@@ -23,6 +23,7 @@ from typing import TYPE_CHECKING, Any
 from torch import nn
 
 from nlptransfer.backbones.base import Backbone
+from nlptransfer.backbones.hf_base import HFBackbone
 from nlptransfer.backbones.hf_text import HFTextBackbone
 from nlptransfer.backbones.word_vectors import WordVectorBackbone
 from nlptransfer.errors import ConfigError, ModelLoadError
@@ -39,7 +40,7 @@ _ADAPTABLE = (nn.Linear, nn.Embedding, nn.Conv1d, nn.Conv2d)
 
 def _holder(backbone: Backbone) -> nn.Module:
     """The module peft attaches to: the HF model it wraps, or the backbone it injects into."""
-    return backbone.model if isinstance(backbone, HFTextBackbone) else backbone
+    return backbone.model if isinstance(backbone, HFBackbone) else backbone
 
 
 def adapter_config(backbone: Backbone) -> PeftConfig | None:
@@ -77,7 +78,7 @@ def apply_adapter(backbone: Backbone, config: PeftConfig) -> None:
         )
     try:
         with _quiet_peft():
-            if isinstance(backbone, HFTextBackbone):
+            if isinstance(backbone, HFBackbone):
                 backbone.model = get_peft_model(backbone.model, config, adapter_name=ADAPTER_NAME)
             else:
                 inject_adapter_in_model(config, backbone, adapter_name=ADAPTER_NAME)
@@ -98,7 +99,7 @@ def adaptable_layer_names(backbone: Backbone) -> list[str]:
 
 
 def _family(backbone: Backbone) -> str:
-    return backbone.hf_config.model_type if isinstance(backbone, HFTextBackbone) else backbone.registry_name
+    return backbone.hf_config.model_type if isinstance(backbone, HFBackbone) else backbone.registry_name
 
 
 def adapter_state(backbone: Backbone) -> dict[str, Any] | None:
@@ -163,7 +164,7 @@ def merge_adapter(backbone: Backbone) -> None:
             "or `nlptransfer predict` load it, with peft installed)."
         )
     with _quiet_peft():
-        if isinstance(backbone, HFTextBackbone):
+        if isinstance(backbone, HFBackbone):
             backbone.model = backbone.model.merge_and_unload()
         else:
             _merge_injected(backbone)
@@ -196,7 +197,20 @@ def default_target_modules(backbone: Backbone, peft_type: str) -> list[str] | st
         return ["embeddings"]  # the pretrained part; a BiLSTM / CNN encoder on top trains fully
     if isinstance(backbone, HFTextBackbone) and backbone.hf_config.model_type in _peft_mapping(peft_type):
         return None
+    if backbone.modality == "image":
+        return _image_targets(backbone)
     return "all-linear"
+
+
+def _image_targets(backbone: Backbone) -> list[str] | str:
+    """ViT-style attention: query and value, as for BERT; else linear layers; a pure CNN: its convolutions."""
+    names = adaptable_layer_names(backbone)
+    if {"query", "value"} <= set(names):
+        return ["query", "value"]
+    modules = list(backbone.named_modules())
+    if any(isinstance(m, nn.Linear) for _, m in modules):
+        return "all-linear"
+    return sorted({name.rsplit(".", 1)[-1] for name, m in modules if isinstance(m, nn.Conv2d)})
 
 
 def _peft_mapping(peft_type: str) -> dict[str, Any]:
@@ -216,6 +230,6 @@ def ia3_feedforward_modules(backbone: Backbone, targets: list[str] | str | None)
     family = _family(backbone)
     if targets is None:
         return None
-    known = FEEDFORWARD.get(family, []) if isinstance(backbone, HFTextBackbone) else []
+    known = FEEDFORWARD.get(family, []) if isinstance(backbone, HFBackbone) else []
     known = [known] if isinstance(known, str) else known
     return [m for m in known if isinstance(targets, list) and m in targets]

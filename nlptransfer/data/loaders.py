@@ -25,7 +25,12 @@ class EncodedDataset(Dataset):
         return {**self.encodings[i], "labels": self.labels[i], "idx": i}
 
     def lengths(self) -> list[int]:
-        return [len(e["input_ids"]) for e in self.encodings]
+        return [example_length(e) for e in self.encodings]
+
+
+def example_length(encoding: dict[str, Any]) -> int:
+    """Tokens in one encoded example; 1 for inputs of fixed size (images)."""
+    return len(encoding["input_ids"]) if "input_ids" in encoding else 1
 
 
 class FeatureDataset(Dataset):

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import logging
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -11,6 +12,7 @@ import pandas as pd
 from sklearn.model_selection import train_test_split
 
 from nlptransfer.config import FinetuneConfig
+from nlptransfer.data.images import has_image, image_key, resolve_paths
 from nlptransfer.data.sources import BUILTIN_DATASETS, Frames, read_table
 from nlptransfer.errors import DataError
 
@@ -19,7 +21,7 @@ logger = logging.getLogger(__name__)
 
 @dataclass
 class Split:
-    """Texts (optionally pairs) and integer label ids of one split."""
+    """Inputs (texts, optionally with pairs, or images) and integer label ids of one split."""
 
     texts: list[str]
     labels: list[int]
@@ -36,6 +38,8 @@ class TextClassificationData:
     validation: Split
     test: Split | None = None
     report: dict[str, Any] = field(default_factory=dict)
+    # "text", or "image" when the inputs are images (see nlptransfer.data.images).
+    modality: str = "text"
 
 
 @dataclass(frozen=True)
@@ -50,10 +54,12 @@ class Columns:
 
 def load_data(config: FinetuneConfig) -> TextClassificationData:
     """Read, validate, clean and split the data a run was configured with."""
-    frames = _read_frames(config)
-    columns = Columns(config.text_column, config.label_column, config.text_pair_column)
+    frames, folders = _read_frames(config)
+    columns, images = _columns(config, frames["train"])
+    if images:
+        frames = {name: _resolve_images(f, columns.text, folders.get(name)) for name, f in frames.items()}
     report: dict[str, Any] = {"dropped_rows": {}}
-    cleaned = {name: _clean(frame, name, columns, report) for name, frame in frames.items()}
+    cleaned = {name: _clean(frame, name, columns, report, images) for name, frame in frames.items()}
     train = cleaned["train"]
     # Test first, so the test set does not move when --validation_split changes; both
     # fractions are of the whole training data (as the config's sum check assumes).
@@ -72,22 +78,50 @@ def load_data(config: FinetuneConfig) -> TextClassificationData:
     for name in ("validation", "test"):
         if name in cleaned:
             _check_known_labels(cleaned[name][columns.label], set(to_id), name)
-    _warn_leakage(train, cleaned, columns.text, report)
-    splits = {name: _to_split(frame, columns, to_id) for name, frame in cleaned.items() if name != "train"}
+    _warn_leakage(train, cleaned, columns.text, report, images)
+    splits = {
+        name: _to_split(frame, columns, to_id, images) for name, frame in cleaned.items() if name != "train"
+    }
     return TextClassificationData(
         label_names=label_names,
-        train=_to_split(train, columns, to_id),
+        train=_to_split(train, columns, to_id, images),
         validation=splits["validation"],
         test=splits.get("test"),
         report=report,
+        modality="image" if images else "text",
     )
 
 
-def _read_frames(config: FinetuneConfig) -> Frames:
+def _columns(config: FinetuneConfig, train: pd.DataFrame) -> tuple[Columns, bool]:
+    """The columns to read, and whether the inputs are images."""
+    image_column = config.image_column or _implicit_image_column(train, config)
+    if image_column is None:
+        return Columns(config.text_column, config.label_column, config.text_pair_column), False
+    if config.text_pair_column:
+        raise DataError("--text_pair_column pairs two texts; an image classifier takes one image per row.")
+    return Columns(image_column, config.label_column), True
+
+
+def _implicit_image_column(train: pd.DataFrame, config: FinetuneConfig) -> str | None:
+    """``image`` when the data has such a column and no text column (image folders, MNIST, ...)."""
+    if config.text_column not in train.columns and "image" in train.columns:
+        logger.info("No '%s' column but an 'image' column: training an image classifier.", config.text_column)
+        return "image"
+    return None
+
+
+def _resolve_images(frame: pd.DataFrame, column: str, folder: Path | None) -> pd.DataFrame:
+    if column not in frame.columns or folder is None:
+        return frame  # _clean reports the missing column
+    return resolve_paths(frame, column, folder)
+
+
+def _read_frames(config: FinetuneConfig) -> tuple[Frames, dict[str, Path]]:
+    """The splits, and for those read from a file, the folder relative image paths start from."""
     if config.train_file is None:
         if config.validation_file or config.test_file:
             raise DataError("--validation_file/--test_file need --train_file as well.")
-        return BUILTIN_DATASETS.get(config.dataset)()
+        return BUILTIN_DATASETS.get(config.dataset)(), {}
     first = read_table(config.train_file)
     if "data" in first:
         frames = {"train": first["data"]}
@@ -95,11 +129,18 @@ def _read_frames(config: FinetuneConfig) -> Frames:
         frames = {k: v for k, v in first.items() if k in ("train", "validation", "test")}
     else:
         raise DataError(f"'{config.train_file}' holds the splits {sorted(first)} but no 'train' split.")
+    folders = {name: _folder_of(config.train_file) for name in frames}
     for name, path in (("validation", config.validation_file), ("test", config.test_file)):
         if path is not None:
             loaded = read_table(path)
             frames[name] = _pick_split(loaded, name, path)
-    return frames
+            folders[name] = _folder_of(path)
+    return frames, folders
+
+
+def _folder_of(path: str) -> Path:
+    file = Path(path).expanduser()
+    return file if file.is_dir() else file.parent
 
 
 def _pick_split(loaded: Frames, name: str, path: str) -> pd.DataFrame:
@@ -110,25 +151,34 @@ def _pick_split(loaded: Frames, name: str, path: str) -> pd.DataFrame:
     raise DataError(f"'{path}' holds the splits {sorted(loaded)} but no '{name}' split.")
 
 
-def _clean(frame: pd.DataFrame, split: str, columns: Columns, report: dict[str, Any]) -> pd.DataFrame:
+def _clean(
+    frame: pd.DataFrame, split: str, columns: Columns, report: dict[str, Any], images: bool = False
+) -> pd.DataFrame:
     missing = [c for c in columns.all() if c not in frame.columns]
     if missing:
+        flags = (
+            "--image_column / --label_column"
+            if images
+            else ("--text_column / --label_column (and --text_pair_column), or --image_column for images,")
+        )
         raise DataError(
             f"The {split} data has no column {', '.join(repr(c) for c in missing)}. Columns that "
-            f"exist: {', '.join(map(repr, map(str, frame.columns)))}. Pass --text_column / "
-            "--label_column (and --text_pair_column) with the right names."
+            f"exist: {', '.join(map(repr, map(str, frame.columns)))}. Pass {flags} with the right names."
         )
     keep = frame[columns.label].notna()
     for col in (columns.text, columns.pair):
-        if col:
+        if col and images:
+            keep &= frame[col].map(has_image)
+        elif col:
             keep &= frame[col].notna() & (frame[col].astype(str).str.strip() != "")
     dropped = int((~keep).sum())
     if dropped:
         logger.warning(
-            "Dropped %d of %d %s rows with a missing/empty/whitespace-only text or a missing label.",
+            "Dropped %d of %d %s rows with a missing/empty %s or a missing label.",
             dropped,
             len(frame),
             split,
+            "image" if images else "text",
         )
         report["dropped_rows"][split] = dropped
     cleaned = frame.loc[keep, columns.all()].reset_index(drop=True)
@@ -227,19 +277,26 @@ def _check_known_labels(values: pd.Series, known: set[str], split: str) -> None:
         )
 
 
-def _warn_leakage(train: pd.DataFrame, frames: Frames, text: str, report: dict[str, Any]) -> None:
-    seen = set(train[text].astype(str))
+def _warn_leakage(
+    train: pd.DataFrame, frames: Frames, column: str, report: dict[str, Any], images: bool = False
+) -> None:
+    def keys(values: pd.Series) -> pd.Series:
+        return values.map(image_key) if images else values.astype(str)
+
+    seen = set(keys(train[column]))
     for name in ("validation", "test"):
         if name in frames:
-            overlap = int(frames[name][text].astype(str).isin(seen).sum())
+            overlap = int(keys(frames[name][column]).isin(seen).sum())
             if overlap:
-                logger.warning("%d %s texts also appear in the training data (leakage).", overlap, name)
+                kind = "images" if images else "texts"
+                logger.warning("%d %s %s also appear in the training data (leakage).", overlap, name, kind)
                 report.setdefault("overlap_with_train", {})[name] = overlap
 
 
-def _to_split(frame: pd.DataFrame, columns: Columns, to_id: dict[str, int]) -> Split:
+def _to_split(frame: pd.DataFrame, columns: Columns, to_id: dict[str, int], images: bool = False) -> Split:
+    inputs = frame[columns.text]
     return Split(
-        texts=frame[columns.text].astype(str).tolist(),
+        texts=inputs.tolist() if images else inputs.astype(str).tolist(),
         labels=[to_id[s] for s in _label_strings(frame[columns.label])],
         pairs=frame[columns.pair].astype(str).tolist() if columns.pair else None,
     )

@@ -10,10 +10,11 @@ from typing import Any
 import pandas as pd
 from sklearn.model_selection import train_test_split
 
+from nlptransfer.data.images import IMAGE_DATASETS, is_image_folder, read_image_folder, read_npz
 from nlptransfer.errors import DataError, DataFileNotFoundError
 from nlptransfer.registry import Registry
 
-SUFFIXES = (".csv", ".tsv", ".json", ".jsonl", ".parquet")
+SUFFIXES = (".csv", ".tsv", ".json", ".jsonl", ".parquet", ".npz")
 
 Frames = dict[str, pd.DataFrame]
 
@@ -21,13 +22,20 @@ Frames = dict[str, pd.DataFrame]
 def read_table(path: str) -> Frames:
     """Read one file or saved ``datasets`` folder into ``{split name: DataFrame}``.
 
-    A file gives ``{"data": frame}``; a saved ``DatasetDict`` gives its splits.
+    A file gives ``{"data": frame}``; a saved ``DatasetDict`` gives its splits; a folder of
+    class sub-folders of images gives a frame of image paths and labels (see
+    :func:`~nlptransfer.data.images.read_image_folder`).
     """
     file = Path(path).expanduser()
     if not file.exists():
         raise DataFileNotFoundError(f"Data file '{path}' does not exist (resolved to {file.resolve()}).")
     if file.is_dir():
+        saved = any((file / marker).is_file() for marker in ("dataset_dict.json", "state.json"))
+        if not saved and is_image_folder(file):
+            return read_image_folder(file)
         return _read_saved_dataset(file)
+    if file.suffix == ".npz":
+        return read_npz(file)
     suffix = "".join(s for s in file.suffixes[-2:] if s in (*SUFFIXES, ".gz", ".bz2")) or file.suffix
     base = suffix.replace(".gz", "").replace(".bz2", "")
     try:
@@ -44,7 +52,8 @@ def read_table(path: str) -> Frames:
         else:
             raise DataError(
                 f"Cannot read '{path}': unknown file type '{file.suffix}'. Use one of "
-                f"{', '.join(SUFFIXES)} (optionally .gz/.bz2), or a folder saved by datasets.save_to_disk."
+                f"{', '.join(SUFFIXES)} (optionally .gz/.bz2), a folder saved by datasets.save_to_disk, "
+                "or a folder of images in one sub-folder per class."
             )
     except UnicodeDecodeError as err:
         raise DataError(f"'{path}' is not valid UTF-8 text ({err}). Re-save the file as UTF-8.") from err
@@ -144,3 +153,7 @@ def movie_reviews() -> Frames:
         rest, test_size=0.5, stratify=rest["label"], random_state=_MOVIE_REVIEWS_SPLIT_SEED
     )
     return {"train": train, "validation": validation, "test": test}
+
+
+for _name, _loader in IMAGE_DATASETS.items():
+    BUILTIN_DATASETS.register(_name)(_loader)

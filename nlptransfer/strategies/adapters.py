@@ -84,6 +84,7 @@ class _LoraLike(AdapterStrategy):
     @staticmethod
     def task_type(backbone: Backbone) -> str | None:
         # FEATURE_EXTRACTION: peft's wrapper that returns hidden states, as the pooling needs.
+        # Image models take pixel_values, which that wrapper does not pass on: no task type there.
         return "FEATURE_EXTRACTION" if isinstance(backbone, HFTextBackbone) else None
 
 
