@@ -151,3 +151,64 @@ def free_port() -> int:
 
 def recipe(*args: str) -> list[str]:
     return [sys.executable, str(REPO / "recipes" / "finetune.py"), *args]
+
+
+def _tiny_vision_config(family: str):
+    """A small random image model of each family the issue names, at 32x32 pixels."""
+    import transformers as tf
+
+    if family == "resnet":
+        return tf.ResNetConfig(embedding_size=8, hidden_sizes=[8, 16], depths=[1, 1], layer_type="basic")
+    if family == "convnext":
+        return tf.ConvNextConfig(hidden_sizes=[8, 16], depths=[1, 1], num_stages=2)
+    if family == "mobilenet_v2":
+        return tf.MobileNetV2Config(image_size=32, depth_multiplier=0.25, min_depth=4)
+    vit = {"hidden_size": 32, "num_hidden_layers": 2, "num_attention_heads": 2, "intermediate_size": 37}
+    if family == "vit":
+        return tf.ViTConfig(image_size=32, patch_size=8, **vit)
+    if family == "yolos":
+        return tf.YolosConfig(image_size=[32, 32], patch_size=8, num_detection_tokens=4, **vit)
+    raise ValueError(family)
+
+
+VISION_FAMILIES = ("resnet", "convnext", "mobilenet_v2", "vit", "yolos")
+
+
+def build_tiny_vision_model(directory: Path, family: str, processor: bool = True) -> Path:
+    """A tiny random image model; ``processor`` adds a 32x32 image processor to its folder."""
+    import torch
+    from transformers import AutoModel, ViTImageProcessorPil
+
+    torch.manual_seed(0)
+    AutoModel.from_config(_tiny_vision_config(family)).save_pretrained(directory)
+    if processor:
+        ViTImageProcessorPil(size={"height": 32, "width": 32}).save_pretrained(directory)
+    return directory
+
+
+@pytest.fixture(scope="session")
+def tiny_vision(tmp_path_factory: pytest.TempPathFactory) -> dict[str, str]:
+    """Paths of tiny random image models, one per family; the ViT folder has no image processor."""
+    return {
+        f: str(build_tiny_vision_model(tmp_path_factory.mktemp(f"tiny-{f}"), f, processor=f != "vit"))
+        for f in VISION_FAMILIES
+    }
+
+
+def bar_images(n: int, seed: int = 0, size: int = 20) -> tuple[list, list[str]]:
+    """Easily separable grayscale images: a bright vertical bar ("vertical") or horizontal one."""
+    import numpy as np
+
+    rng = np.random.default_rng(seed)
+    images, labels = [], []
+    for i in range(n):
+        image = rng.integers(0, 40, size=(size, size)).astype(np.uint8)
+        at = int(rng.integers(3, size - 5))
+        label = "vertical" if i % 2 == 0 else "horizontal"
+        if label == "vertical":
+            image[:, at : at + 3] = 230
+        else:
+            image[at : at + 3, :] = 230
+        images.append(image)
+        labels.append(label)
+    return images, labels

