@@ -105,7 +105,8 @@ class TransferModel(nn.Module):
             layers, layer_mix = list(range(num_states)), layer_mix or "scalar"
         pooler = Pooling(pooling, layers or [-1], mix=layer_mix or "concat")
         pooler.check_layers(num_states)
-        head = LinearHead(pooler.output_dim(backbone.hidden_size), len(labels), dropout=head_dropout)
+        width = pooler.output_dim(_pooled_width(backbone, pooler))
+        head = LinearHead(width, len(labels), dropout=head_dropout)
         limit = backbone.max_positions
         if limit is not None and max_length > limit:
             logger.warning("max_length %d exceeds what the model accepts; using %d.", max_length, limit)
@@ -240,6 +241,19 @@ class TransferModel(nn.Module):
                 "truncated or does not match the saved config; save the model again."
             ) from err
         return model.eval()
+
+
+def _pooled_width(backbone: Backbone, pooler: Pooling) -> int:
+    """Width of the pooled layers: the top output, or the selected hidden states (one width)."""
+    if not pooler.needs_hidden_states:
+        return backbone.hidden_size
+    widths = sorted({backbone.state_width(i) for i in pooler.layers})
+    if len(widths) > 1:
+        raise ConfigError(
+            f"Layers {pooler.layers} have different widths {widths} (a CNN's stages) and cannot be "
+            "combined; pool one layer, e.g. --layers -1 or --layers -2."
+        )
+    return widths[0]
 
 
 def _as_list(inputs: Any, modality: str) -> list[Any]:

@@ -53,6 +53,14 @@ def last_token_pool(hidden: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
     return hidden[torch.arange(hidden.shape[0], device=hidden.device), last]
 
 
+def _mask_for(state: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+    """The attention mask of one hidden state. Image stages shrink the feature map from
+    stage to stage (fewer positions than the top one), and every position is real."""
+    if state.shape[1] == mask.shape[1]:
+        return mask
+    return mask.new_ones(state.shape[:2])
+
+
 class ScalarMix(nn.Module):
     """ELMo's learned layer mix: gamma * sum_k softmax(w)_k * layer_k."""
 
@@ -109,7 +117,7 @@ class Pooling(nn.Module):
         states = output.hidden_states
         assert states is not None  # TransferModel asks for them when needs_hidden_states
         self.check_layers(len(states))
-        pooled = [self.fn(states[i], output.attention_mask) for i in self.layers]
+        pooled = [self.fn(states[i], _mask_for(states[i], output.attention_mask)) for i in self.layers]
         widths = {p.shape[-1] for p in pooled}
         if len(widths) > 1:
             raise ConfigError(

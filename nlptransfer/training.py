@@ -125,21 +125,30 @@ class BestWeights:
     """The weights of the best epoch so far, over all phases.
 
     Covers every parameter that trained in any phase: one frozen until now still
-    holds the value it had at the best epoch, so it joins the snapshot as is.
+    holds the value it had at the best epoch, so it joins the snapshot as is. Saved
+    floating-point buffers (BatchNorm's running statistics) always join: the best
+    epoch's weights are only right with that epoch's statistics.
     """
 
     def __init__(self, model: torch.nn.Module) -> None:
         self.model = model
         self.state: dict[str, torch.Tensor] = {}
 
+    def _tensors(self) -> dict[str, torch.Tensor]:
+        saved = self.model.state_dict(keep_vars=True)
+        buffers = {n: b for n, b in self.model.named_buffers() if n in saved and b.is_floating_point()}
+        return {**dict(self.model.named_parameters()), **buffers}
+
     def cover_trainable(self) -> None:
-        for name, param in self.model.named_parameters():
-            if param.requires_grad and name not in self.state:
-                self.state[name] = param.detach().cpu().clone()
+        params = dict(self.model.named_parameters())
+        for name, tensor in self._tensors().items():
+            trains = name not in params or tensor.requires_grad
+            if trains and name not in self.state:
+                self.state[name] = tensor.detach().cpu().clone()
 
     def update(self) -> None:
-        params = dict(self.model.named_parameters())
-        self.state = {name: params[name].detach().cpu().clone() for name in self.state}
+        tensors = self._tensors()
+        self.state = {name: tensors[name].detach().cpu().clone() for name in self.state}
 
     def restore(self) -> None:
         self.model.load_state_dict(self.state, strict=False)

@@ -252,6 +252,7 @@ def test_text_and_image_mismatches_are_refused(tiny_vision: dict[str, str], tiny
     ("family", "options"),
     [
         ("resnet", {"strategy": "feature-extraction"}),
+        ("resnet", {"strategy": "feature-extraction", "layers": [-2], "pooling": "max"}),
         ("resnet", {"strategy": "finetune", "unfreeze_layers": 1, "augment": ["affine"]}),
         ("resnet", {"strategy": "gradual-unfreezing"}),
         ("resnet", {"strategy": "lora"}),
@@ -328,3 +329,64 @@ def test_predict_accepts_arrays_paths_and_pil_images(tiny_vision: dict[str, str]
     )
     with pytest.raises(ConfigError, match="This image model got text"):
         model.predict(["a movie review"])
+
+
+def test_best_epoch_weights_come_with_their_batchnorm_statistics(tiny_vision: dict[str, str]) -> None:
+    from nlptransfer.training import BestWeights
+
+    model = TransferModel.from_backbone(load_backbone(tiny_vision["resnet"]), ["a", "b"])
+    best = BestWeights(model)
+    best.cover_trainable()
+    stats = [n for n in best.state if n.endswith("running_mean")]
+    assert stats
+    best.update()
+    kept = best.state[stats[0]].clone()
+    model.get_buffer(stats[0]).add_(1.0)  # a later, worse epoch moves the statistics
+    best.restore()
+    assert torch.equal(model.get_buffer(stats[0]), kept)
+
+
+class _TinyVgg(torch.nn.Module):
+    """VGG's shape in miniature: a flat ``features`` stack of conv blocks, then a classifier."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        nn = torch.nn
+        self.features = nn.Sequential(
+            nn.Conv2d(3, 4, 3, padding=1), nn.ReLU(), nn.MaxPool2d(2),
+            nn.Conv2d(4, 8, 3, padding=1), nn.ReLU(), nn.MaxPool2d(2),
+            nn.Conv2d(8, 8, 3, padding=1), nn.ReLU(), nn.MaxPool2d(2),
+        )  # fmt: skip
+
+
+def test_a_plain_torch_conv_base_groups_into_its_conv_blocks() -> None:
+    from nlptransfer.backbones.torch_vision import TorchVisionBackbone
+    from nlptransfer.backbones.vision import PixelSpec
+
+    backbone = TorchVisionBackbone(_TinyVgg().features, PixelSpec(), (32, 32), "torchvision:tiny-vgg")
+    assert [g.kind for g in backbone.layer_groups()] == ["block"] * 3
+    assert backbone.hidden_size == 8
+    model = TransferModel.from_backbone(backbone, ["a", "b"])
+    images, _ = bar_images(3, size=40)
+    assert model.predict(images).probabilities.shape == (3, 2)
+    assert backbone.tokenize(images, None, 0)["pixel_values"][0].shape == (3, 32, 32)
+
+
+@pytest.mark.parametrize(
+    "name", ["timm:vgg16", "timm:inception_v3", "torchvision:alexnet", "torchvision:vgg16"]
+)
+def test_timm_and_torchvision_models_when_installed(name: str) -> None:
+    pytest.importorskip(name.split(":")[0])
+    backbone = load_backbone(name, from_scratch=True)
+    assert backbone.modality == "image" and backbone.num_blocks() >= 3
+    model = TransferModel.from_backbone(backbone, ["a", "b"])
+    assert model.predict(bar_images(2)[0]).probabilities.shape == (2, 2)
+
+
+def test_timm_missing_names_the_extra() -> None:
+    import importlib.util
+
+    if importlib.util.find_spec("timm") is not None:
+        pytest.skip("timm is installed")
+    with pytest.raises(ModelLoadError, match=r"nlptransfer\[timm\]"):
+        load_backbone("timm:resnet50")

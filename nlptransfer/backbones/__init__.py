@@ -9,6 +9,7 @@ from nlptransfer.backbones.hf_base import HFBackbone, load_hf_config
 from nlptransfer.backbones.hf_text import HFTextBackbone
 from nlptransfer.backbones.hf_vision import HFVisionBackbone, is_vision_config
 from nlptransfer.backbones.sources import SHORT_NAMES, resolve_model
+from nlptransfer.backbones.torch_vision import TorchVisionBackbone, is_torch_vision_source
 from nlptransfer.backbones.vision import ImageBackbone, ImageOptions
 from nlptransfer.backbones.word_vectors import VocabOptions, WordVectorBackbone, is_word_vector_source
 from nlptransfer.errors import ModelLoadError
@@ -40,6 +41,8 @@ def load_backbone(
         return WordVectorBackbone.from_source(
             name_or_path, train_texts, options, allow_pickle=allow_pickle, seed=options.seed
         )
+    if is_torch_vision_source(name_or_path):
+        return TorchVisionBackbone.from_pretrained(name_or_path, from_scratch, image_options)
     if (Path(name_or_path).expanduser() / TRANSFER_CONFIG).is_file():
         return _trained_body(name_or_path, from_scratch, image_options)
     source = load_hf_config(name_or_path, trust_remote_code)
@@ -75,6 +78,7 @@ __all__ = [
     "ImageBackbone",
     "ImageOptions",
     "LayerGroup",
+    "TorchVisionBackbone",
     "VocabOptions",
     "WordVectorBackbone",
     "is_word_vector_source",

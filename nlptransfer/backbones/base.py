@@ -120,6 +120,10 @@ class Backbone(nn.Module, ABC):
                 f"use a value from 1 to {self.num_blocks()}."
             )
 
+    def state_width(self, index: int) -> int:
+        """Width of hidden state ``index`` (as ``forward(output_hidden_states=True)`` returns them)."""
+        return self.hidden_size
+
     @property
     def uniform_hidden_states(self) -> bool:
         """True when every hidden state has the same width, so several can be pooled together."""

@@ -127,6 +127,9 @@ class HFVisionBackbone(HFBackbone, ImageBackbone):
     def num_hidden_states(self) -> int:
         return len(self._widths)
 
+    def state_width(self, index: int) -> int:
+        return self._widths[index]
+
     @property
     def uniform_hidden_states(self) -> bool:
         return len(set(self._widths)) == 1
