@@ -147,22 +147,25 @@ def _card(config: FinetuneConfig, results: dict[str, Any], table: str, output_di
         f"warmup {config.warmup:g}, seed {config.seed}",
         "Training time": f"{results['train_seconds']:.0f} s",
     }
+    kind = results.get("modality", "text")
+    example = '["an example text"]' if kind == "text" else '["an_image.jpg"]'
     usage = (
         "from nlptransfer import TransferModel\n\n"
         f'model = TransferModel.from_pretrained("{output_dir.name}")  # this folder, or its hub id\n'
-        'print(model.predict(["an example text"]).labels)'
+        f"print(model.predict({example}).labels)"
     )
     return CardInfo(
         title=output_dir.name,
-        summary=f"A text classifier trained by transfer learning from `{config.model}` on {data} "
+        summary=f"{'An image' if kind == 'image' else 'A text'} classifier trained by transfer learning "
+        f"from `{config.model}` on {data} "
         f"with [nlptransfer](https://github.com/nlptransfer/nlptransfer)'s `{config.strategy}` strategy.",
         base_model=config.model,
-        pipeline_tag="text-classification",
+        pipeline_tag=f"{kind}-classification",
         results={k: v for k, v in splits.items() if v},
         details=details,
         command=command_line(config, "recipes/finetune.py"),
         usage=usage,
-        tags=["text-classification", config.strategy],
+        tags=[f"{kind}-classification", config.strategy],
         dataset=config.dataset if not config.train_file else None,
         sections={"Trainable layers": table},
         versions=results["versions"],
@@ -191,6 +194,7 @@ def _results(
         "strategy": ctx.strategy.name,
         "model": ctx.config.model,
         "labels": data.label_names,
+        "modality": data.modality,
         "test": test,
         "validation": best,
         "best_epoch": result.best_epoch,

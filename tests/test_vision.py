@@ -302,6 +302,7 @@ def test_a_trained_run_and_its_exported_body_are_reusable(
     first = tmp_path / "first"
     train(quiet_config(model=tiny_vision["resnet"], train_file=str(bars_folder), strategy="finetune",
                        output_dir=str(first)))  # fmt: skip
+    assert "pipeline_tag: image-classification" in (first / "README.md").read_text()
     trained = TransferModel.from_pretrained(first).backbone
     body = tmp_path / "body"
     trained.export_pretrained(body)

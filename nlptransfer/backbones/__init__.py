@@ -34,6 +34,11 @@ def load_backbone(
     ``TransferModel.save_pretrained`` (any run's output) gives its trained body.
     ``from_scratch`` keeps a Hugging Face model's architecture with random weights.
     """
+    if from_scratch and (name_or_path.startswith("elmo:") or is_word_vector_source(name_or_path)):
+        raise ModelLoadError(
+            "--from_scratch rebuilds a Hugging Face model's architecture with random weights; "
+            f"'{name_or_path}' is not one. Drop the flag."
+        )
     if name_or_path.startswith("elmo:"):
         return ElmoBackbone.from_files(name_or_path.removeprefix("elmo:"))
     if is_word_vector_source(name_or_path):
