@@ -75,7 +75,7 @@ def test_vit_pooler_is_dropped_and_cls_pooling_works(tiny_vision: dict[str, str]
     assert model.predict(np.zeros((2, 20, 20), dtype=np.uint8)).probabilities.shape == (2, 2)
 
 
-def test_a_folder_without_image_processor_gets_config_size(tiny_vision: dict[str, str], caplog) -> None:
+def test_a_folder_without_image_processor_gets_config_size(tiny_vision: dict[str, str]) -> None:
     backbone = load_backbone(tiny_vision["vit"])
     assert backbone.input_size == (32, 32)
     assert backbone.pixel_spec.mean == pytest.approx((0.485, 0.456, 0.406))
@@ -128,7 +128,7 @@ def test_batchnorm_of_frozen_layers_keeps_its_statistics(tiny_vision: dict[str, 
         assert changed == set(before)
 
 
-def test_feature_extraction_run_leaves_every_batchnorm_untouched(
+def test_top_stage_finetune_keeps_frozen_stages_batchnorm_statistics(
     tiny_vision: dict[str, str], bars_folder: Path, tmp_path: Path
 ) -> None:
     source = load_backbone(tiny_vision["resnet"])

@@ -14,7 +14,7 @@ from typing import Any
 
 import torch
 from torch import nn
-from transformers import AutoConfig, PretrainedConfig
+from transformers import AutoConfig, AutoModel, PretrainedConfig
 
 from nlptransfer.backbones.base import Backbone, LayerGroup
 from nlptransfer.backbones.sources import resolve_model, unknown_model_error
@@ -141,3 +141,16 @@ def load_hf_weights(source: HFSource, model_class: Any, from_scratch: bool = Fal
             f"'{source.name}' has a config but its weights could not be loaded: {err}. Pass "
             "--from_scratch to train this architecture from random weights instead."
         ) from err
+
+
+def rebuild_hf_model(directory: Path, remote: bool) -> tuple[PretrainedConfig, nn.Module]:
+    """(config, randomly initialised model) from a saved backbone folder, for weights to load into.
+
+    Remote code runs again only if the user allowed it when training this model.
+    """
+    try:
+        hf_config = AutoConfig.from_pretrained(directory, trust_remote_code=remote)
+        model = AutoModel.from_config(hf_config, dtype=torch.float32, trust_remote_code=remote)
+    except (OSError, ValueError) as err:
+        raise ModelLoadError(f"Could not rebuild the saved model in {directory}: {err}") from err
+    return hf_config, model

@@ -16,7 +16,7 @@ from typing import Any
 
 import torch
 from torch import nn
-from transformers import AutoConfig, AutoModel, AutoTokenizer, PretrainedConfig
+from transformers import AutoModel, AutoTokenizer, PretrainedConfig
 
 from nlptransfer.backbones.base import BACKBONES, BackboneOutput
 from nlptransfer.backbones.hf_base import (
@@ -25,6 +25,7 @@ from nlptransfer.backbones.hf_base import (
     feature_stack,
     load_hf_config,
     load_hf_weights,
+    rebuild_hf_model,
 )
 from nlptransfer.errors import ModelLoadError
 
@@ -137,11 +138,9 @@ class HFTextBackbone(HFBackbone):
 
     @classmethod
     def from_saved(cls, directory: Path, config: dict[str, Any]) -> HFTextBackbone:
-        # Remote code runs again only if the user allowed it when training this model.
         remote = bool(config.get("trust_remote_code", False))
+        hf_config, model = rebuild_hf_model(directory, remote)
         try:
-            hf_config = AutoConfig.from_pretrained(directory, trust_remote_code=remote)
-            model = AutoModel.from_config(hf_config, dtype=torch.float32, trust_remote_code=remote)
             tokenizer = AutoTokenizer.from_pretrained(directory, trust_remote_code=remote)
         except (OSError, ValueError) as err:
             raise ModelLoadError(f"Could not rebuild the saved model in {directory}: {err}") from err

@@ -18,10 +18,16 @@ from typing import Any
 import numpy as np
 import torch
 from torch import nn
-from transformers import AutoConfig, AutoImageProcessor, AutoModel, PretrainedConfig
+from transformers import AutoImageProcessor, AutoModel, PretrainedConfig
 
 from nlptransfer.backbones.base import BACKBONES
-from nlptransfer.backbones.hf_base import HFBackbone, HFSource, load_hf_config, load_hf_weights
+from nlptransfer.backbones.hf_base import (
+    HFBackbone,
+    HFSource,
+    load_hf_config,
+    load_hf_weights,
+    rebuild_hf_model,
+)
 from nlptransfer.backbones.vision import (
     IMAGENET_MEAN,
     IMAGENET_STD,
@@ -169,12 +175,8 @@ class HFVisionBackbone(HFBackbone, ImageBackbone):
     @classmethod
     def from_saved(cls, directory: Path, config: dict[str, Any]) -> HFVisionBackbone:
         remote = bool(config.get("trust_remote_code", False))
-        try:
-            hf_config = AutoConfig.from_pretrained(directory, trust_remote_code=remote)
-            model = AutoModel.from_config(hf_config, dtype=torch.float32, trust_remote_code=remote)
-            processor = _load_processor(str(directory), hf_config, {"trust_remote_code": remote})
-        except (OSError, ValueError) as err:
-            raise ModelLoadError(f"Could not rebuild the saved model in {directory}: {err}") from err
+        hf_config, model = rebuild_hf_model(directory, remote)
+        processor = _load_processor(str(directory), hf_config, {"trust_remote_code": remote})
         backbone = cls(model, processor, hf_config, config.get("source", ""), options_from_config(config))
         backbone.trust_remote_code = remote
         return backbone
