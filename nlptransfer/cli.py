@@ -18,6 +18,8 @@ USAGE = """usage: nlptransfer COMMAND [options]
 commands:
   train    train a classifier (same as `accelerate launch recipes/finetune.py`)
   pretrain continue pretraining on unlabelled text (same as `accelerate launch recipes/pretrain.py`)
+  advise   measure your data, domain gap and compute; recommend a strategy and print its command
+  compare  run strategies x label budgets x seeds on your data; write a report with plots
   layers   show which layers a strategy trains, without training
   predict  predict labels with a saved model
   merge-adapter  fold a LoRA / IA3 / LoHa adapter into the body: a plain model (RUN_DIR OUTPUT_DIR)
@@ -72,6 +74,32 @@ def _pretrain(argv: Sequence[str]) -> int:
     results = pretrain(config)
     if PartialState().is_main_process:
         print(json.dumps({k: v for k, v in results.items() if k not in ("config", "versions")}, indent=2))
+    return 0
+
+
+def _advise(argv: Sequence[str]) -> int:
+    from nlptransfer.advisor import AdviseConfig, advise, render
+
+    config = parse_config(
+        AdviseConfig, argv, description="Measure your data, its familiarity to the model and the compute "
+        "each strategy needs; recommend a strategy and print the command that runs it (same flags as train).",
+    )  # fmt: skip
+    setup_logging()
+    measured, advice = advise(config)
+    print(render(measured, advice, config))
+    return 0
+
+
+def _compare(argv: Sequence[str]) -> int:
+    from nlptransfer.comparison import CompareConfig, run_comparison
+
+    config = parse_config(
+        CompareConfig, argv, description="Run several strategies x label budgets x seeds on your data and "
+        "write a report (Markdown + plots). Rerun the same command to resume an interrupted sweep.",
+    )  # fmt: skip
+    setup_logging()
+    report = run_comparison(config)
+    print(f"report: {report}")
     return 0
 
 
@@ -197,6 +225,8 @@ def _train_vectors(argv: Sequence[str]) -> int:
 COMMANDS: dict[str, Callable[[Sequence[str]], int]] = {
     "train": _train,
     "pretrain": _pretrain,
+    "advise": _advise,
+    "compare": _compare,
     "layers": _layers,
     "predict": _predict,
     "train-vectors": _train_vectors,

@@ -241,6 +241,11 @@ class FinetuneConfig(TrainingOptions):
     samples_per_label: int | None = _opt(
         None, "Few-shot: keep K training examples per label, drawn with --seed (validation/test unchanged)."
     )
+    validation_samples_per_label: int | None = _opt(
+        None,
+        "Keep only K validation examples per label (few-shot protocol: as many labelled dev "
+        "examples as training ones); default: the whole validation split.",
+    )
     max_length: int = _opt(128, "Truncate token sequences to this length.")
     metric_for_best_model: str = _opt("accuracy", "Validation metric that picks the best epoch.")
     early_stopping_patience: int | None = _opt(
@@ -266,7 +271,8 @@ class FinetuneConfig(TrainingOptions):
         self._check_range("head_dropout", 0.0, 0.99)
         if self.max_length < 1:
             raise ConfigError(f"--max_length must be at least 1, got {self.max_length}.")
-        optional_counts = ("max_train_examples", "samples_per_label", "early_stopping_patience")
+        optional_counts = ("max_train_examples", "samples_per_label", "validation_samples_per_label",
+                           "early_stopping_patience")  # fmt: skip
         for name in optional_counts:
             value = getattr(self, name)
             if value is not None and value < 1:

@@ -74,6 +74,15 @@ def load_data(config: FinetuneConfig) -> TextClassificationData:
         train = _subsample(train, columns.label, config.max_train_examples, config.seed)
     if config.samples_per_label is not None:
         train = _per_label_sample(train, columns.label, config.samples_per_label, config.seed, report)
+    if config.validation_samples_per_label is not None:
+        cleaned["validation"] = _per_label_sample(
+            cleaned["validation"],
+            columns.label,
+            config.validation_samples_per_label,
+            config.seed,
+            report,
+            split="validation",
+        )
     label_names, to_id = _label_map(train[columns.label])
     for name in ("validation", "test"):
         if name in cleaned:
@@ -217,7 +226,7 @@ def _subsample(frame: pd.DataFrame, label: str, size: int, seed: int) -> pd.Data
 
 
 def _per_label_sample(
-    frame: pd.DataFrame, label: str, k: int, seed: int, report: dict[str, Any]
+    frame: pd.DataFrame, label: str, k: int, seed: int, report: dict[str, Any], split: str = "train"
 ) -> pd.DataFrame:
     """K rows of each label (few-shot), drawn with ``seed``; a smaller label keeps all its rows.
 
@@ -231,12 +240,14 @@ def _per_label_sample(
     for name in sorted(labels.unique()):
         rows = np.flatnonzero((labels == name).to_numpy())
         if len(rows) < k:
-            logger.warning("--samples_per_label %d: label %r has only %d training examples; keeping all.",
-                           k, name, len(rows))  # fmt: skip
+            flag = "--samples_per_label" if split == "train" else f"--{split}_samples_per_label"
+            logger.warning("%s %d: label %r has only %d %s examples; keeping all.",
+                           flag, k, name, len(rows), split)  # fmt: skip
         chosen = rows[rng.permutation(len(rows))[:k]]
         kept.extend(chosen.tolist())
         counts[name] = len(chosen)
-    report["samples_per_label"] = {"k": k, "seed": seed, "train_examples_per_label": counts}
+    key = "samples_per_label" if split == "train" else f"{split}_samples_per_label"
+    report[key] = {"k": k, "seed": seed, f"{split}_examples_per_label": counts}
     # Original row order (already shuffled by the splits), not blocks of one label.
     return frame.iloc[sorted(kept)].reset_index(drop=True)
 

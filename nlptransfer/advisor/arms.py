@@ -1,0 +1,118 @@
+"""Arms: named strategy presets that the advisor recommends and ``compare`` runs side by side.
+
+An arm is a strategy plus the options that make it one of the textbook choices
+(feature extraction, the top K layers, all layers at a reduced rate, LoRA). Any
+registered strategy name is an arm too (its defaults), and ``finetune-topK``
+names the top-K fine-tune for any K.
+"""
+
+from __future__ import annotations
+
+import math
+import re
+from dataclasses import dataclass, field
+from typing import Any
+
+from nlptransfer.errors import UnknownNameError
+from nlptransfer.registry import closest_hint
+from nlptransfer.strategies import STRATEGIES, get_strategy
+
+
+@dataclass(frozen=True)
+class Arm:
+    name: str
+    description: str
+    options: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def strategy(self) -> str:
+        return self.options.get("strategy", self.name)
+
+    @property
+    def default_epochs(self) -> int:
+        return self.options.get("epochs") or get_strategy(self.strategy).default_epochs
+
+    @property
+    def freezes_body(self) -> bool:
+        return self.strategy == "feature-extraction" or (
+            self.strategy == "finetune" and self.options.get("unfreeze_layers") == 0
+        )
+
+
+ARMS: dict[str, Arm] = {
+    arm.name: arm
+    for arm in (
+        Arm(
+            "feature-extraction",
+            "frozen body, new linear head on its features",
+            {"strategy": "feature-extraction"},
+        ),
+        Arm(
+            "feature-extraction-all-layers",
+            "frozen body, linear head on a learned mix of every layer",
+            {"strategy": "feature-extraction", "layers": ["all"], "layer_mix": "scalar"},
+        ),
+        Arm(
+            "finetune-top2",
+            "the top 2 layers and the head train; the rest stays frozen",
+            {"strategy": "finetune", "unfreeze_layers": 2},
+        ),
+        Arm(
+            "finetune",
+            "all layers train, the body at 1/10 of the head's learning rate",
+            {"strategy": "finetune", "body_lr_scale": 0.1},
+        ),
+        # 3 epochs, not the strategy's 5: on thousands of examples LoRA at 1e-3 has converged by then,
+        # and a sweep over label budgets must stay affordable.
+        Arm(
+            "lora",
+            "a LoRA adapter (rank 8) on the frozen body, and the head; 3 epochs",
+            {"strategy": "lora", "epochs": 3},
+        ),
+    )
+}
+
+_TOP_K = re.compile(r"finetune-top(\d+)$")
+
+
+def get_arm(name: str) -> Arm:
+    """A preset arm, ``finetune-topK``, or a registered strategy with its defaults."""
+    if name in ARMS:
+        return ARMS[name]
+    match = _TOP_K.match(name)
+    if match:
+        k = int(match.group(1))
+        return Arm(
+            name, f"the top {k} layers and the head train", {"strategy": "finetune", "unfreeze_layers": k}
+        )
+    if name in STRATEGIES:
+        return Arm(name, f"--strategy {name} with its defaults", {"strategy": name})
+    valid = sorted(set(ARMS) | set(STRATEGIES.names()))
+    raise UnknownNameError(
+        f"Unknown arm '{name}'. Valid arms: {', '.join(valid)}, or finetune-topK for any K."
+        + closest_hint(name, valid)
+    )
+
+
+# Fewer optimizer steps than this and a few-shot run has barely moved from its start:
+# small budgets get more epochs (early stopping on validation ends them when they stop helping).
+MIN_STEPS = 60
+MAX_EPOCHS = 60
+
+
+@dataclass(frozen=True)
+class Schedule:
+    epochs: int
+    patience: int | None
+
+
+def schedule(arm: Arm, num_train: int, batch_size: int, min_steps: int = MIN_STEPS) -> Schedule:
+    """Epochs for ``num_train`` examples: the arm's default, or enough for ``min_steps`` steps."""
+    strategy = get_strategy(arm.strategy)
+    default = arm.default_epochs
+    steps_per_epoch = max(1, math.ceil(num_train / batch_size))
+    epochs = max(default, min(MAX_EPOCHS, math.ceil(min_steps / steps_per_epoch)))
+    patience = strategy.default_patience
+    if epochs > default:
+        patience = patience or 5
+    return Schedule(epochs, patience)

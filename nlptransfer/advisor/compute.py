@@ -1,0 +1,135 @@
+"""A short timed probe: what one epoch of each arm costs on this machine, with this data."""
+
+from __future__ import annotations
+
+import copy
+import dataclasses
+import logging
+import time
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+
+from nlptransfer.advisor.arms import Arm
+from nlptransfer.config import FinetuneConfig
+from nlptransfer.data import TextClassificationData
+from nlptransfer.data.loaders import Collator, example_length
+from nlptransfer.inference import encode_split
+from nlptransfer.layers import count_parameters
+from nlptransfer.model import TransferModel
+from nlptransfer.strategies import get_strategy
+
+logger = logging.getLogger(__name__)
+
+
+@dataclass
+class ArmCost:
+    arm: str
+    trainable_parameters: int
+    total_parameters: int
+    # Seconds per training example for one optimizer pass (frozen arms: one forward pass, once).
+    train_seconds_per_example: float
+    eval_seconds_per_example: float
+    freezes_body: bool
+
+    def epoch_seconds(self, num_train: int, num_eval: int) -> float:
+        """One epoch and one validation pass (frozen arms: extracting the features, done once)."""
+        if self.freezes_body:
+            return (num_train + num_eval) * self.eval_seconds_per_example
+        return num_train * self.train_seconds_per_example + num_eval * self.eval_seconds_per_example
+
+    def run_seconds(self, num_train: int, num_eval: int, epochs: int) -> float:
+        if self.freezes_body:  # features once; head epochs on cached features cost next to nothing
+            return self.epoch_seconds(num_train, num_eval)
+        return epochs * self.epoch_seconds(num_train, num_eval)
+
+
+@dataclass
+class ComputeProfile:
+    device: str
+    threads: int
+    costs: dict[str, ArmCost]
+
+
+def probe_compute(
+    base: TransferModel, config: FinetuneConfig, data: TextClassificationData, arms: list[Arm], steps: int = 3
+) -> ComputeProfile:
+    """Time ``steps`` training steps of each arm (after one warm-up step) on real training batches."""
+    device = torch.device("cuda" if torch.cuda.is_available() and not config.cpu else "cpu")
+    batches, size = _probe_batches(base, data, config, steps + 1, device)
+    costs = {}
+    eval_seconds = _time_inference(base.to(device), batches, size)
+    for arm in arms:
+        costs[arm.name] = _probe_arm(base, config, arm, batches, size, eval_seconds)
+        logger.info(
+            "probe %s: %.4f s per training example", arm.name, costs[arm.name].train_seconds_per_example
+        )
+    return ComputeProfile(str(device), torch.get_num_threads(), costs)
+
+
+def _probe_batches(
+    base: TransferModel,
+    data: TextClassificationData,
+    config: FinetuneConfig,
+    count: int,
+    device: torch.device,
+) -> tuple[list[dict[str, torch.Tensor]], int]:
+    """``count`` batches of random training examples, grouped by length as training groups them."""
+    encoded = encode_split(base, data.train)
+    size = min(len(encoded), config.batch_size)
+    rows = np.random.default_rng(config.seed).permutation(len(encoded))
+    rows = np.resize(rows, size * count)  # repeats rows when the data is smaller than the probe
+    if base.backbone.variable_length:
+        rows = sorted(rows, key=lambda i: example_length(encoded[int(i)]))
+    collate = Collator(base.backbone)
+    chunks = [rows[i * size : (i + 1) * size] for i in range(count)]
+    order = np.random.default_rng(config.seed).permutation(count)  # the warm-up batch: any length
+    return [
+        {k: v.to(device) for k, v in collate([encoded[int(i)] for i in chunks[j]]).items()} for j in order
+    ], size
+
+
+def _time_inference(model: TransferModel, batches: list[dict[str, torch.Tensor]], size: int) -> float:
+    model.eval()
+    with torch.inference_mode():
+        model(**_inputs(batches[0]))
+        start = time.perf_counter()
+        for batch in batches[1:]:
+            model(**_inputs(batch))
+    return (time.perf_counter() - start) / (size * (len(batches) - 1))
+
+
+def _probe_arm(
+    base: TransferModel, config: FinetuneConfig, arm: Arm, batches: list[dict[str, torch.Tensor]], size: int,
+    eval_seconds: float,
+) -> ArmCost:  # fmt: skip
+    options = {k: v for k, v in arm.options.items() if k not in ("layers", "layer_mix")}
+    arm_config = dataclasses.replace(config, **options)
+    model = copy.deepcopy(base)
+    strategy = get_strategy(arm.strategy)
+    phase = strategy.phases(model, arm_config)[-1]  # the costliest phase of multi-phase strategies
+    groups = phase.configure(model)
+    trainable, total = count_parameters(model)
+    if phase.freezes_body:
+        return ArmCost(arm.name, trainable, total, eval_seconds, eval_seconds, True)
+    optimizer = torch.optim.AdamW(groups)
+    model.train()
+    _step(model, optimizer, batches[0])
+    start = time.perf_counter()
+    for batch in batches[1:]:
+        _step(model, optimizer, batch)
+    seconds = (time.perf_counter() - start) / (size * (len(batches) - 1))
+    del model, optimizer
+    return ArmCost(arm.name, trainable, total, seconds, eval_seconds, False)
+
+
+def _inputs(batch: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    return {k: v for k, v in batch.items() if k not in ("labels", "idx")}
+
+
+def _step(model: TransferModel, optimizer: torch.optim.Optimizer, batch: dict[str, torch.Tensor]) -> None:
+    loss = torch.nn.functional.cross_entropy(model(**_inputs(batch)), batch["labels"])
+    loss.backward()
+    optimizer.step()
+    optimizer.zero_grad(set_to_none=True)

@@ -1,0 +1,153 @@
+"""The decision: data size x similarity to the source, then a compute check.
+
+|                     | target familiar to the source | target unfamiliar |
+|---------------------|-------------------------------|-------------------|
+| small (< 100/class) | feature extraction (top layers) | feature extraction on a learned mix of all layers |
+| medium (< 1000)     | fine-tune the top 2 layers    | fine-tune all layers, body LR x 0.1 |
+| large (>= 1000)     | fine-tune all layers, body LR x 0.1 | the same (more data moves the body further) |
+
+Little data cannot move a big body without overfitting, so it trains only a head on
+what the body already computes; when the target differs, lower layers (more general)
+help, hence a learned mix of all of them. More data earns more trainable layers; with
+a lot of it, or a distant domain, every layer trains at about 1/10 of the head's rate.
+Then compute: when the pick would not finish in ``time_budget`` seconds, the next
+cheaper arm that does is chosen instead (LoRA, then fewer layers, then features).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass, field
+from typing import Any
+
+from nlptransfer.advisor.arms import get_arm, schedule
+from nlptransfer.advisor.compute import ComputeProfile
+from nlptransfer.advisor.familiarity import Familiarity
+from nlptransfer.advisor.profile import DataProfile
+from nlptransfer.config import FinetuneConfig
+from nlptransfer.modelcard import command_line
+
+SMALL, LARGE = 100, 1000  # examples of the smallest class
+MATRIX = {
+    ("small", "familiar"): "feature-extraction",
+    ("small", "unfamiliar"): "feature-extraction-all-layers",
+    ("medium", "familiar"): "finetune-top2",
+    ("medium", "unfamiliar"): "finetune",
+    ("large", "familiar"): "finetune",
+    ("large", "unfamiliar"): "finetune",
+}
+# When the pick is too slow: cheaper arms, in the order they are tried.
+CHEAPER = ["lora", "finetune-top2", "feature-extraction"]
+
+
+def size_class(per_label: int) -> str:
+    return "small" if per_label < SMALL else "large" if per_label >= LARGE else "medium"
+
+
+@dataclass
+class Recommendation:
+    arm: str
+    size: str
+    similarity: str
+    epochs: int
+    patience: int | None
+    options: dict[str, Any]
+    reasons: list[str] = field(default_factory=list)
+    estimated_seconds: float | None = None
+    command: str = ""
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+
+def recommend(
+    profile: DataProfile, familiarity: Familiarity, config: FinetuneConfig,
+    compute: ComputeProfile | None = None, time_budget: float | None = None,
+) -> Recommendation:  # fmt: skip
+    """The arm the decision matrix picks for this data, with its schedule, reasons and command."""
+    size = size_class(profile.min_per_label)
+    similarity = "unfamiliar" if familiarity.verdict == "unfamiliar" else "familiar"
+    name = MATRIX[(size, similarity)]
+    reasons = [_size_reason(profile, size), _similarity_reason(familiarity)]
+    name = _fit_compute(name, profile, config, compute, time_budget, reasons)
+    arm = get_arm(name)
+    plan = schedule(arm, profile.num_train, config.batch_size)
+    seconds = _estimate(name, profile, compute, plan.epochs)
+    if plan.epochs > arm.default_epochs:
+        reasons.append(f"{plan.epochs} epochs: {profile.num_train} examples make few optimizer steps per "
+                       "epoch; early stopping ends the run when validation stops improving.")  # fmt: skip
+    options = {**arm.options, "epochs": plan.epochs}
+    if plan.patience is not None:
+        options["early_stopping_patience"] = plan.patience
+    run = _run_config(config, options)
+    return Recommendation(
+        arm=name, size=size, similarity=similarity, epochs=plan.epochs, patience=plan.patience,
+        options=options, reasons=reasons, estimated_seconds=seconds,
+        command=command_line(run, "recipes/finetune.py"),
+    )  # fmt: skip
+
+
+def _size_reason(profile: DataProfile, size: str) -> str:
+    n = profile.min_per_label
+    if size == "small":
+        return (f"small data: {n} examples in the smallest class (< {SMALL}); training body layers on so "
+                "few would overfit them")  # fmt: skip
+    if size == "medium":
+        return (
+            f"medium data: {n} examples in the smallest class ({SMALL}-{LARGE - 1}): enough to adapt "
+            "the top layers"
+        )
+    return f"large data: {n} examples in the smallest class (>= {LARGE}): enough to adapt every layer"
+
+
+def _similarity_reason(familiarity: Familiarity) -> str:
+    shown = ", ".join(
+        f"{k} {v:g} ({familiarity.votes.get(k, 'no vote')})" for k, v in familiarity.signals.items()
+    )
+    if familiarity.verdict == "unknown":
+        return f"similarity to the source not measured ({familiarity.source_kind}); assumed familiar"
+    return f"target text {familiarity.verdict} to the source model: {shown}"
+
+
+def _fit_compute(
+    name: str, profile: DataProfile, config: FinetuneConfig, compute: ComputeProfile | None,
+    time_budget: float | None, reasons: list[str],
+) -> str:  # fmt: skip
+    if compute is None or time_budget is None:
+        return name
+    chain = [name, *CHEAPER[CHEAPER.index(name) + 1 :]] if name in CHEAPER else [name, *CHEAPER]
+    wanted = _arm_seconds(name, profile, config, compute)
+    for candidate in chain:
+        seconds = _arm_seconds(candidate, profile, config, compute)
+        if seconds is None or seconds <= time_budget:
+            if candidate != name:
+                reasons.append(
+                    f"compute: {name} would take about {wanted or 0:.0f} s, over the {time_budget:.0f} s "
+                    f"budget; {candidate} fits (about {seconds or 0:.0f} s)"
+                )
+            return candidate
+    reasons.append(f"compute: nothing fits the {time_budget:.0f} s budget; the cheapest arm is shown")
+    return chain[-1]
+
+
+def _arm_seconds(
+    name: str, profile: DataProfile, config: FinetuneConfig, compute: ComputeProfile
+) -> float | None:
+    return _estimate(
+        name, profile, compute, schedule(get_arm(name), profile.num_train, config.batch_size).epochs
+    )
+
+
+def _estimate(name: str, profile: DataProfile, compute: ComputeProfile | None, epochs: int) -> float | None:
+    if compute is None or name not in compute.costs:
+        return None
+    return compute.costs[name].run_seconds(profile.num_train, profile.num_validation, epochs)
+
+
+def _run_config(config: FinetuneConfig, options: dict[str, Any]) -> FinetuneConfig:
+    """The user's run options (data, model, ...) with the recommended strategy options on top."""
+    base = {f.name: getattr(config, f.name) for f in dataclasses.fields(FinetuneConfig)}
+    for key in ("strategy", "unfreeze_layers", "body_lr_scale", "layers", "layer_mix", "epochs",
+                "early_stopping_patience", "learning_rate"):  # fmt: skip
+        base[key] = getattr(FinetuneConfig(), key)
+    return FinetuneConfig(**{**base, **options})
