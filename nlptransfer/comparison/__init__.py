@@ -1,0 +1,5 @@
+"""Compare strategies on the user's own data: label budgets x seeds, a report, the advisor's pick."""
+
+from nlptransfer.comparison.sweep import Cell, CompareConfig, cell_config, plan, run_comparison, summarise
+
+__all__ = ["Cell", "CompareConfig", "cell_config", "plan", "run_comparison", "summarise"]
