@@ -94,25 +94,31 @@ def get_arm(name: str) -> Arm:
     )
 
 
-# Fewer optimizer steps than this and a few-shot run has barely moved from its start:
-# small budgets get more epochs (early stopping on validation ends them when they stop helping).
-MIN_STEPS = 60
+# Fewer optimizer steps than this and a run has barely moved from where it started: the
+# defaults (2 epochs of batch 32) are tuned for thousands of examples, and at a few hundred
+# they end after a few dozen steps. Small data gets smaller batches first (more steps for the
+# same compute), then more epochs; early stopping on validation ends runs that stop improving.
+MIN_STEPS = 250
 MAX_EPOCHS = 60
+MIN_BATCH = 8
+STEPS_PER_EPOCH = 32
 
 
 @dataclass(frozen=True)
 class Schedule:
     epochs: int
     patience: int | None
+    batch_size: int
 
 
 def schedule(arm: Arm, num_train: int, batch_size: int, min_steps: int = MIN_STEPS) -> Schedule:
-    """Epochs for ``num_train`` examples: the arm's default, or enough for ``min_steps`` steps."""
+    """Batch size and epochs for ``num_train`` examples: the arm's defaults, or enough for ``min_steps``."""
     strategy = get_strategy(arm.strategy)
     default = arm.default_epochs
-    steps_per_epoch = max(1, math.ceil(num_train / batch_size))
+    batch = min(batch_size, max(MIN_BATCH, num_train // STEPS_PER_EPOCH))
+    steps_per_epoch = max(1, math.ceil(num_train / batch))
     epochs = max(default, min(MAX_EPOCHS, math.ceil(min_steps / steps_per_epoch)))
     patience = strategy.default_patience
     if epochs > default:
         patience = patience or 5
-    return Schedule(epochs, patience)
+    return Schedule(epochs, patience, batch)

@@ -5,6 +5,7 @@ from __future__ import annotations
 import copy
 import dataclasses
 import logging
+import os
 import time
 from dataclasses import dataclass
 
@@ -13,6 +14,7 @@ import torch
 
 from nlptransfer.advisor.arms import Arm
 from nlptransfer.config import FinetuneConfig
+from nlptransfer.context import set_cpu_threads
 from nlptransfer.data import TextClassificationData
 from nlptransfer.data.loaders import Collator, example_length
 from nlptransfer.inference import encode_split
@@ -57,6 +59,8 @@ def probe_compute(
 ) -> ComputeProfile:
     """Time ``steps`` training steps of each arm (after one warm-up step) on real training batches."""
     device = torch.device("cuda" if torch.cuda.is_available() and not config.cpu else "cpu")
+    if device.type == "cpu":  # time with the threads training will use, not accelerate launch's one
+        set_cpu_threads(config.num_threads, int(os.environ.get("LOCAL_WORLD_SIZE", 1)))
     batches, size = _probe_batches(base, data, config, steps + 1, device)
     costs = {}
     eval_seconds = _time_inference(base.to(device), batches, size)

@@ -73,10 +73,11 @@ def recommend(
     arm = get_arm(name)
     plan = schedule(arm, profile.num_train, config.batch_size)
     seconds = _estimate(name, profile, compute, plan.epochs)
-    if plan.epochs > arm.default_epochs:
-        reasons.append(f"{plan.epochs} epochs: {profile.num_train} examples make few optimizer steps per "
-                       "epoch; early stopping ends the run when validation stops improving.")  # fmt: skip
-    options = {**arm.options, "epochs": plan.epochs}
+    if plan.epochs > arm.default_epochs or plan.batch_size < config.batch_size:
+        reasons.append(f"batch size {plan.batch_size}, {plan.epochs} epochs: {profile.num_train} examples "
+                       "would give few optimizer steps with the defaults; early stopping ends the run when "
+                       "validation stops improving")  # fmt: skip
+    options = {**arm.options, "epochs": plan.epochs, "batch_size": plan.batch_size}
     if plan.patience is not None:
         options["early_stopping_patience"] = plan.patience
     run = _run_config(config, options)
@@ -148,6 +149,6 @@ def _run_config(config: FinetuneConfig, options: dict[str, Any]) -> FinetuneConf
     """The user's run options (data, model, ...) with the recommended strategy options on top."""
     base = {f.name: getattr(config, f.name) for f in dataclasses.fields(FinetuneConfig)}
     for key in ("strategy", "unfreeze_layers", "body_lr_scale", "layers", "layer_mix", "epochs",
-                "early_stopping_patience", "learning_rate"):  # fmt: skip
+                "early_stopping_patience", "learning_rate", "batch_size"):  # fmt: skip
         base[key] = getattr(FinetuneConfig(), key)
     return FinetuneConfig(**{**base, **options})

@@ -195,7 +195,7 @@ def cell_config(
     plan_ = schedule(arm, size, run.batch_size, config.min_steps)
     options = {key: value for key, value in arm.options.items() if key != "epochs"}
     return dataclasses.replace(
-        run, **options, seed=seed, samples_per_label=k, epochs=plan_.epochs,
+        run, **options, seed=seed, samples_per_label=k, epochs=plan_.epochs, batch_size=plan_.batch_size,
         early_stopping_patience=plan_.patience,
         validation_samples_per_label=k if config.validation_protocol == "k" else None,
         output_dir=str(out / "runs" / f"{arm.name}-{budget_name(k)}-seed{seed}"), overwrite_output_dir=True,
