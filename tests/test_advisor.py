@@ -273,13 +273,13 @@ def test_compare_plan_runs_one_seed_for_large_budgets_and_schedules_each_cell():
 def test_compare_cell_config_sets_budget_validation_and_schedule(sentiment_csv, tmp_path):
     config = CompareConfig(train_file=str(sentiment_csv), batch_size=8)
     run = config.run_config()
-    cell = cell_config(config, run, get_arm("finetune-top2"), 4, 1, tmp_path)
+    cell = cell_config(config, run, get_arm("finetune-top2"), 4, 1, tmp_path, num_train=8)
     assert (cell.samples_per_label, cell.validation_samples_per_label, cell.seed) == (4, 4, 1)
     assert (cell.strategy, cell.unfreeze_layers) == ("finetune", 2)
     assert (cell.batch_size, cell.epochs, cell.early_stopping_patience) == (8, 60, 5)
     assert cell.output_dir == str(tmp_path / "runs" / "finetune-top2-4-seed1")
     full = cell_config(CompareConfig(train_file=str(sentiment_csv), validation_protocol="full"), run,
-                       get_arm("finetune"), None, 0, tmp_path)  # fmt: skip
+                       get_arm("finetune"), None, 0, tmp_path, num_train=144)  # fmt: skip
     assert full.samples_per_label is None and full.validation_samples_per_label is None
 
 

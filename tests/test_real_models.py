@@ -126,3 +126,20 @@ def test_glove_bag_and_bilstm_beat_the_majority_class(tmp_path: Path) -> None:
         results = json.loads((out / "results.json").read_text())
         assert results["test"]["accuracy"] > 0.64  # majority class: 0.578
         assert results["backbone"]["token_coverage_pct"] > 95
+
+
+def test_advisor_on_real_minilm_and_movie_reviews(tmp_path: Path) -> None:
+    """`nlptransfer advise` on the real corpus: familiar text, no MLM head in the checkpoint, and the
+    pick moves from feature extraction to full fine-tuning as the labels grow."""
+    from nlptransfer.advisor import AdviseConfig, advise
+
+    measured, full = advise(AdviseConfig(probe_steps=1, familiarity_examples=30))
+    assert measured.profile.num_train == 10201 and measured.profile.truncated_pct == 0.0
+    assert measured.familiarity.verdict == "familiar"
+    assert 1.0 < measured.familiarity.signals["subtokens_per_word"] < 1.4
+    assert any("no trained language-model head" in n for n in measured.familiarity.notes)
+    costs = measured.compute.costs
+    assert costs["finetune"].train_seconds_per_example > costs["finetune-top2"].train_seconds_per_example
+    assert full.arm == "finetune" and "--strategy finetune" in full.command
+    _, few = advise(AdviseConfig(samples_per_label=8, probe_steps=1, familiarity_examples=30))
+    assert few.arm == "feature-extraction" and "--samples_per_label 8" in few.command

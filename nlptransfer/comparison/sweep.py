@@ -127,7 +127,7 @@ def run_comparison(config: CompareConfig) -> Path:
     measured = measure(run, config.familiarity_examples, config.probe_steps, data)
     (out / "measurements.json").write_text(json.dumps(measured.to_dict(), indent=2))
     picks = advisor_picks(config, run, measured)
-    cells = [c for c in _sweep(config, run, out) if c is not None]
+    cells = _sweep(config, run, measured, out)
     (out / "cells.json").write_text(json.dumps([dataclasses.asdict(c) for c in cells], indent=2))
     return write_report(out, config, measured, picks, cells)
 
@@ -166,13 +166,13 @@ def plan(config: CompareConfig) -> list[tuple[Arm, int | None, int]]:
     return cells
 
 
-def _sweep(config: CompareConfig, run: FinetuneConfig, out: Path) -> list[Cell | None]:
+def _sweep(config: CompareConfig, run: FinetuneConfig, measured: Measurements, out: Path) -> list[Cell]:
     from nlptransfer.runner import train
 
     cells = []
-    todo = plan(config)
-    for arm, k, seed in tqdm(todo, desc="compare", unit="run"):
-        options = cell_config(config, run, arm, k, seed, out)
+    for arm, k, seed in tqdm(plan(config), desc="compare", unit="run"):
+        num_train = measured.profile.with_budget(k).num_train
+        options = cell_config(config, run, arm, k, seed, out, num_train)
         folder = Path(options.output_dir or "")
         key = json.dumps({**options.to_dict(), "nlptransfer_version": None}, sort_keys=True, default=str)
         done = folder / "compare_cell.json"
@@ -188,11 +188,13 @@ def _sweep(config: CompareConfig, run: FinetuneConfig, out: Path) -> list[Cell |
 
 
 def cell_config(
-    config: CompareConfig, run: FinetuneConfig, arm: Arm, k: int | None, seed: int, out: Path
+    config: CompareConfig, run: FinetuneConfig, arm: Arm, k: int | None, seed: int, out: Path, num_train: int
 ) -> FinetuneConfig:
-    """The run options of one cell: the user's options, the arm's, the budget's and a schedule."""
-    size = _train_size(run, k)
-    plan_ = schedule(arm, size, run.batch_size, config.min_steps)
+    """The run options of one cell: the user's options, the arm's, the budget's and a schedule.
+
+    ``num_train``: the training examples the budget keeps, which the schedule is made for.
+    """
+    plan_ = schedule(arm, num_train, run.batch_size, config.min_steps)
     options = {key: value for key, value in arm.options.items() if key != "epochs"}
     return dataclasses.replace(
         run, **options, seed=seed, samples_per_label=k, epochs=plan_.epochs, batch_size=plan_.batch_size,
@@ -201,17 +203,6 @@ def cell_config(
         output_dir=str(out / "runs" / f"{arm.name}-{budget_name(k)}-seed{seed}"), overwrite_output_dir=True,
         save_steps=0, save_every_epoch=False, report_to=["none"], push_to_hub=False,
     )  # fmt: skip
-
-
-_SIZES: dict[tuple[str, int | None], int] = {}
-
-
-def _train_size(run: FinetuneConfig, k: int | None) -> int:
-    """Training examples at budget ``k`` (for the schedule), counted once per data and budget."""
-    key = (json.dumps(run.to_dict(), sort_keys=True, default=str), k)
-    if key not in _SIZES:
-        _SIZES[key] = len(load_data(dataclasses.replace(run, samples_per_label=k)).train)
-    return _SIZES[key]
 
 
 def summarise(cells: list[Cell]) -> dict[tuple[str, str], dict[str, float]]:

@@ -242,7 +242,7 @@ def _per_label_sample(
         if len(rows) < k:
             flag = "--samples_per_label" if split == "train" else f"--{split}_samples_per_label"
             logger.warning("%s %d: label %r has only %d %s examples; keeping all.",
-                           flag, k, name, len(rows), split)  # fmt: skip
+                           flag, k, name, len(rows), "training" if split == "train" else split)  # fmt: skip
         chosen = rows[rng.permutation(len(rows))[:k]]
         kept.extend(chosen.tolist())
         counts[name] = len(chosen)
