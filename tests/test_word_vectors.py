@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 from pathlib import Path
 
 import numpy as np
@@ -208,3 +209,44 @@ def test_word2vec_vectors_saved_as_bin_read_back_as_binary(tmp_path: Path) -> No
         train_word_vectors(texts, tmp_path / "ft.txt", "fasttext", dim=8, min_count=1)
     with pytest.raises(ConfigError, match="min_count"):
         train_word_vectors(texts, tmp_path / "none.txt", "word2vec", dim=8, min_count=10_000)
+
+
+def test_text_vectors_convert_once_then_memory_map(tmp_path, caplog):
+    import logging
+
+    from nlptransfer.backbones.vector_cache import entry_dir
+
+    file = tmp_path / "glove.txt"
+    file.write_text("good 0.1 0.2\nbad 0.3 -0.1\nmovie 0.0 0.5\n")
+    first = load_vectors(f"glove:{file}")
+    assert not isinstance(first.matrix, np.memmap)  # parsed by gensim
+    entry = entry_dir("glove", file)
+    assert (entry / "vectors.npy").is_file() and (entry / "words.json").is_file()
+    second = load_vectors(f"glove:{file}")
+    assert isinstance(second.matrix, np.memmap)  # read back, not parsed
+    assert second.words == first.words == ["good", "bad", "movie"]
+    np.testing.assert_array_equal(np.asarray(second.matrix), first.matrix)
+    # An edited file is a new entry: never stale vectors.
+    file.write_text("good 1.0 2.0\nbad 3.0 -1.0\n")
+    os.utime(file, ns=(1, 1))
+    edited = load_vectors(f"glove:{file}")
+    assert edited.words == ["good", "bad"] and float(edited.matrix[0, 0]) == 1.0
+    # A damaged entry is ignored (parsed again), not trusted.
+    (entry_dir("glove", file) / "words.json").write_text('["good"]')
+    with caplog.at_level(logging.WARNING):
+        again = load_vectors(f"glove:{file}")
+    assert again.words == ["good", "bad"] and "damaged" in caplog.text
+
+
+def test_unwritable_vector_cache_still_loads(tmp_path, monkeypatch, caplog):
+    import logging
+
+    file = tmp_path / "glove.txt"
+    file.write_text("good 0.1 0.2\nbad 0.3 -0.1\n")
+    blocked = tmp_path / "cache-is-a-file"
+    blocked.write_text("")
+    monkeypatch.setenv("NLPTRANSFER_CACHE_DIR", str(blocked))
+    with caplog.at_level(logging.WARNING):
+        vectors = load_vectors(f"glove:{file}")
+    assert vectors.words == ["good", "bad"]
+    assert "could not cache the converted vectors" in caplog.text

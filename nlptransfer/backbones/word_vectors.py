@@ -31,6 +31,7 @@ import torch
 from torch import nn
 
 from nlptransfer.backbones.base import BACKBONES, Backbone, BackboneOutput, LayerGroup
+from nlptransfer.backbones.vector_cache import load_converted
 from nlptransfer.errors import ConfigError, ModelLoadError
 from nlptransfer.registry import closest_hint
 
@@ -90,7 +91,13 @@ def load_vectors(source: str, allow_pickle: bool = False) -> Vectors:
             return Vectors(list(kv.index_to_key), kv.vectors, subword=kv.get_vector)
         else:
             binary = kind == "word2vec" and file.suffix == ".bin"
-            kv = KeyedVectors.load_word2vec_format(str(file), binary=binary, no_header=kind == "glove")
+
+            def parse() -> tuple[list[str], np.ndarray]:
+                kv = KeyedVectors.load_word2vec_format(str(file), binary=binary, no_header=kind == "glove")
+                return list(kv.index_to_key), kv.vectors
+
+            words, matrix = load_converted(kind, file, parse)
+            return Vectors(words, matrix)
     except (ValueError, UnicodeDecodeError, OSError, EOFError, NotImplementedError, struct.error) as err:
         raise ModelLoadError(f"Could not read '{path}' as {kind} vectors: {err}") from err
     return Vectors(list(kv.index_to_key), kv.vectors)
