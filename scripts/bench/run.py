@@ -1,0 +1,73 @@
+"""nlptransfer against what users would pick instead, on this machine, in one run.
+
+    bash scripts/setfit_env.sh                        # once: the peers, in .venv-setfit
+    HF_HUB_OFFLINE=1 python scripts/bench/run.py      # every section; table in docs/benchmarks.md
+    HF_HUB_OFFLINE=1 python scripts/bench/run.py --sections vectors cache --repeats 5
+
+Ratios are the claim (ours over the peer's time or rate; above 1 is better), not absolute
+times: each timed part repeats ``--repeats`` times and the median counts.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import platform
+import sys
+from dataclasses import asdict
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+import cache
+import extraction
+import vectors
+from common import Result
+
+SECTIONS = {"extraction": extraction.run, "cache": cache.run, "vectors": vectors.run}
+
+
+def parse_args() -> argparse.Namespace:
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    parser.add_argument("--sections", nargs="+", default=list(SECTIONS), choices=list(SECTIONS))
+    parser.add_argument("--repeats", type=int, default=3)
+    parser.add_argument("--num_texts", type=int, default=4000, help="extraction: texts encoded per repeat")
+    parser.add_argument("--batch_size", type=int, default=64)
+    parser.add_argument("--max_length", type=int, default=128)
+    parser.add_argument("--cache_args", nargs="*", default=[], help="cache: extra recipes/finetune.py flags")
+    parser.add_argument("--output", default="runs/bench/results.json")
+    return parser.parse_args()
+
+
+def table(results: list[Result]) -> str:
+    lines = [
+        "| section | what | nlptransfer | peer | ratio | target | met |",
+        "|---|---|---|---|---|---|---|",
+    ]
+    for r in results:
+        lines.append(f"| {r.section} | {r.what} | {r.ours} | {r.peer} | **{r.ratio:.2f}x** | "
+                     f">= {r.target:g}x | {'yes' if r.met else 'no'} |")  # fmt: skip
+    return "\n".join(lines)
+
+
+def main() -> int:
+    args = parse_args()
+    results = []
+    for name in args.sections:
+        print(f"running {name} ...", flush=True)
+        results.append(SECTIONS[name](args))
+        print(table(results[-1:]), flush=True)
+    from nlptransfer.outputs import versions
+
+    record = {"machine": platform.platform(), "versions": versions(), "args": vars(args),
+              "results": [{**asdict(r), "met": r.met} for r in results]}  # fmt: skip
+    Path(args.output).parent.mkdir(parents=True, exist_ok=True)
+    Path(args.output).write_text(json.dumps(record, indent=2))
+    print("\n" + table(results))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
