@@ -323,3 +323,34 @@ def test_compare_writes_a_report_and_resumes_without_rerunning(tiny_bert, tmp_pa
 def test_recipe_compare_exists_and_shares_the_cli():
     text = (Path(__file__).resolve().parents[1] / "recipes" / "compare.py").read_text()
     assert 'run_recipe("compare"' in text
+
+
+def test_word_vectors_get_coverage_and_an_arm_they_can_run(tmp_path):
+    words = [
+        "good",
+        "great",
+        "bad",
+        "awful",
+        "the",
+        "a",
+        "movie",
+        "film",
+        "plot",
+        "acting",
+        "was",
+        "is",
+        "and",
+    ]
+    (tmp_path / "glove.txt").write_text(
+        "\n".join(f"{w} {i / 10:.1f} {1 - i / 10:.1f}" for i, w in enumerate(words))
+    )
+    frame = sentiment_frame(600)
+    frame.to_csv(tmp_path / "train.csv", index=False)
+    config = FinetuneConfig(model=f"glove:{tmp_path / 'glove.txt'}", train_file=str(tmp_path / "train.csv"))
+    measured = measure(config, familiarity_examples=50, probe_steps=1)
+    assert measured.familiarity.source_kind == "word-vectors"
+    assert 0 < measured.familiarity.signals["vector_token_coverage_pct"] < 100
+    assert "finetune-top2" not in measured.compute.costs and "lora" not in measured.compute.costs
+    advice = recommend(measured.profile, _familiar(), config, measured.compute)  # medium data: top-2 wanted
+    assert advice.arm == "finetune"
+    assert any("finetune-top2 does not apply to this model" in r for r in advice.reasons)

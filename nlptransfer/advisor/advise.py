@@ -80,7 +80,16 @@ def measure(
 
     start = time.perf_counter()
     data = data or load_data(config)
-    probe_config = dataclasses.replace(config, strategy="finetune", unfreeze_layers=None, layers=None)
+    # The probe times the arms' own options, not the user's head or layer choices.
+    probe_config = dataclasses.replace(
+        config,
+        strategy="finetune",
+        unfreeze_layers=None,
+        layers=None,
+        layer_mix=None,
+        head=None,
+        reinit_layers=0,
+    )
     texts = data.train.texts if data.modality == "text" else None
     base = build_model(probe_config, data.label_names, get_strategy("finetune"), texts, data.modality)
     profile = profile_data(data, base.backbone, config.max_length, config.seed)

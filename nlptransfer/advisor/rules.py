@@ -36,6 +36,8 @@ MATRIX = {
     ("large", "familiar"): "finetune",
     ("large", "unfamiliar"): "finetune",
 }
+# When the pick does not apply to the model (e.g. top-2 layers of a bag of word vectors).
+FALLBACK = ("finetune", "feature-extraction")
 # When the pick is too slow: cheaper arms, in the order they are tried.
 CHEAPER = ["lora", "finetune-top2", "feature-extraction"]
 
@@ -69,6 +71,13 @@ def recommend(
     similarity = "unfamiliar" if familiarity.verdict == "unfamiliar" else "familiar"
     name = MATRIX[(size, similarity)]
     reasons = [_size_reason(profile, size), _similarity_reason(familiarity)]
+    runnable = name
+    if compute is not None and name not in compute.costs:
+        runnable = next((a for a in FALLBACK if a in compute.costs), name)
+    if runnable != name:
+        reasons.append(f"{name} does not apply to this model (too few layers, or no LoRA support); "
+                       f"{runnable} is the closest that does")  # fmt: skip
+        name = runnable
     name = _fit_compute(name, profile, config, compute, time_budget, reasons)
     arm = get_arm(name)
     plan = schedule(arm, profile.num_train, config.batch_size)
