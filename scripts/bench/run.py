@@ -21,10 +21,16 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 import cache
 import extraction
+import finetune
 import vectors
 from common import Result
 
-SECTIONS = {"extraction": extraction.run, "cache": cache.run, "vectors": vectors.run}
+SECTIONS = {
+    "extraction": extraction.run,
+    "finetune": finetune.run,
+    "cache": cache.run,
+    "vectors": vectors.run,
+}
 
 
 def parse_args() -> argparse.Namespace:
@@ -36,6 +42,8 @@ def parse_args() -> argparse.Namespace:
     parser.add_argument("--num_texts", type=int, default=4000, help="extraction: texts encoded per repeat")
     parser.add_argument("--batch_size", type=int, default=64)
     parser.add_argument("--max_length", type=int, default=128)
+    parser.add_argument("--ft_epochs", type=int, default=1, help="finetune: epochs of each run")
+    parser.add_argument("--ft_examples", type=int, default=None, help="finetune: training examples (all)")
     parser.add_argument("--cache_args", nargs="*", default=[], help="cache: extra recipes/finetune.py flags")
     parser.add_argument("--output", default="runs/bench/results.json")
     return parser.parse_args()
@@ -57,8 +65,10 @@ def main() -> int:
     results = []
     for name in args.sections:
         print(f"running {name} ...", flush=True)
-        results.append(SECTIONS[name](args))
-        print(table(results[-1:]), flush=True)
+        rows = SECTIONS[name](args)
+        rows = rows if isinstance(rows, list) else [rows]
+        results += rows
+        print(table(rows), flush=True)
     from nlptransfer.outputs import versions
 
     record = {"machine": platform.platform(), "versions": versions(), "args": vars(args),
