@@ -3,12 +3,12 @@
 from __future__ import annotations
 
 import json
-from pathlib import Path
+import sys
 
 import pandas as pd
 import pytest
 import torch
-from conftest import _tiny_config, _tiny_tokenizer, sentiment_frame
+from conftest import REPO, _tiny_config, _tiny_tokenizer, run_script, sentiment_frame
 
 from nlptransfer import FinetuneConfig
 from nlptransfer.advisor import (
@@ -54,7 +54,6 @@ def test_arms_resolve_presets_top_k_and_strategy_names():
     assert get_arm("finetune-top2").options == {"strategy": "finetune", "unfreeze_layers": 2}
     assert get_arm("finetune-top5").options["unfreeze_layers"] == 5
     assert get_arm("lp-ft").strategy == "lp-ft"
-    assert get_arm("feature-extraction").freezes_body and not get_arm("finetune").freezes_body
     with pytest.raises(UnknownNameError, match=r"Valid arms:.*finetune-top2.*Did you mean 'finetune-top2'"):
         get_arm("finetune-top")
 
@@ -320,9 +319,25 @@ def test_compare_writes_a_report_and_resumes_without_rerunning(tiny_bert, tmp_pa
     assert len(json.loads((out / "cells.json").read_text())) == 6
 
 
-def test_recipe_compare_exists_and_shares_the_cli():
-    text = (Path(__file__).resolve().parents[1] / "recipes" / "compare.py").read_text()
-    assert 'run_recipe("compare"' in text
+def test_recipe_compare_runs_the_compare_command():
+    result = run_script([sys.executable, str(REPO / "recipes" / "compare.py"), "--help"])
+    assert result.returncode == 0, result.stderr[-2000:]
+    for flag in ("--arms", "--budgets", "--one_seed_from", "--validation_protocol", "--train_file"):
+        assert flag in result.stdout
+
+
+def test_compare_refuses_an_arm_the_model_cannot_run_before_training(tiny_bert, sentiment_csv, tmp_path,
+                                                                      capsys, monkeypatch):  # fmt: skip
+    def no_training(*args, **kwargs):
+        raise AssertionError("nothing may train when an arm cannot run")
+
+    monkeypatch.setattr("nlptransfer.runner.train", no_training)
+    code = main(["compare", "--model", tiny_bert, "--train_file", str(sentiment_csv), "--output_dir",
+                 str(tmp_path / "cmp"), "--arms", "feature-extraction", "finetune-top5", "--budgets", "4",
+                 "--probe_steps", "1", "--familiarity_examples", "5"])  # fmt: skip
+    assert code == 2
+    err = capsys.readouterr().err
+    assert "arm 'finetune-top5' cannot run on this model" in err and "--unfreeze_layers 5 exceeds" in err
 
 
 def test_word_vectors_get_coverage_and_an_arm_they_can_run(tmp_path):

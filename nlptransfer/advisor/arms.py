@@ -32,12 +32,6 @@ class Arm:
     def default_epochs(self) -> int:
         return self.options.get("epochs") or get_strategy(self.strategy).default_epochs
 
-    @property
-    def freezes_body(self) -> bool:
-        return self.strategy == "feature-extraction" or (
-            self.strategy == "finetune" and self.options.get("unfreeze_layers") == 0
-        )
-
 
 ARMS: dict[str, Arm] = {
     arm.name: arm

@@ -24,7 +24,7 @@ from nlptransfer.advisor import (
 from nlptransfer.advisor.arms import MIN_STEPS, Arm
 from nlptransfer.config import FinetuneConfig, _opt
 from nlptransfer.data import TextClassificationData, load_data
-from nlptransfer.errors import ConfigError
+from nlptransfer.errors import ConfigError, NLPTransferError
 
 logger = logging.getLogger(__name__)
 
@@ -124,9 +124,13 @@ def run_comparison(config: CompareConfig) -> Path:
     out = Path(config.output_dir or "runs/compare")
     out.mkdir(parents=True, exist_ok=True)
     run, data = _data(config)
+    check_arms(config, run, data)
     measured = measure(run, config.familiarity_examples, config.probe_steps, data)
     (out / "measurements.json").write_text(json.dumps(measured.to_dict(), indent=2))
     picks = advisor_picks(config, run, measured)
+    if config.advice_file:
+        advice = {name: pick.to_dict() for name, pick in picks.items()}
+        Path(config.advice_file).write_text(json.dumps({**measured.to_dict(), "picks": advice}, indent=2))
     cells = _sweep(config, run, measured, out)
     (out / "cells.json").write_text(json.dumps([dataclasses.asdict(c) for c in cells], indent=2))
     return write_report(out, config, measured, picks, cells)
@@ -142,6 +146,24 @@ def _data(config: CompareConfig) -> tuple[FinetuneConfig, TextClassificationData
         run = dataclasses.replace(run, test_split=FALLBACK_TEST_SPLIT)
         data = load_data(run)
     return run, data
+
+
+def check_arms(config: CompareConfig, run: FinetuneConfig, data: TextClassificationData) -> None:
+    """Configure every arm on the model once, so one that cannot run fails now, not an hour in."""
+    from nlptransfer.runner import build_model
+    from nlptransfer.strategies import get_strategy
+
+    texts = data.train.texts if data.modality == "text" else None
+    for name in config.arms:
+        arm = get_arm(name)
+        options = dataclasses.replace(run, **{k: v for k, v in arm.options.items() if k != "epochs"})
+        strategy = get_strategy(arm.strategy)
+        try:
+            model = build_model(options, data.label_names, strategy, texts, data.modality)
+            for phase in strategy.phases(model, options):
+                phase.configure(model)
+        except NLPTransferError as err:
+            raise ConfigError(f"arm '{name}' cannot run on this model: {err} Drop it from --arms.") from err
 
 
 def advisor_picks(
