@@ -52,6 +52,9 @@ def ours(texts: list[str], batch_size: int, max_length: int, repeats: int) -> li
 def peer(texts: list[str], batch_size: int, max_length: int, repeats: int, threads: int) -> dict[str, Any]:
     from nlptransfer.backbones.sources import resolve_model
 
+    if not PEER_PYTHON.is_file():
+        raise SystemExit(f"The extraction section compares with sentence-transformers in {PEER_PYTHON.parent.parent}, "
+                         "which does not exist yet. Create it with: bash scripts/setfit_env.sh")  # fmt: skip
     with tempfile.TemporaryDirectory() as tmp:
         file = Path(tmp) / "texts.json"
         file.write_text(json.dumps(texts))
