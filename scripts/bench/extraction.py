@@ -53,8 +53,9 @@ def peer(texts: list[str], batch_size: int, max_length: int, repeats: int, threa
     from nlptransfer.backbones.sources import resolve_model
 
     if not PEER_PYTHON.is_file():
-        raise SystemExit(f"The extraction section compares with sentence-transformers in {PEER_PYTHON.parent.parent}, "
-                         "which does not exist yet. Create it with: bash scripts/setfit_env.sh")  # fmt: skip
+        venv = PEER_PYTHON.parent.parent
+        raise SystemExit(f"The extraction section runs sentence-transformers in {venv}, which does not "
+                         "exist yet. Create it with: bash scripts/setfit_env.sh")  # fmt: skip
     with tempfile.TemporaryDirectory() as tmp:
         file = Path(tmp) / "texts.json"
         file.write_text(json.dumps(texts))
