@@ -33,8 +33,8 @@ logger = logging.getLogger(__name__)
 
 def extract_features(
     model: TransferModel, encoded: dict[str, EncodedDataset], ctx: RunContext, use_cache: bool = True
-) -> tuple[dict[str, Dataset], float]:
-    """``model.layer_features`` of every split, from the cache or under inference mode; and the seconds.
+) -> tuple[dict[str, Dataset], dict[str, float]]:
+    """``model.layer_features`` of every split, from the cache or under inference mode; seconds per split.
 
     ``use_cache=False`` for weights no other run will have (a body this run trained).
     """
@@ -43,13 +43,17 @@ def extract_features(
     model.to(device).eval()
     cache = open_cache(ctx) if use_cache else None
     body = body_key_parts(model, ctx) if cache is not None else {}
+    features: dict[str, Dataset] = {}
+    # Per split, so a report can tell training's share from the test set's.
+    seconds: dict[str, float] = {}
     # Inference loaders draw seeds from the global RNG; a hit draws none. Restoring the RNG
     # afterwards keeps the training that follows (dropout, shuffling) identical either way.
     with torch.random.fork_rng(devices=_gpu_ids(device)):
-        features: dict[str, Dataset] = {
-            name: _split_features(name, dataset, model, ctx, cache, body) for name, dataset in encoded.items()
-        }
-    return features, time.perf_counter() - start
+        for name, dataset in encoded.items():
+            features[name] = _split_features(name, dataset, model, ctx, cache, body)
+            seconds[name] = time.perf_counter() - start
+            start += seconds[name]
+    return features, seconds
 
 
 def _gpu_ids(device: torch.device) -> list[int]:

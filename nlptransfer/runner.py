@@ -111,6 +111,7 @@ def train(config: FinetuneConfig) -> dict[str, Any]:
         result = fit(model, data, phases, ctx)
     timings = {
         "train_seconds": time.perf_counter() - start,
+        "tokenize_seconds": result.tokenize_seconds,
         "feature_extraction_seconds": result.feature_extraction_seconds,
     }
     model.to(ctx.accelerator.device)
@@ -202,6 +203,9 @@ def _results(
         "history": [asdict(h) for h in result.history],
         "phases": [asdict(p) for p in result.phases],
         **{name: round(seconds, 3) for name, seconds in timings.items()},
+        "feature_extraction_seconds_by_split": {
+            name: round(seconds, 3) for name, seconds in result.feature_extraction_seconds_by_split.items()
+        },
         "trainable_parameters": trainable,
         "total_parameters": total,
         "num_train_examples": len(data.train),

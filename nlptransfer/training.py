@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import time
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 from typing import Any
@@ -65,7 +66,9 @@ class FitResult:
     best_epoch: int = 0
     best_score: float = float("-inf")
     seen_indices: list[int] = field(default_factory=list)
+    tokenize_seconds: float = 0.0
     feature_extraction_seconds: float = 0.0
+    feature_extraction_seconds_by_split: dict[str, float] = field(default_factory=dict)
     # The splits (tokens or cached features) that match the restored best weights.
     eval_datasets: dict[str, Dataset] = field(default_factory=dict)
     # The body features last extracted (empty when no phase froze the body).
@@ -73,6 +76,13 @@ class FitResult:
     # Index of the phase whose datasets ``eval_datasets`` are (-1: the token splits).
     eval_phase: int = -1
     body_trained: bool = False
+
+    def add_extraction(self, seconds: dict[str, float]) -> None:
+        self.feature_extraction_seconds += sum(seconds.values())
+        for name, value in seconds.items():
+            self.feature_extraction_seconds_by_split[name] = (
+                self.feature_extraction_seconds_by_split.get(name, 0.0) + value
+            )
 
     def epochs_before_phase(self) -> int:
         return sum(p.epochs_run for p in self.phases)
@@ -164,8 +174,11 @@ def fit(
     anew. A resumed run skips the phases its checkpoint had finished.
     """
     session = ctx.session
+    align_padding(model, ctx.accelerator.device)
+    start = time.perf_counter()
     encoded = encode_splits(model, data)
     result, best = FitResult(eval_datasets=encoded), BestWeights(model)
+    result.tokenize_seconds = time.perf_counter() - start
     if session.resume is not None:
         _restore(session.resume, model, result, best)
     session.snapshot = lambda: _snapshot(ctx, result, best)
@@ -178,7 +191,7 @@ def fit(
         session.trained_params = set(best.state)
         if phase.freezes_body and features is None:
             features, seconds = extract_features(model, encoded, ctx, use_cache=not result.body_trained)
-            result.feature_extraction_seconds += seconds
+            result.add_extraction(seconds)
             result.features = features
         datasets = features if phase.freezes_body else encoded
         assert datasets is not None
@@ -198,6 +211,19 @@ def fit(
     return result
 
 
+def align_padding(model: TransferModel, device: torch.device) -> None:
+    """On a GPU, pad batches to a multiple of 8 tokens; on a CPU, to the longest text only.
+
+    Length-grouped batches come in dozens of widths. cuDNN's attention builds a plan
+    for every new shape (about 8 ms a layer on an H100, measured by
+    ``scripts/bench/run.py --sections finetune``), which made the training loop
+    CPU-bound; 16 widths up to 128 tokens are planned once each. Multiples of 8 also
+    suit tensor cores. A CPU gains nothing from extra padding.
+    """
+    if hasattr(model.backbone, "pad_to_multiple_of"):
+        model.backbone.pad_to_multiple_of = 8 if device.type == "cuda" else None
+
+
 def _snapshot(ctx: RunContext, result: FitResult, best: BestWeights) -> Snapshot:
     """What a checkpoint holds besides accelerate's state: history, best epoch and its weights."""
     state = {
@@ -208,6 +234,7 @@ def _snapshot(ctx: RunContext, result: FitResult, best: BestWeights) -> Snapshot
         "eval_phase": result.eval_phase,
         "body_trained": result.body_trained,
         "feature_extraction_seconds": result.feature_extraction_seconds,
+        "feature_extraction_seconds_by_split": result.feature_extraction_seconds_by_split,
         "best_weights": sorted(best.state),
         "config": ctx.config.to_dict(),
     }
@@ -222,6 +249,7 @@ def _restore(checkpoint: Checkpoint, model: TransferModel, result: FitResult, be
     result.best_epoch, result.best_score = state["best_epoch"], state["best_score"]
     result.eval_phase, result.body_trained = state["eval_phase"], state["body_trained"]
     result.feature_extraction_seconds = state["feature_extraction_seconds"]
+    result.feature_extraction_seconds_by_split = state.get("feature_extraction_seconds_by_split", {})
     result.seen_indices[:] = checkpoint.process_state.get("seen_indices", [])
     best.state = {name: checkpoint.tensors[name] for name in state["best_weights"]}
     # The phase may extract features from the body before accelerate loads its state.

@@ -171,7 +171,8 @@ def run_nlptransfer(
             return f"{method}: skipped, this checkout's recipe rejects it ({error})"
         raise RuntimeError(f"{method} failed (K={k}, seed={seed}):\n{done.stderr[-3000:]}")
     results = json.loads((output_dir / "results.json").read_text())
-    details = {key: results.get(key) for key in ("best_epoch", "epochs_run", "feature_extraction_seconds")}
+    keys = ("best_epoch", "epochs_run", "feature_extraction_seconds", "feature_extraction_seconds_by_split")
+    details = {key: results.get(key) for key in keys}
     details["num_validation_examples"] = results.get("num_validation_examples")
     return Run(method, k, seed, results["test"]["accuracy"], results["train_seconds"], details)
 

@@ -40,6 +40,25 @@ def test_tokenize_truncates_and_collate_pads(backbone: HFTextBackbone) -> None:
     assert (batch["input_ids"][0, short:] == backbone.tokenizer.pad_token_id).all()
 
 
+def test_gpu_batches_are_padded_to_a_multiple_of_8(backbone: HFTextBackbone) -> None:
+    """On a GPU every batch width is a multiple of 8: cuDNN attention plans each new shape once."""
+    from nlptransfer.model import TransferModel
+    from nlptransfer.training import align_padding
+
+    model = TransferModel.from_backbone(backbone, ["a", "b"]).eval()
+    encoded = backbone.tokenize(["good movie", "the plot was fine"], None, max_length=64)
+    features = [dict(zip(encoded, values, strict=True)) for values in zip(*encoded.values(), strict=True)]
+    longest = max(len(ids) for ids in encoded["input_ids"])
+    align_padding(model, torch.device("cuda"))  # a device object only: no GPU needed
+    padded = backbone.collate(features)
+    assert padded["input_ids"].shape[1] == -(-longest // 8) * 8 > longest
+    assert padded["attention_mask"].sum() == sum(len(ids) for ids in encoded["input_ids"])
+    align_padding(model, torch.device("cpu"))
+    assert backbone.collate(features)["input_ids"].shape[1] == longest
+    out = backbone(**padded).last_hidden_state[:, :longest]
+    assert torch.allclose(out, backbone(**backbone.collate(features)).last_hidden_state, atol=1e-5)
+
+
 @pytest.mark.parametrize("text", ["", "   ", "😀🎬 crème brûlée", "good " * 500])
 def test_odd_inputs_give_finite_states(backbone: HFTextBackbone, text: str) -> None:
     encoded = backbone.tokenize([text], None, max_length=32)

@@ -64,6 +64,10 @@ def test_recipe_writes_results_model_table_and_config(trained_run: Path) -> None
     assert results["trainable_parameters"] == 2 * 64 + 2  # linear head on two 32-d layers
     assert results["test"]["accuracy"] >= 0.8  # chance is 0.5; the words decide the label
     assert set(results["test"]) == {"accuracy", "f1_macro", "precision_macro", "recall_macro"}
+    assert 0 < results["tokenize_seconds"] < results["train_seconds"]
+    by_split = results["feature_extraction_seconds_by_split"]
+    assert set(by_split) == {"train", "validation", "test"}  # a report can set the test set's share apart
+    assert sum(by_split.values()) == pytest.approx(results["feature_extraction_seconds"], abs=0.01)
     assert "| head" in (trained_run / "trainable_layers.md").read_text()
     assert json.loads((trained_run / "run_config.json").read_text())["epochs"] == 20
 

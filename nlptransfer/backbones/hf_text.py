@@ -56,6 +56,9 @@ class HFTextBackbone(HFBackbone):
         self.hf_config = config
         self.source = source
         self.hidden_size = int(config.hidden_size)
+        # Batch widths rounded up to this multiple (None: the longest text). Set on GPUs: see
+        # align_padding in nlptransfer.training.
+        self.pad_to_multiple_of: int | None = None
         accepted = inspect.signature(model.forward).parameters
         self._input_keys = tuple(k for k in _TOKEN_KEYS if k in accepted)
 
@@ -102,6 +105,9 @@ class HFTextBackbone(HFBackbone):
         # and the `last` pooling finds the last real token from the attention mask.
         pad_values = {"input_ids": self.tokenizer.pad_token_id, "attention_mask": 0}
         width = max(len(f["input_ids"]) for f in features)
+        if self.pad_to_multiple_of:
+            multiple = self.pad_to_multiple_of
+            width = max(width, min(-(-width // multiple) * multiple, self.max_positions or width))
         batch: dict[str, torch.Tensor] = {}
         for key in self._input_keys:
             if key not in features[0]:

@@ -20,10 +20,12 @@ class Result:
     ratio: float
     target: float
     details: dict[str, Any] = field(default_factory=dict)
+    # A second condition beside the ratio (few-shot: accuracy within 1 point of the peer's).
+    condition: bool = True
 
     @property
     def met(self) -> bool:
-        return self.ratio >= self.target
+        return self.ratio >= self.target and self.condition
 
 
 def texts_of_corpus(limit: int) -> list[str]:

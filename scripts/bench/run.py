@@ -21,6 +21,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 import cache
 import extraction
+import fewshot
 import finetune
 import vectors
 from common import Result
@@ -28,6 +29,7 @@ from common import Result
 SECTIONS = {
     "extraction": extraction.run,
     "finetune": finetune.run,
+    "fewshot": fewshot.run,
     "cache": cache.run,
     "vectors": vectors.run,
 }
@@ -43,7 +45,41 @@ def parse_args() -> argparse.Namespace:
     parser.add_argument("--batch_size", type=int, default=64)
     parser.add_argument("--max_length", type=int, default=128)
     parser.add_argument("--ft_epochs", type=int, default=1, help="finetune: epochs of each run")
-    parser.add_argument("--ft_examples", type=int, default=None, help="finetune: training examples (all)")
+    parser.add_argument(
+        "--ft_examples", type=int, default=2000, help="finetune: training samples of the speed runs (0: all)"
+    )
+    parser.add_argument(
+        "--ft_accuracy_examples",
+        type=int,
+        default=None,
+        help="finetune: training samples of the accuracy and memory run (default: all)",
+    )
+    parser.add_argument(
+        "--ft_device",
+        choices=["auto", "cpu", "cuda"],
+        default="auto",
+        help="finetune: where to train (auto: a GPU if there is one)",
+    )
+    parser.add_argument(
+        "--mixed_precision",
+        choices=["no", "bf16", "fp16"],
+        default="no",
+        help="finetune: mixed precision of every tool (bf16 on a GPU)",
+    )
+    parser.add_argument("--fewshot_k", type=int, nargs="+", default=[8, 16, 64], help="fewshot: K per label")
+    parser.add_argument("--fewshot_seeds", type=int, nargs="+", default=[0, 1, 2])
+    parser.add_argument(
+        "--fewshot_methods",
+        nargs="+",
+        default=fewshot.METHODS,
+        choices=list(fewshot.compare_setfit.METHODS),
+        help="fewshot: nlptransfer strategies",
+    )
+    parser.add_argument(
+        "--fewshot_resume",
+        action="store_true",
+        help="fewshot: keep the runs of an earlier fewshot-runs.json, measure the rest",
+    )
     parser.add_argument("--cache_args", nargs="*", default=[], help="cache: extra recipes/finetune.py flags")
     parser.add_argument("--output", default="runs/bench/results.json")
     return parser.parse_args()
