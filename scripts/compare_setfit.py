@@ -22,6 +22,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import shutil
 import statistics
 import subprocess
 import sys
@@ -152,6 +153,9 @@ def run_nlptransfer(
 ) -> Run | str:
     """One recipe run; a string says why the method was skipped (unknown strategy or flag)."""
     output_dir = paths["train"].parent / method
+    cache_dir = output_dir.with_name(f"{method}-feature-cache")
+    # Cold every time: a rerun in the same --workdir must not read what an earlier one cached.
+    shutil.rmtree(cache_dir, ignore_errors=True)
     command = [sys.executable, str(REPO / "recipes" / "finetune.py"), *METHODS[method]]
     command += ["--train_file", str(paths["train"]), "--validation_file", str(paths["validation"])]
     command += ["--test_file", str(paths["test"]), "--samples_per_label", str(k), "--seed", str(seed)]
@@ -159,7 +163,7 @@ def run_nlptransfer(
     command += ["--cpu"]
     done = subprocess.run(
         command,
-        env=_env(output_dir.with_name(f"{method}-feature-cache")),
+        env=_env(cache_dir),
         capture_output=True,
         text=True,
         timeout=args.timeout,
