@@ -236,6 +236,8 @@ def test_text_vectors_convert_once_then_memory_map(tmp_path, caplog):
     with caplog.at_level(logging.WARNING):
         again = load_vectors(f"glove:{file}")
     assert again.words == ["good", "bad"] and "damaged" in caplog.text
+    repaired = load_vectors(f"glove:{file}")  # the parse replaced the damaged entry
+    assert isinstance(repaired.matrix, np.memmap) and repaired.words == ["good", "bad"]
 
 
 def test_unwritable_vector_cache_still_loads(tmp_path, monkeypatch, caplog):

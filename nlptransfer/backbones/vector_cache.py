@@ -73,10 +73,11 @@ def _write(entry: Path, words: list[str], matrix: np.ndarray) -> None:
     try:
         np.save(staging / MATRIX_FILE, matrix)
         (staging / WORDS_FILE).write_text(json.dumps(words, ensure_ascii=False), encoding="utf-8")
-        if entry.exists():  # another process converted the same file meanwhile
+        if _read(entry) is not None:  # another process converted the same file meanwhile
             shutil.rmtree(staging)
-        else:
-            os.replace(staging, entry)
+            return
+        shutil.rmtree(entry, ignore_errors=True)  # a damaged entry: replaced, not kept forever
+        os.replace(staging, entry)
     except BaseException:
         shutil.rmtree(staging, ignore_errors=True)
         raise
