@@ -36,6 +36,14 @@ class OutputDirExistsError(NLPTransferError, FileExistsError):
     """The output folder already holds another run."""
 
 
+class SaveError(NLPTransferError, OSError):
+    """A model, checkpoint or run could not be written (disk full, no permission).
+
+    Raised only after the partial write was removed, so what was saved before is
+    still valid.
+    """
+
+
 class TrainingError(NLPTransferError, RuntimeError):
     """Training cannot go on (for example the loss became NaN)."""
 
