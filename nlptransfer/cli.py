@@ -133,6 +133,11 @@ def _predict(argv: Sequence[str]) -> int:
     parser.add_argument("--text_pair_column", default=None)
     parser.add_argument("--output_file", help="Write predictions here (CSV) instead of printing them.")
     parser.add_argument("--batch_size", type=int, default=32)
+    parser.add_argument(
+        "--trust_remote_code",
+        action="store_true",
+        help="Load a model trained with --trust_remote_code (runs the code in its folder).",
+    )
     args = parser.parse_args(argv)
     if args.batch_size < 1:
         raise DataError(f"--batch_size must be at least 1, got {args.batch_size}.")
@@ -140,7 +145,7 @@ def _predict(argv: Sequence[str]) -> int:
         raise DataError(
             "Give texts with --text (repeatable) or a file with --input_file, not both or neither."
         )
-    model = TransferModel.from_pretrained(args.model)
+    model = TransferModel.from_pretrained(args.model, args.trust_remote_code)
     if args.input_file:
         frame = next(iter(read_table(args.input_file).values()))
         for column in filter(None, (args.text_column, args.text_pair_column)):
@@ -187,12 +192,17 @@ def _merge_adapter(argv: Sequence[str]) -> int:
     parser.add_argument("run_dir", help="Output folder of a run with --strategy lora, loha or ia3.")
     parser.add_argument("output_dir", help="Where to write the merged model (a new or empty folder).")
     parser.add_argument("--overwrite_output_dir", action="store_true", help="Replace a model saved there.")
+    parser.add_argument(
+        "--trust_remote_code",
+        action="store_true",
+        help="Load a model trained with --trust_remote_code (runs the code in its folder).",
+    )
     args = parser.parse_args(argv)
     source, target = Path(args.run_dir), Path(args.output_dir)
     if target.resolve() == source.resolve():
         raise ConfigError("OUTPUT_DIR must differ from RUN_DIR: the run keeps its adapter model.")
     check_output_dir(target, args.overwrite_output_dir)
-    model = TransferModel.from_pretrained(source).merge_adapter()
+    model = TransferModel.from_pretrained(source, args.trust_remote_code).merge_adapter()
     model.save_pretrained(target)
     print(f"merged the adapter of {source} into a plain model in {target}")
     return 0

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import inspect
 import logging
 import warnings
 from typing import Any
@@ -10,6 +11,7 @@ import numpy as np
 import torch
 from torch import nn
 
+from nlptransfer.errors import ModelLoadError
 from nlptransfer.registry import Registry
 
 logger = logging.getLogger(__name__)
@@ -42,9 +44,21 @@ class LinearHead(nn.Module):
 
 
 def build_head(config: dict[str, Any]) -> nn.Module:
-    """Rebuild a head from its saved config (a registry name plus its arguments)."""
-    kwargs = {k: v for k, v in config.items() if k != "type"}
-    return HEADS.get(config["type"])(**kwargs)
+    """Rebuild a head from its saved config (a registry name plus its arguments).
+
+    Arguments this version does not know (a config saved by a newer one) are
+    dropped with a warning, so such a model still loads.
+    """
+    head_cls = HEADS.get(config["type"])
+    accepted = inspect.signature(head_cls).parameters
+    unknown = sorted(set(config) - {"type"} - set(accepted))
+    if unknown:
+        logger.warning("Ignoring unknown head options %s (saved by a newer version?)", unknown)
+    kwargs = {k: v for k, v in config.items() if k in accepted}
+    try:
+        return head_cls(**kwargs)
+    except TypeError as err:  # a required argument is missing
+        raise ModelLoadError(f"The saved head config {config} cannot build a head: {err}.") from err
 
 
 def fit_logistic_head(head: LinearHead, features: np.ndarray, labels: np.ndarray, seed: int) -> float:

@@ -13,12 +13,13 @@ from typing import Any
 
 import numpy as np
 import torch
+from packaging.version import InvalidVersion, Version
 from safetensors.torch import load_model, save_model
 from torch import nn
 
 from nlptransfer.backbones import BACKBONES, Backbone, load_backbone, peft_adapter
 from nlptransfer.data.loaders import example_length
-from nlptransfer.errors import ConfigError, ModelLoadError
+from nlptransfer.errors import ConfigError, ModelLoadError, SaveError
 from nlptransfer.heads import LinearHead, build_head
 from nlptransfer.pooling import Pooling
 from nlptransfer.version import __version__
@@ -202,26 +203,49 @@ class TransferModel(nn.Module):
         a mix of old and new files.
         """
         target = Path(directory)
-        target.mkdir(parents=True, exist_ok=True)
-        with tempfile.TemporaryDirectory(dir=target, prefix=".saving-") as tmp:
+        try:
+            target.mkdir(parents=True, exist_ok=True)
+            staging_dir = tempfile.TemporaryDirectory(
+                dir=target, prefix=".saving-", ignore_cleanup_errors=True
+            )
+        except OSError as err:
+            raise SaveError(f"Could not create the model folder {target}: {err}.") from err
+        with staging_dir as tmp:
             staging = Path(tmp)
-            save_model(self, str(staging / WEIGHTS_NAME))
-            self.backbone.save(staging / BACKBONE_DIR)
-            peft_adapter.save_adapter(self.backbone, staging / BACKBONE_DIR / peft_adapter.ADAPTER_DIR)
-            (staging / CONFIG_NAME).write_text(json.dumps(self.get_config(), indent=2))
+            try:
+                self._write_files(staging)
+            except OSError as err:  # disk full or unwritable: the old files are still in place
+                raise SaveError(
+                    f"Could not save the model to {target}: {err} (disk full?). Nothing there was "
+                    "replaced: a model saved in that folder before is unchanged."
+                ) from err
             (target / CONFIG_NAME).unlink(missing_ok=True)
             shutil.rmtree(target / BACKBONE_DIR, ignore_errors=True)
             os.replace(staging / WEIGHTS_NAME, target / WEIGHTS_NAME)
             os.replace(staging / BACKBONE_DIR, target / BACKBONE_DIR)
             os.replace(staging / CONFIG_NAME, target / CONFIG_NAME)
 
+    def _write_files(self, staging: Path) -> None:
+        save_model(self, str(staging / WEIGHTS_NAME))
+        self.backbone.save(staging / BACKBONE_DIR)
+        peft_adapter.save_adapter(self.backbone, staging / BACKBONE_DIR / peft_adapter.ADAPTER_DIR)
+        (staging / CONFIG_NAME).write_text(json.dumps(self.get_config(), indent=2))
+
     @classmethod
-    def from_pretrained(cls, directory: str | os.PathLike[str]) -> TransferModel:
-        """Load a folder written by :meth:`save_pretrained`; needs no other knowledge."""
+    def from_pretrained(
+        cls, directory: str | os.PathLike[str], trust_remote_code: bool = False
+    ) -> TransferModel:
+        """Load a folder written by :meth:`save_pretrained`; needs no other knowledge.
+
+        A model trained with ``trust_remote_code`` runs code from its folder when
+        rebuilt, so it loads only if the caller passes ``trust_remote_code=True``
+        too: a saved file never turns it on by itself.
+        """
         path = Path(directory)
         config = _read_config(path)
-        backbone_cls = BACKBONES.get(config["backbone"]["type"])
-        backbone = backbone_cls.from_saved(path / BACKBONE_DIR, config["backbone"])
+        backbone_config = _remote_code_gate(config["backbone"], trust_remote_code, path)
+        backbone_cls = BACKBONES.get(backbone_config["type"])
+        backbone = backbone_cls.from_saved(path / BACKBONE_DIR, backbone_config)
         if peft_adapter.ADAPTER_CONFIG_KEY in config["backbone"]:
             peft_adapter.restore_adapter(backbone, config["backbone"][peft_adapter.ADAPTER_CONFIG_KEY])
         head = build_head(config["head"])
@@ -271,6 +295,19 @@ def _as_list(inputs: Any, modality: str) -> list[Any]:
     return list(inputs)
 
 
+def _remote_code_gate(backbone: dict[str, Any], trust_remote_code: bool, path: Path) -> dict[str, Any]:
+    """The saved backbone config, with remote code allowed only if the caller allows it."""
+    if backbone.get("trust_remote_code") and not trust_remote_code:
+        raise ModelLoadError(
+            f"{path / CONFIG_NAME} says this model runs code shipped in its folder "
+            "(it was trained with --trust_remote_code). Read that code, then pass "
+            "--trust_remote_code (trust_remote_code=True) to load it."
+        )
+    # The caller's flag alone decides: a tampered config.json may ask for code even when
+    # transfer_config.json does not, and transformers then refuses unless the caller allowed it.
+    return {**backbone, "trust_remote_code": trust_remote_code}
+
+
 def _read_config(path: Path) -> dict[str, Any]:
     file = path / CONFIG_NAME
     if not file.is_file():
@@ -288,4 +325,20 @@ def _read_config(path: Path) -> dict[str, Any]:
     unknown = set(config) - _CONFIG_KEYS
     if unknown:
         logger.warning("Ignoring unknown keys %s in %s (saved by a newer version?)", sorted(unknown), file)
+    saved_version = str(config.get("nlptransfer_version", ""))
+    if _newer(saved_version, __version__):
+        logger.warning(
+            "%s was saved by nlptransfer %s, newer than this %s; loading what this version knows. "
+            "Upgrade nlptransfer if the model misbehaves.",
+            file,
+            saved_version,
+            __version__,
+        )
     return config
+
+
+def _newer(saved: str, current: str) -> bool:
+    try:
+        return Version(saved) > Version(current)
+    except InvalidVersion:  # absent or hand-edited: nothing to compare
+        return False

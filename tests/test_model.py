@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import errno
 import json
 import logging
 from pathlib import Path
@@ -11,6 +12,7 @@ import pytest
 import torch
 
 from nlptransfer import ModelLoadError, TransferModel
+from nlptransfer.errors import SaveError
 from nlptransfer.model import CONFIG_NAME, WEIGHTS_NAME
 
 TEXTS = ["good great movie", "awful boring plot", "", "😀 wonderful film " * 30]
@@ -110,3 +112,47 @@ def test_resaving_over_a_model_replaces_it(model: TransferModel, tiny_bert: str,
     other = TransferModel.from_backbone(tiny_bert, ["x", "y"])
     other.save_pretrained(tmp_path)
     assert TransferModel.from_pretrained(tmp_path).labels == ["x", "y"]
+
+
+def test_unknown_head_options_from_a_newer_version_warn_and_load(
+    model: TransferModel, tmp_path: Path, caplog
+) -> None:
+    model.save_pretrained(tmp_path)
+    config = json.loads((tmp_path / CONFIG_NAME).read_text())
+    config["head"]["future_option"] = 3
+    config["nlptransfer_version"] = "99.0.0"
+    (tmp_path / CONFIG_NAME).write_text(json.dumps(config))
+    with caplog.at_level(logging.WARNING):
+        loaded = TransferModel.from_pretrained(tmp_path)
+    assert "future_option" in caplog.text
+    assert "99.0.0" in caplog.text and "newer" in caplog.text
+    torch.testing.assert_close(_logits(loaded), _logits(model))
+
+
+def test_a_head_config_missing_an_argument_is_a_clear_error(model: TransferModel, tmp_path: Path) -> None:
+    model.save_pretrained(tmp_path)
+    config = json.loads((tmp_path / CONFIG_NAME).read_text())
+    del config["head"]["in_features"]
+    (tmp_path / CONFIG_NAME).write_text(json.dumps(config))
+    with pytest.raises(ModelLoadError, match="in_features"):
+        TransferModel.from_pretrained(tmp_path)
+
+
+def test_a_full_disk_while_saving_keeps_the_model_saved_before(
+    model: TransferModel, tiny_bert: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    model.save_pretrained(tmp_path)
+    before = {p.name: p.read_bytes() for p in tmp_path.iterdir() if p.is_file()}
+    other = TransferModel.from_backbone(tiny_bert, ["x", "y"])
+
+    def full_disk(module: torch.nn.Module, filename: str) -> None:
+        Path(filename).write_bytes(b"\0" * 100)  # a partial file, as a real ENOSPC leaves
+        raise OSError(errno.ENOSPC, "No space left on device", filename)
+
+    monkeypatch.setattr("nlptransfer.model.save_model", full_disk)
+    with pytest.raises(SaveError, match="No space left on device") as caught:
+        other.save_pretrained(tmp_path)
+    assert isinstance(caught.value, OSError) and "unchanged" in str(caught.value)
+    assert sorted(p.name for p in tmp_path.iterdir() if p.name.startswith(".")) == []
+    assert {p.name: p.read_bytes() for p in tmp_path.iterdir() if p.is_file()} == before
+    torch.testing.assert_close(_logits(TransferModel.from_pretrained(tmp_path)), _logits(model))

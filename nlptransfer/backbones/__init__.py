@@ -49,14 +49,16 @@ def load_backbone(
     if is_torch_vision_source(name_or_path):
         return TorchVisionBackbone.from_pretrained(name_or_path, from_scratch, image_options)
     if (Path(name_or_path).expanduser() / TRANSFER_CONFIG).is_file():
-        return _trained_body(name_or_path, from_scratch, image_options)
+        return _trained_body(name_or_path, from_scratch, image_options, trust_remote_code)
     source = load_hf_config(name_or_path, trust_remote_code)
     if is_vision_config(source.config):
         return HFVisionBackbone.from_source(source, from_scratch, image_options)
     return HFTextBackbone.from_source(source, from_scratch)
 
 
-def _trained_body(folder: str, from_scratch: bool, image_options: ImageOptions | None) -> Backbone:
+def _trained_body(
+    folder: str, from_scratch: bool, image_options: ImageOptions | None, trust_remote_code: bool
+) -> Backbone:
     from nlptransfer.model import TransferModel  # the model module imports this one
 
     if from_scratch:
@@ -64,7 +66,7 @@ def _trained_body(folder: str, from_scratch: bool, image_options: ImageOptions |
             f"'{folder}' is a trained nlptransfer model; --from_scratch would discard its weights. "
             "Pass the original source model with --from_scratch instead."
         )
-    backbone = TransferModel.from_pretrained(folder).backbone
+    backbone = TransferModel.from_pretrained(folder, trust_remote_code).backbone
     if isinstance(backbone, ImageBackbone) and image_options is not None:
         backbone.set_options(image_options)
     logger.info("Starting from the trained body in %s (its head is dropped).", folder)

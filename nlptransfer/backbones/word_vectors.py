@@ -115,7 +115,7 @@ def _packaged_glove() -> Vectors:
 
     root = Path(module.ROOT)
     words = pd.read_parquet(root / "glove_6B_index.parquet")["index"].astype(str).tolist()
-    return Vectors(words, np.load(root / "glove_6B_50d_emb.npy", mmap_mode="r"))
+    return Vectors(words, np.load(root / "glove_6B_50d_emb.npy", mmap_mode="r", allow_pickle=False))
 
 
 def tokenize_words(text: str, lowercase: bool = True) -> list[str]:

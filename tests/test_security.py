@@ -1,0 +1,179 @@
+"""Untrusted files: no code runs unless the user asks for it, and nothing is unpickled.
+
+A saved model is a folder people download and share, so everything in it is
+treated as untrusted input: its JSON may be tampered with, and the backbone's
+``config.json`` may point at Python code (``auto_map``).
+"""
+
+from __future__ import annotations
+
+import ast
+import json
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+
+from nlptransfer import ModelLoadError, TransferModel
+from nlptransfer.backbones import load_backbone
+from nlptransfer.cli import main as cli_main
+from nlptransfer.model import BACKBONE_DIR, CONFIG_NAME
+
+PACKAGE = Path(__file__).resolve().parents[1] / "nlptransfer"
+
+# Importing this module is the "attack": it leaves a marker file behind.
+EVIL_MODULE = """
+from pathlib import Path
+Path({marker!r}).write_text("remote code ran")
+from transformers import BertConfig, BertModel
+
+class EvilConfig(BertConfig):
+    model_type = "nlptransfer-evil"
+
+class EvilModel(BertModel):
+    config_class = EvilConfig
+"""
+
+
+@pytest.fixture
+def saved(tiny_bert: str, tmp_path: Path) -> Path:
+    torch.manual_seed(0)
+    folder = tmp_path / "model"
+    TransferModel.from_backbone(tiny_bert, ["neg", "pos"], max_length=16).save_pretrained(folder)
+    return folder
+
+
+@pytest.fixture
+def isolated_modules_cache(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """transformers copies remote code into a modules cache; keep it out of the user's home."""
+    import transformers.dynamic_module_utils as dynamic
+
+    monkeypatch.setattr(dynamic, "HF_MODULES_CACHE", str(tmp_path / "hf_modules"))
+    monkeypatch.setattr(sys, "path", list(sys.path))
+
+
+def _plant_remote_code(folder: Path, marker: Path, flag_in_transfer_config: bool) -> None:
+    """Make the saved backbone ask transformers to import ``evil.py`` from the folder."""
+    backbone = folder / BACKBONE_DIR
+    (backbone / "evil.py").write_text(EVIL_MODULE.format(marker=str(marker)))
+    hf_config = json.loads((backbone / "config.json").read_text())
+    hf_config["model_type"] = "nlptransfer-evil"  # no built-in class: only the remote one fits
+    hf_config["auto_map"] = {"AutoConfig": "evil.EvilConfig", "AutoModel": "evil.EvilModel"}
+    (backbone / "config.json").write_text(json.dumps(hf_config))
+    config = json.loads((folder / CONFIG_NAME).read_text())
+    config["backbone"]["trust_remote_code"] = flag_in_transfer_config
+    (folder / CONFIG_NAME).write_text(json.dumps(config))
+
+
+@pytest.mark.usefixtures("isolated_modules_cache")
+def test_a_saved_flag_never_turns_remote_code_on(saved: Path, tmp_path: Path) -> None:
+    marker = tmp_path / "ran.txt"
+    _plant_remote_code(saved, marker, flag_in_transfer_config=True)
+    with pytest.raises(ModelLoadError, match="--trust_remote_code"):
+        TransferModel.from_pretrained(saved)
+    with pytest.raises(ModelLoadError, match="--trust_remote_code"):
+        load_backbone(str(saved))  # --model <a saved run> for a new run
+    assert not marker.exists()
+    # The user's explicit opt-in is what runs it: proof that the planted code is live.
+    TransferModel.from_pretrained(saved, trust_remote_code=True)
+    assert marker.read_text() == "remote code ran"
+
+
+@pytest.mark.usefixtures("isolated_modules_cache")
+def test_a_tampered_backbone_config_cannot_run_code(saved: Path, tmp_path: Path) -> None:
+    marker = tmp_path / "ran.txt"
+    _plant_remote_code(saved, marker, flag_in_transfer_config=False)
+    with pytest.raises(ModelLoadError, match="Could not rebuild the saved model"):
+        TransferModel.from_pretrained(saved)
+    assert not marker.exists()
+
+
+@pytest.mark.usefixtures("isolated_modules_cache")
+def test_predict_refuses_a_model_that_asks_for_remote_code(saved: Path, tmp_path: Path, capsys) -> None:
+    marker = tmp_path / "ran.txt"
+    _plant_remote_code(saved, marker, flag_in_transfer_config=True)
+    assert cli_main(["predict", "--model", str(saved), "--text", "good film"]) == 2
+    assert "--trust_remote_code" in capsys.readouterr().err
+    assert not marker.exists()
+    assert cli_main(["predict", "--model", str(saved), "--text", "good film", "--trust_remote_code"]) == 0
+    assert marker.exists()
+
+
+def test_loading_from_the_hub_or_a_folder_never_trusts_code_by_default(
+    tiny_bert: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from transformers import AutoConfig
+
+    seen: list[object] = []
+    original = AutoConfig.from_pretrained
+
+    def spy(*args, **kwargs):
+        seen.append(kwargs.get("trust_remote_code"))
+        return original(*args, **kwargs)
+
+    monkeypatch.setattr(AutoConfig, "from_pretrained", spy)
+    TransferModel.from_backbone(tiny_bert, ["neg", "pos"])
+    assert seen and all(flag is False for flag in seen)
+
+
+# Loaders that unpickle unless told not to, and the keyword that makes each one safe.
+_GUARDED = {("torch", "load"): ("weights_only", True), ("np", "load"): ("allow_pickle", False)}
+_UNSAFE_MODULES = {"pickle", "cPickle", "joblib", "cloudpickle", "dill", "shelve", "marshal"}
+_UNSAFE_KEYWORDS = {"trust_remote_code": True, "allow_pickle": True, "weights_only": False}
+
+
+def _unsafe_uses(source: str) -> list[str]:
+    """Unsafe deserialisation or code trust in ``source``, found in its syntax tree (not its strings)."""
+    problems = []
+    for node in ast.walk(ast.parse(source)):
+        if isinstance(node, ast.Import | ast.ImportFrom):
+            names = [a.name for a in node.names] if isinstance(node, ast.Import) else [node.module or ""]
+            problems += [f"imports {n}" for n in names if n.split(".")[0] in _UNSAFE_MODULES]
+        if not isinstance(node, ast.Call):
+            continue
+        keywords = {k.arg: getattr(k.value, "value", None) for k in node.keywords}
+        problems += [
+            f"line {node.lineno}: {name}={value}"
+            for name, value in _UNSAFE_KEYWORDS.items()
+            if name in keywords and keywords[name] is value
+        ]
+        func = node.func
+        if isinstance(func, ast.Attribute) and func.attr == "read_pickle":
+            problems.append(f"line {node.lineno}: read_pickle")
+        if isinstance(func, ast.Attribute) and isinstance(func.value, ast.Name):
+            guard = _GUARDED.get(({"numpy": "np"}.get(func.value.id, func.value.id), func.attr))
+            if guard and keywords.get(guard[0], not guard[1]) is not guard[1]:
+                problems.append(
+                    f"line {node.lineno}: {func.value.id}.{func.attr} without {guard[0]}={guard[1]}"
+                )
+    return problems
+
+
+def test_the_package_never_unpickles_or_trusts_code_on_its_own() -> None:
+    files = sorted(PACKAGE.rglob("*.py"))
+    assert len(files) > 20  # the scan must see the package, not an empty folder
+    problems = [f"{file.relative_to(PACKAGE)} {p}" for file in files for p in _unsafe_uses(file.read_text())]
+    assert problems == []
+
+
+@pytest.mark.parametrize(
+    "code",
+    [
+        "import pickle",
+        "from joblib import load",
+        "x = np.load(path, mmap_mode='r')",
+        "x = numpy.load(path, allow_pickle=True)",
+        "x = torch.load(f)",
+        "x = torch.load(f, weights_only=False)",
+        "m = AutoModel.from_pretrained(p, trust_remote_code=True)",
+        "frame = pd.read_pickle(p)",
+    ],
+)
+def test_the_scan_catches_each_unsafe_pattern(code: str) -> None:
+    assert _unsafe_uses(code)
+
+
+def test_the_scan_accepts_the_safe_forms() -> None:
+    safe = "np.load(p, allow_pickle=False)\ntorch.load(f, weights_only=True)\nx = 'trust_remote_code=True'\n"
+    assert _unsafe_uses(safe) == []
