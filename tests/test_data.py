@@ -402,6 +402,67 @@ def test_string_labels_sorted(tmp_path: Path) -> None:
     assert data.label_names == ["apple", "mango", "zebra"]
 
 
+def _jsonl_labels(path: Path, labels: list, n_per_label: int = 6) -> list[dict]:
+    """Rows written with json.dumps, so 1 and 1.0 (and true and 1) stay what they were."""
+    rows = [
+        {"text": f"text {i} {j}", "label": label}
+        for i in range(n_per_label)
+        for j, label in enumerate(labels)
+    ]
+    path.write_text("".join(json.dumps(row) + "\n" for row in rows))
+    return rows
+
+
+def _mix_warnings(caplog: pytest.LogCaptureFixture) -> list[str]:
+    return [r.getMessage() for r in caplog.records if "Labels mix" in r.getMessage()]
+
+
+def test_mixed_label_types_warn_and_become_strings(tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
+    path = tmp_path / "train.jsonl"
+    rows = _jsonl_labels(path, [1, "pos", 1.0, "pos", 1])
+    with caplog.at_level(logging.WARNING, logger="nlptransfer"):
+        data = load_data(_config(path))
+    assert _mix_warnings(caplog) == ["Labels mix numbers and strings; treating them all as strings."]
+    assert data.label_names == ["1", "pos"]
+    written = {row["text"]: row["label"] for row in rows}
+    for split in (data.train, data.validation):
+        for text, label in zip(split.texts, split.labels, strict=True):
+            assert data.label_names[label] == ("pos" if written[text] == "pos" else "1")  # 1.0 is 1
+
+
+@pytest.mark.parametrize(
+    ("labels", "names"),
+    [
+        ([10.5, 2.5, 0.5], ["0.5", "2.5", "10.5"]),
+        ([2, 0.5, 10], ["0.5", "2", "10"]),
+        ([True, False], ["False", "True"]),
+    ],
+)
+def test_one_kind_of_label_sorts_naturally_without_warning(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture, labels: list, names: list[str]
+) -> None:
+    path = tmp_path / "train.jsonl"
+    _jsonl_labels(path, labels)
+    with caplog.at_level(logging.WARNING, logger="nlptransfer"):
+        data = load_data(_config(path))
+    assert _mix_warnings(caplog) == []
+    assert data.label_names == names
+
+
+def test_true_and_1_are_different_labels(tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
+    # pandas' unique() sees True == 1; one id for two names used to fail with a KeyError.
+    path = tmp_path / "train.jsonl"
+    _jsonl_labels(path, [1, True, "x"])
+    with caplog.at_level(logging.WARNING, logger="nlptransfer"):
+        data = load_data(_config(path))
+    assert data.label_names == ["1", "True", "x"]
+    assert _mix_warnings(caplog) == [
+        "Labels mix booleans and numbers and strings; treating them all as strings."
+    ]
+    for text, label in zip(data.train.texts, data.train.labels, strict=True):
+        assert label == int(text.split()[-1])  # the column order above is the sorted name order
+
+
 # --------------------------------------------------------------------------- splits
 
 

@@ -261,18 +261,42 @@ def _normalise_label(value: Any) -> Any:
 
 
 def _label_map(values: pd.Series) -> tuple[list[str], dict[str, int]]:
-    """Sorted label names (numeric order for integer labels) and name -> id."""
-    raw = [_normalise_label(v) for v in values.unique()]
-    numeric = all(isinstance(v, int) and not isinstance(v, bool) for v in raw)
-    if not numeric and any(isinstance(v, int | float) for v in raw):
-        logger.warning("Labels mix numbers and strings; treating them all as strings.")
-    names = [str(v) for v in (sorted(raw) if numeric else sorted(raw, key=str))]
+    """Sorted label names and name -> id.
+
+    Labels of one kind sort naturally (numbers numerically, False before True); a mix of
+    kinds is sorted as strings, with a warning, since no order between them means anything.
+    """
+    by_kind: dict[str, dict[str, Any]] = {}
+    for value in _unique_labels(values):
+        by_kind.setdefault(_label_kind(value), {})[str(value)] = value
+    if len(by_kind) == 1:
+        ((kind, named),) = by_kind.items()
+        natural = kind in ("numbers", "booleans")
+        names = sorted(named, key=named.__getitem__) if natural else sorted(named)
+    else:
+        logger.warning("Labels mix %s; treating them all as strings.", " and ".join(sorted(by_kind)))
+        names = sorted({name for named in by_kind.values() for name in named})
     if len(names) < 2:
         raise DataError(
             f"The training data has a single class ({names[0]!r}); a classifier needs at least two. "
             "Check --label_column and that the file holds every class."
         )
     return names, {name: i for i, name in enumerate(names)}
+
+
+def _unique_labels(values: pd.Series) -> list[Any]:
+    # pandas' unique() merges values that compare equal across types (True == 1 == 1.0), which
+    # would give True and 1 one id but two names; only object columns can hold such a mix.
+    uniques = values if values.dtype == object else values.unique()
+    return list({(type(v), v): v for v in map(_normalise_label, uniques)}.values())
+
+
+def _label_kind(value: Any) -> str:
+    if isinstance(value, bool):
+        return "booleans"
+    if isinstance(value, int | float):
+        return "numbers"
+    return "strings" if isinstance(value, str) else type(value).__name__
 
 
 def _label_strings(values: pd.Series) -> list[str]:
