@@ -71,10 +71,25 @@ def test_loading_a_folder_without_config_names_the_file(tmp_path: Path) -> None:
         TransferModel.from_pretrained(tmp_path)
 
 
-def test_truncated_weights_are_a_clear_error(model: TransferModel, tmp_path: Path) -> None:
+def _garble_header(data: bytes) -> bytes:
+    return data[:8] + b"{not json" + data[17:]
+
+
+@pytest.mark.parametrize(
+    "damage",
+    [
+        lambda data: data[:1000],  # truncated
+        lambda data: data[: len(data) // 2],
+        _garble_header,
+        lambda data: bytes(reversed(data)),  # header length becomes nonsense
+        lambda data: b"",
+    ],
+    ids=["truncated", "half", "garbled-header", "scrambled", "empty"],
+)
+def test_truncated_or_corrupt_weights_are_a_clear_error(model: TransferModel, tmp_path: Path, damage) -> None:
     model.save_pretrained(tmp_path)
     weights = tmp_path / WEIGHTS_NAME
-    weights.write_bytes(weights.read_bytes()[:1000])
+    weights.write_bytes(damage(weights.read_bytes()))
     with pytest.raises(ModelLoadError, match="truncated"):
         TransferModel.from_pretrained(tmp_path)
 
@@ -156,3 +171,14 @@ def test_a_full_disk_while_saving_keeps_the_model_saved_before(
     assert sorted(p.name for p in tmp_path.iterdir() if p.name.startswith(".")) == []
     assert {p.name: p.read_bytes() for p in tmp_path.iterdir() if p.is_file()} == before
     torch.testing.assert_close(_logits(TransferModel.from_pretrained(tmp_path)), _logits(model))
+
+
+def test_texts_far_beyond_max_length_are_truncated_with_a_warning(tiny_bert: str, caplog) -> None:
+    with caplog.at_level(logging.WARNING):
+        model = TransferModel.from_backbone(tiny_bert, ["neg", "pos"], max_length=100_000).eval()
+    limit = model.backbone.max_positions
+    assert "exceeds what the model accepts" in caplog.text and model.max_length == limit
+    huge = "a wonderful film " * 20_000  # 60,000 words
+    assert len(model.preprocess([huge])[0]["input_ids"]) == limit
+    probabilities = model.predict([huge, "fine"]).probabilities
+    assert np.isfinite(probabilities).all()
