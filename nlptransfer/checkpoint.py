@@ -4,6 +4,8 @@ A checkpoint is written to a hidden temporary folder by every process, then
 renamed to ``checkpoints/checkpoint-<step>`` by the main process once all of
 them finished: a rename is atomic, so a process killed while saving leaves only
 a temporary folder, which ``latest`` never picks and the next save removes.
+A write that fails (a full disk) removes its temporary folder and raises
+:class:`SaveError`; earlier checkpoints are never touched before the rename.
 """
 
 from __future__ import annotations
@@ -20,7 +22,7 @@ import torch
 from accelerate import Accelerator
 from safetensors.torch import load_file, save_file
 
-from nlptransfer.errors import ConfigError
+from nlptransfer.errors import ConfigError, SaveError
 
 logger = logging.getLogger(__name__)
 
@@ -124,10 +126,30 @@ class Checkpointer:
         self, progress: Progress, state: dict[str, Any], tensors: dict[str, torch.Tensor],
         process_state: dict[str, Any],
     ) -> Path:  # fmt: skip
-        """Write everything to a temporary folder, then rename it: all processes must call this."""
-        accelerator = self.accelerator
+        """Write everything to a temporary folder, then rename it: all processes must call this.
+
+        Raises :class:`SaveError` when the write fails, after removing the temporary folder.
+        """
         final = self.root / f"checkpoint-{progress.global_step}"
         tmp = self.root / f"{_TMP_PREFIX}{final.name}"
+        # A process that fails here leaves the others waiting at the next barrier; the
+        # launcher ends them when this one exits with the error.
+        try:
+            self._write(tmp, progress, state, tensors, process_state)
+            if self.accelerator.is_main_process:
+                self._commit(tmp, final)
+        except OSError as err:
+            shutil.rmtree(tmp, ignore_errors=True)
+            raise SaveError(self._failure(progress.global_step, err)) from err
+        self.accelerator.wait_for_everyone()
+        logger.info("saved checkpoint %s", final)
+        return final
+
+    def _write(
+        self, tmp: Path, progress: Progress, state: dict[str, Any], tensors: dict[str, torch.Tensor],
+        process_state: dict[str, Any],
+    ) -> None:  # fmt: skip
+        accelerator = self.accelerator
         if accelerator.is_main_process:
             shutil.rmtree(tmp, ignore_errors=True)
             tmp.mkdir(parents=True)
@@ -140,18 +162,28 @@ class Checkpointer:
                 save_file({k: v.contiguous() for k, v in tensors.items()}, str(tmp / TENSORS_NAME))
             (tmp / STATE_NAME).write_text(json.dumps({"progress": asdict(progress), **state}, indent=1))
         accelerator.wait_for_everyone()
-        if accelerator.is_main_process:
-            self._commit(tmp, final)
-        accelerator.wait_for_everyone()
-        logger.info("saved checkpoint %s", final)
-        return final
+
+    def _failure(self, step: int, err: OSError) -> str:
+        found = complete_checkpoints(self.root.parent)
+        earlier = f"the latest valid one is {found[-1]}" if found else "none was saved before this one"
+        resume = ", then run the same command with --resume_from_checkpoint latest" if found else ""
+        return (
+            f"Could not write checkpoint {step} to {self.root}: {err} (disk full?). Earlier checkpoints "
+            f"are unchanged; {earlier}. Free disk space (a lower --save_total_limit keeps fewer "
+            f"checkpoints){resume}."
+        )
 
     def _commit(self, tmp: Path, final: Path) -> None:
         # An epoch-end checkpoint can share its step with a --save_steps one; the newer wins.
         stale = final.with_name(f"{_TMP_PREFIX}old-{final.name}")
         if final.exists():
             final.rename(stale)
-        tmp.rename(final)
+        try:
+            tmp.rename(final)
+        except OSError:
+            if stale.exists():  # put the older one back: it is still valid
+                stale.rename(final)
+            raise
         shutil.rmtree(stale, ignore_errors=True)
         for leftover in self.root.glob(f"{_TMP_PREFIX}*"):
             shutil.rmtree(leftover, ignore_errors=True)

@@ -23,7 +23,7 @@ from tqdm.auto import tqdm
 
 from nlptransfer.checkpoint import Checkpoint, Checkpointer, Progress
 from nlptransfer.config import TrainingOptions
-from nlptransfer.errors import TrainingError, TrainingInterrupted
+from nlptransfer.errors import SaveError, TrainingError, TrainingInterrupted
 from nlptransfer.interrupt import InterruptGuard
 from nlptransfer.schedules import build_schedule
 
@@ -90,9 +90,14 @@ class TrainSession:
         return flag
 
     def interrupt(self) -> None:
-        path = self.save_checkpoint()
         signum = self.guard.received or 2
         where = f"epoch {self.progress.epoch}, optimizer step {self.progress.global_step}"
+        try:
+            path = self.save_checkpoint()
+        except SaveError as err:
+            # Still an interruption (exit code 128 + signal), with why no checkpoint was kept.
+            message = f"Interrupted at {where}, but its checkpoint could not be saved. {err}"
+            raise TrainingInterrupted(message, signum, None) from err
         if path is None:
             message = (
                 f"Interrupted at {where}; checkpoints are off (--save_steps 0 and --no-save_every_epoch)."

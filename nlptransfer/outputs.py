@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import json
+import os
 import platform
+from collections.abc import Iterable
 from pathlib import Path
 from typing import Any
 
@@ -13,7 +15,7 @@ import transformers
 
 from nlptransfer.checkpoint import CHECKPOINTS_DIR
 from nlptransfer.config import FinetuneConfig
-from nlptransfer.errors import OutputDirExistsError
+from nlptransfer.errors import OutputDirExistsError, SaveError
 from nlptransfer.model import CONFIG_NAME, TransferModel
 from nlptransfer.tracking import LOG_NAME
 from nlptransfer.version import __version__
@@ -70,14 +72,51 @@ def versions() -> dict[str, str]:
 def write_run(
     output_dir: Path, model: TransferModel, config: FinetuneConfig, results: dict[str, Any], table: str
 ) -> None:
-    """Replace the files of an earlier run (only those) with this run's."""
-    output_dir.mkdir(parents=True, exist_ok=True)
-    for name in (RESULTS_NAME, TABLE_NAME, RUN_CONFIG_NAME):
-        (output_dir / name).unlink(missing_ok=True)
-    model.save_pretrained(output_dir)
-    (output_dir / TABLE_NAME).write_text(table + "\n")
-    config.save(output_dir / RUN_CONFIG_NAME)
-    # results.json last: its presence means the run completed.
-    tmp = output_dir / f".{RESULTS_NAME}.tmp"
-    tmp.write_text(json.dumps(results, indent=2))
-    tmp.replace(output_dir / RESULTS_NAME)
+    """Replace the files of an earlier run (only those) with this run's.
+
+    Every new file is written in full before an old one goes, so a failure (a
+    full disk) raises :class:`SaveError` and leaves the earlier run as it was.
+    """
+    staged = _stage(output_dir, config, results, table)
+    # Set aside, not deleted: results.json marks a completed run, so it must not sit next
+    # to a new model, yet it comes back if the model cannot be saved.
+    done, aside = output_dir / RESULTS_NAME, output_dir / f".{RESULTS_NAME}.old"
+    if done.exists():
+        os.replace(done, aside)
+    try:
+        model.save_pretrained(output_dir)
+    except OSError as err:
+        if aside.exists():
+            os.replace(aside, done)
+        _remove(staged.values())
+        if isinstance(err, SaveError):
+            raise
+        raise SaveError(
+            f"Could not save the model to {output_dir}: {err} (disk full?). An earlier run in that "
+            "folder is unchanged."
+        ) from err
+    for name, path in staged.items():  # results.json last: its presence means the run completed
+        os.replace(path, output_dir / name)
+    aside.unlink(missing_ok=True)
+
+
+def _stage(output_dir: Path, config: FinetuneConfig, results: dict[str, Any], table: str) -> dict[str, Path]:
+    """This run's small files, written under temporary names next to where they go."""
+    staged = {name: output_dir / f".{name}.tmp" for name in (TABLE_NAME, RUN_CONFIG_NAME, RESULTS_NAME)}
+    try:
+        output_dir.mkdir(parents=True, exist_ok=True)
+        staged[TABLE_NAME].write_text(table + "\n")
+        config.save(staged[RUN_CONFIG_NAME])
+        staged[RESULTS_NAME].write_text(json.dumps(results, indent=2))
+    except OSError as err:
+        _remove(staged.values())
+        raise SaveError(
+            f"Could not write the results of this run to {output_dir}: {err} (disk full?). Nothing there "
+            "was replaced: an earlier run in that folder is unchanged."
+        ) from err
+    return staged
+
+
+def _remove(paths: Iterable[Path]) -> None:
+    for path in paths:
+        path.unlink(missing_ok=True)

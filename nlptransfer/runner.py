@@ -14,13 +14,13 @@ from nlptransfer.backbones import Backbone, ImageOptions, VocabOptions, is_word_
 from nlptransfer.config import FinetuneConfig
 from nlptransfer.context import RunContext
 from nlptransfer.data import TextClassificationData, load_data
-from nlptransfer.errors import ConfigError
+from nlptransfer.errors import ConfigError, SaveError
 from nlptransfer.features import feature_cache_report
 from nlptransfer.inference import evaluate_split
 from nlptransfer.layers import count_parameters, phase_tables
 from nlptransfer.metrics import MetricSet
 from nlptransfer.model import TransferModel
-from nlptransfer.modelcard import CardInfo, command_line, push_to_hub, write_card
+from nlptransfer.modelcard import CARD_NAME, CardInfo, command_line, push_to_hub, write_card
 from nlptransfer.outputs import check_output_dir, resolve_output_dir, versions, write_run
 from nlptransfer.session import finish_session, start_session
 from nlptransfer.strategies import Strategy, get_strategy
@@ -123,12 +123,22 @@ def train(config: FinetuneConfig) -> dict[str, Any]:
     finish_session(session, output_dir, config.metric_for_best_model)
     if ctx.accelerator.is_main_process:
         write_run(output_dir, model, config, results, table)
-        write_card(output_dir, _card(config, results, table, output_dir))
+        _write_card(output_dir, _card(config, results, table, output_dir))
         logger.info("saved model and results to %s; test: %s", output_dir, test)
         if config.push_to_hub:
             push_to_hub(output_dir, config.hub_model_id)
     ctx.accelerator.wait_for_everyone()
     return results
+
+
+def _write_card(output_dir: Path, info: CardInfo) -> None:
+    try:
+        write_card(output_dir, info)
+    except OSError as err:
+        raise SaveError(
+            f"Could not write the model card {output_dir / CARD_NAME}: {err} (disk full?). The model and "
+            f"results.json were saved; only {CARD_NAME} is missing or out of date."
+        ) from err
 
 
 def _card(config: FinetuneConfig, results: dict[str, Any], table: str, output_dir: Path) -> CardInfo:

@@ -98,6 +98,10 @@ def finish_session(session: TrainSession, output_dir: Path, metric: str | None =
     except ImportError:
         logger.info("matplotlib is not installed: no %s (pip install matplotlib).", PLOT_NAME)
         return None
+    except OSError as err:
+        # A plot is worth less than the model and results saved next: try those anyway.
+        logger.warning("Could not draw the training curves to %s: %s", Path(output_dir) / PLOT_NAME, err)
+        return None
 
 
 __all__ = ["check_resumable", "clear_session_files", "finish_session", "start_session"]

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import errno
 import json
 from dataclasses import asdict
 from pathlib import Path
@@ -9,6 +10,7 @@ from pathlib import Path
 import pytest
 import torch
 
+import nlptransfer.checkpoint
 from nlptransfer.checkpoint import (
     CHECKPOINTS_DIR,
     STATE_NAME,
@@ -19,7 +21,7 @@ from nlptransfer.checkpoint import (
     resolve_checkpoint,
 )
 from nlptransfer.config import FinetuneConfig
-from nlptransfer.errors import ConfigError, OutputDirExistsError
+from nlptransfer.errors import ConfigError, OutputDirExistsError, SaveError
 from nlptransfer.outputs import RESULTS_NAME, check_output_dir
 from nlptransfer.session import check_resumable
 
@@ -162,6 +164,57 @@ def test_saving_twice_at_one_step_keeps_the_newer(tmp_path: Path, prepared) -> N
     path = _save(checkpointer, 5, {"v": 2})
     assert _names(tmp_path) == ["checkpoint-4", "checkpoint-5"]
     assert read_checkpoint(path).state == {"v": 2}
+
+
+def _full_disk(tensors: dict, filename: str) -> None:
+    Path(filename).write_bytes(b"partial")
+    raise OSError(errno.ENOSPC, "No space left on device")
+
+
+def test_a_failed_save_removes_its_folder_and_keeps_the_earlier_checkpoints(
+    tmp_path: Path, prepared, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    checkpointer = Checkpointer(prepared[0], tmp_path, total_limit=2)
+    root = tmp_path / CHECKPOINTS_DIR
+    with monkeypatch.context() as patch:
+        patch.setattr(nlptransfer.checkpoint, "save_file", _full_disk)
+        with pytest.raises(SaveError) as info:
+            _save(checkpointer, 3)
+    assert str(info.value) == (
+        f"Could not write checkpoint 3 to {root}: [Errno 28] No space left on device (disk full?). "
+        "Earlier checkpoints are unchanged; none was saved before this one. Free disk space (a lower "
+        "--save_total_limit keeps fewer checkpoints)."
+    )
+    earlier = _save(checkpointer, 4, {"v": 1})
+    monkeypatch.setattr(nlptransfer.checkpoint, "save_file", _full_disk)
+    for step in (5, 4):  # a new step, and one whose checkpoint the save would replace
+        with pytest.raises(SaveError) as info:
+            _save(checkpointer, step, {"v": 2})
+        assert str(info.value).endswith(
+            f"the latest valid one is {earlier}. Free disk space (a lower --save_total_limit keeps fewer "
+            "checkpoints), then run the same command with --resume_from_checkpoint latest."
+        )
+        assert _names(tmp_path) == ["checkpoint-4"]  # no temporary folder left
+        assert read_checkpoint(earlier).state == {"v": 1}
+
+
+def test_a_failed_rename_puts_the_checkpoint_it_replaced_back(
+    tmp_path: Path, prepared, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    checkpointer = Checkpointer(prepared[0], tmp_path, total_limit=2)
+    earlier = _save(checkpointer, 4, {"v": 1})
+    rename = Path.rename
+
+    def failing(self: Path, target: Path) -> Path:
+        if self.name == ".tmp-checkpoint-4":
+            raise OSError(errno.EIO, "Input/output error")
+        return rename(self, target)
+
+    monkeypatch.setattr(Path, "rename", failing)
+    with pytest.raises(SaveError, match="Input/output error"):
+        _save(checkpointer, 4, {"v": 2})
+    assert _names(tmp_path) == ["checkpoint-4"]
+    assert read_checkpoint(earlier).state == {"v": 1}
 
 
 def test_progress_next_phase() -> None:

@@ -1,0 +1,215 @@
+"""Faults during a run: a full disk while saving.
+
+Each fault is injected where the real one would strike (the function that writes
+the files); the tests check the error the user gets, that what was saved before
+is still valid, and that the run resumes from it.
+"""
+
+from __future__ import annotations
+
+import errno
+import json
+import logging
+import signal
+import sys
+from collections.abc import Callable
+from dataclasses import replace
+from pathlib import Path
+from typing import Any
+
+import accelerate
+import pytest
+import torch
+from conftest import run_script, sentiment_frame
+
+import nlptransfer.checkpoint
+from nlptransfer.checkpoint import CHECKPOINTS_DIR, Checkpointer, complete_checkpoints, resolve_checkpoint
+from nlptransfer.config import FinetuneConfig
+from nlptransfer.errors import SaveError, TrainingInterrupted
+from nlptransfer.loop import TrainSession
+from nlptransfer.outputs import RESULTS_NAME, RUN_CONFIG_NAME, TABLE_NAME, write_run
+from nlptransfer.runner import train
+
+FULL_DISK = OSError(errno.ENOSPC, "No space left on device")
+
+
+def fail_on_call(original: Callable[..., Any], call: int) -> Callable[..., Any]:
+    """``original``, except that its ``call``-th call writes part of its output, then finds the disk full.
+
+    Both writers patched here take their destination second: ``save_state(self, folder)``
+    and ``save_file(tensors, filename)``.
+    """
+    calls = []
+
+    def writer(*args: Any, **kwargs: Any) -> Any:
+        calls.append(args)
+        if len(calls) == call:
+            target = Path(args[1])
+            (target / "model.safetensors" if target.is_dir() else target).write_bytes(b"partial")
+            raise FULL_DISK
+        return original(*args, **kwargs)
+
+    return writer
+
+
+@pytest.fixture
+def config(tiny_bert: str, tmp_path: Path) -> FinetuneConfig:
+    """A one-epoch run: 54 training examples at batch 4 are 14 optimizer steps, a checkpoint every 5."""
+    sentiment_frame(60).to_csv(tmp_path / "train.csv", index=False)
+    return FinetuneConfig(
+        model=tiny_bert, train_file=str(tmp_path / "train.csv"), output_dir=str(tmp_path / "out"),
+        epochs=1, batch_size=4, save_steps=5,
+    )  # fmt: skip
+
+
+def _resumes_from(config: FinetuneConfig, checkpoint: Path, caplog: pytest.LogCaptureFixture) -> None:
+    caplog.set_level(logging.INFO, logger="nlptransfer.loop")
+    results = train(replace(config, resume_from_checkpoint="latest"))
+    assert f"resumed from {checkpoint}" in caplog.text
+    assert results["epochs_run"] == 1
+    assert (Path(config.output_dir) / RESULTS_NAME).is_file()
+
+
+# ---------------------------------------------------------------- full disk while saving
+
+
+@pytest.mark.parametrize(
+    ("owner", "name"),
+    [(accelerate.Accelerator, "save_state"), (nlptransfer.checkpoint, "save_file")],
+    ids=["accelerate-state", "best-epoch-weights"],
+)
+def test_a_full_disk_at_the_second_checkpoint_keeps_the_first_and_resumes(
+    config: FinetuneConfig, owner: Any, name: str, caplog: pytest.LogCaptureFixture
+) -> None:
+    out = Path(config.output_dir)
+    first = out / CHECKPOINTS_DIR / "checkpoint-5"
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setattr(owner, name, fail_on_call(getattr(owner, name), call=2))
+        with pytest.raises(SaveError) as info:
+            train(config)
+    message = str(info.value)
+    assert message.startswith(f"Could not write checkpoint 10 to {out / CHECKPOINTS_DIR}: ")
+    assert "No space left on device" in message
+    assert f"the latest valid one is {first}" in message
+    assert "--resume_from_checkpoint latest" in message
+    assert not list((out / CHECKPOINTS_DIR).glob(".tmp-*"))
+    assert complete_checkpoints(out) == [first]
+    assert resolve_checkpoint("latest", out) == first
+    assert not (out / RESULTS_NAME).exists()
+    _resumes_from(config, first, caplog)
+
+
+def test_the_recipe_on_a_full_disk_ends_in_one_clear_line(config: FinetuneConfig) -> None:
+    inject = (
+        "import errno, sys\n"
+        "import accelerate\n"
+        "from nlptransfer.cli import run_recipe\n"
+        "original, calls = accelerate.Accelerator.save_state, []\n"
+        "def save_state(self, *args, **kwargs):\n"
+        "    calls.append(args)\n"
+        "    if len(calls) == 2:\n"
+        "        raise OSError(errno.ENOSPC, 'No space left on device')\n"
+        "    return original(self, *args, **kwargs)\n"
+        "accelerate.Accelerator.save_state = save_state\n"
+        "sys.exit(run_recipe('train', sys.argv[1:]))\n"
+    )
+    args = ["--model", config.model, "--train_file", config.train_file, "--output_dir", config.output_dir,
+            "--epochs", "1", "--batch_size", "4", "--save_steps", "5"]  # fmt: skip
+    result = run_script([sys.executable, "-c", inject, *args])
+    assert result.returncode == 2, result.stderr[-3000:]
+    assert "error: Could not write checkpoint 10" in result.stderr
+    assert "No space left on device" in result.stderr
+    assert "Traceback" not in result.stderr
+
+
+@pytest.fixture
+def session(tmp_path: Path) -> TrainSession:
+    """A CPU session over a tiny prepared model that checkpoints into ``tmp_path``."""
+    accelerator = accelerate.Accelerator(cpu=True)
+    model = torch.nn.Linear(3, 2)
+    model, _ = accelerator.prepare(model, torch.optim.AdamW(model.parameters()))
+    return TrainSession(accelerator, FinetuneConfig(), Checkpointer(accelerator, tmp_path, total_limit=2))
+
+
+def test_ctrl_c_on_a_full_disk_still_stops_with_a_clear_message(
+    session: TrainSession, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    session.progress.global_step = 3
+    earlier = session.save_checkpoint()
+    session.progress.global_step = 4
+    session.guard.received = signal.SIGTERM
+    monkeypatch.setattr(
+        accelerate.Accelerator, "save_state", fail_on_call(accelerate.Accelerator.save_state, 1)
+    )
+    with pytest.raises(TrainingInterrupted) as info:
+        session.interrupt()
+    assert info.value.exit_code == 128 + signal.SIGTERM
+    assert info.value.checkpoint is None
+    message = str(info.value)
+    assert message.startswith(
+        "Interrupted at epoch 1, optimizer step 4, but its checkpoint could not be saved."
+    )
+    assert "Could not write checkpoint 4" in message and f"the latest valid one is {earlier}" in message
+    assert complete_checkpoints(tmp_path) == [earlier]
+    assert not list((tmp_path / CHECKPOINTS_DIR).glob(".tmp-*"))
+
+
+class _Model:
+    """Stands for a TransferModel: its save writes a weights file, or finds the disk full.
+
+    (A real one stages its files in a hidden folder, removed when the save fails.)
+    """
+
+    def __init__(self, disk_full: bool) -> None:
+        self.disk_full, self.saves = disk_full, 0
+
+    def save_pretrained(self, directory: Path) -> None:
+        self.saves += 1
+        if self.disk_full:
+            raise FULL_DISK
+        (Path(directory) / "model.safetensors").write_bytes(b"weights")
+
+
+def _save_on_a_full_disk(self: FinetuneConfig, path: Path) -> None:
+    Path(path).write_text("{")
+    raise FULL_DISK
+
+
+def _earlier_run(out: Path) -> dict[str, bytes]:
+    out.mkdir()
+    (out / RESULTS_NAME).write_text(json.dumps({"test": {"accuracy": 0.9}}))
+    (out / TABLE_NAME).write_text("| head | yes |\n")
+    (out / RUN_CONFIG_NAME).write_text(json.dumps({"epochs": 3}))
+    return {p.name: p.read_bytes() for p in out.iterdir()}
+
+
+def _write_run(out: Path, model: _Model) -> None:
+    write_run(out, model, FinetuneConfig(epochs=1), {"test": {"accuracy": 0.5}}, "| body | yes |")  # type: ignore[arg-type]
+
+
+@pytest.mark.parametrize("fails", ["model", "run_config"])
+def test_a_failed_overwrite_on_a_full_disk_keeps_the_earlier_run(
+    fails: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    out = tmp_path / "run"
+    before = _earlier_run(out)
+    model = _Model(disk_full=fails == "model")
+    if fails == "run_config":
+        monkeypatch.setattr(FinetuneConfig, "save", _save_on_a_full_disk)
+    with pytest.raises(SaveError) as info:
+        _write_run(out, model)
+    assert "No space left on device" in str(info.value) and str(out) in str(info.value)
+    assert {p.name: p.read_bytes() for p in out.iterdir()} == before  # and no temporary file
+    assert model.saves == (1 if fails == "model" else 0)  # the model is saved only once the rest is written
+
+
+def test_write_run_replaces_the_earlier_files_and_leaves_no_temporaries(tmp_path: Path) -> None:
+    out = tmp_path / "run"
+    _earlier_run(out)
+    _write_run(out, _Model(disk_full=False))
+    assert sorted(p.name for p in out.iterdir()) == sorted(
+        [RESULTS_NAME, TABLE_NAME, RUN_CONFIG_NAME, "model.safetensors"]
+    )
+    assert json.loads((out / RESULTS_NAME).read_text()) == {"test": {"accuracy": 0.5}}
+    assert json.loads((out / RUN_CONFIG_NAME).read_text())["epochs"] == 1
+    assert (out / TABLE_NAME).read_text() == "| body | yes |\n"
