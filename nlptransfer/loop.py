@@ -202,10 +202,11 @@ def _train_one_epoch(session: TrainSession, plan: EpochPlan) -> float:
             with accelerator.accumulate(plan.model):
                 loss = plan.loss(plan.model, batch)
                 accelerator.backward(loss)
-                optimizer_step(session, params, plan.optimizer, plan.scheduler)
+                value = optimizer_step(session, params, plan.optimizer, plan.scheduler, loss)
+            assert value is not None  # given a loss, optimizer_step returns its value
             progress.batch += 1
-            progress.epoch_loss_sum += loss.item()
-            window.loss += loss.item()
+            progress.epoch_loss_sum += value
+            window.loss += value
             bar.set_postfix(loss=f"{progress.epoch_loss_sum / progress.batch:.4f}", refresh=False)
             if accelerator.sync_gradients:
                 _after_optimizer_step(session, plan, window)
@@ -255,23 +256,53 @@ class _Window:
 
 
 def optimizer_step(
-    session: TrainSession, params: list[torch.nn.Parameter], optimizer: Any, scheduler: Any
-) -> None:
-    """Clip, check for NaN on synced gradients, then step optimizer and schedule (inside ``accumulate``)."""
+    session: TrainSession, params: list[torch.nn.Parameter], optimizer: Any, scheduler: Any,
+    loss: torch.Tensor | None = None,
+) -> float | None:  # fmt: skip
+    """Clip, check the loss and synced gradients are finite, then step optimizer and schedule.
+
+    Call inside ``accumulate``. Returns the loss's value (None without a loss): it is
+    read in the same device sync as the check, so a step waits for the device once.
+    """
     accelerator = session.accelerator
+    checked: dict[str, Any] = {} if loss is None else {"loss": loss}
     if accelerator.sync_gradients:
-        # After the all-reduce every process holds the same gradients, so all of
-        # them see a NaN together and stop together instead of deadlocking.
         norm = accelerator.clip_grad_norm_(params, session.options.max_grad_norm or float("inf"))
-        if norm is not None and not torch.isfinite(torch.as_tensor(norm)):
-            where = f"epoch {session.progress.epoch}, batch {session.progress.batch + 1}"
-            raise TrainingError(
-                f"The gradients became {float(norm)} at {where}. Lower --learning_rate, "
-                "or use --mixed_precision bf16/no if it was fp16."
-            )
+        # Under fp16, non-finite gradients are how the GradScaler detects an overflow: it
+        # skips that step and lowers its scale, so only a non-finite loss stops the run.
+        if norm is not None and accelerator.scaler is None:
+            # After the all-reduce every process holds the same gradients, so all of
+            # them see a NaN together and stop together instead of deadlocking.
+            checked["gradients"] = norm
+    values = _read_scalars(checked)
+    for name, value in values.items():
+        if not math.isfinite(value):
+            raise _non_finite(session, name, value)
     optimizer.step()
     scheduler.step()
     optimizer.zero_grad()
+    return values.get("loss")
+
+
+def _read_scalars(named: dict[str, Any]) -> dict[str, float]:
+    if not named:
+        return {}
+    tensors = [torch.as_tensor(v).detach().float().reshape(()) for v in named.values()]
+    stacked = torch.stack([t.to(tensors[0].device) for t in tensors])
+    return dict(zip(named, stacked.tolist(), strict=True))
+
+
+def _non_finite(session: TrainSession, name: str, value: float) -> TrainingError:
+    progress = session.progress
+    where = f"step {progress.global_step + 1} (epoch {progress.epoch}, batch {progress.batch + 1})"
+    if session.last_checkpoint is not None:
+        saved = f"The last good checkpoint is {session.last_checkpoint}."
+    else:
+        saved = "No checkpoint was saved before it."
+    return TrainingError(
+        f"The {name} became {value} at {where}; training stopped before that step changed the weights. "
+        f"Lower --learning_rate, or use --mixed_precision bf16/no if it was fp16. {saved}"
+    )
 
 
 __all__ = ["EpochPlan", "TrainSession", "optimizer_step", "prepare_phase", "run_epochs"]

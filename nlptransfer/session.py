@@ -60,6 +60,7 @@ def start_session(config: TrainingOptions, output_dir: Path, project: str) -> Tr
     session = TrainSession(accelerator, config, checkpointer, resume=checkpoint)
     if checkpoint is not None:
         session.progress = checkpoint.progress
+        session.last_checkpoint = checkpoint.path
     return session
 
 

@@ -1,8 +1,8 @@
-"""Faults during a run: a full disk while saving.
+"""Faults during a run: a full disk while saving, a loss or gradients that become NaN.
 
 Each fault is injected where the real one would strike (the function that writes
-the files); the tests check the error the user gets, that what was saved before
-is still valid, and that the run resumes from it.
+the files, the loss of one batch); the tests check the error the user gets, that
+what was saved before is still valid, and that the run resumes from it.
 """
 
 from __future__ import annotations
@@ -15,6 +15,7 @@ import sys
 from collections.abc import Callable
 from dataclasses import replace
 from pathlib import Path
+from types import SimpleNamespace
 from typing import Any
 
 import accelerate
@@ -23,10 +24,11 @@ import torch
 from conftest import run_script, sentiment_frame
 
 import nlptransfer.checkpoint
+import nlptransfer.training
 from nlptransfer.checkpoint import CHECKPOINTS_DIR, Checkpointer, complete_checkpoints, resolve_checkpoint
 from nlptransfer.config import FinetuneConfig
-from nlptransfer.errors import SaveError, TrainingInterrupted
-from nlptransfer.loop import TrainSession
+from nlptransfer.errors import SaveError, TrainingError, TrainingInterrupted
+from nlptransfer.loop import TrainSession, optimizer_step
 from nlptransfer.outputs import RESULTS_NAME, RUN_CONFIG_NAME, TABLE_NAME, write_run
 from nlptransfer.runner import train
 
@@ -213,3 +215,84 @@ def test_write_run_replaces_the_earlier_files_and_leaves_no_temporaries(tmp_path
     assert json.loads((out / RESULTS_NAME).read_text()) == {"test": {"accuracy": 0.5}}
     assert json.loads((out / RUN_CONFIG_NAME).read_text())["epochs"] == 1
     assert (out / TABLE_NAME).read_text() == "| body | yes |\n"
+
+
+# ---------------------------------------------------------------- NaN loss
+
+
+def _nan_at_call(call: int) -> Callable[..., torch.Tensor]:
+    """Cross-entropy whose ``call``-th call gives NaN (and NaN gradients), as a diverging run does."""
+    calls = []
+
+    def cross_entropy(*args: Any, **kwargs: Any) -> torch.Tensor:
+        calls.append(1)
+        loss = torch.nn.functional.cross_entropy(*args, **kwargs)
+        return loss * float("nan") if len(calls) == call else loss
+
+    return cross_entropy
+
+
+def test_a_nan_loss_stops_at_its_step_and_names_the_last_good_checkpoint(
+    config: FinetuneConfig, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    out = Path(config.output_dir)
+    good = out / CHECKPOINTS_DIR / "checkpoint-5"
+    with pytest.MonkeyPatch.context() as patch:
+        # One training batch per call: the 7th call is the loss of optimizer step 7.
+        patch.setattr(nlptransfer.training, "F", SimpleNamespace(cross_entropy=_nan_at_call(7)))
+        with pytest.raises(TrainingError) as info:
+            train(config)
+    message = str(info.value)
+    assert message.startswith("The loss became nan at step 7 (epoch 1, batch 7); training stopped before")
+    assert "Lower --learning_rate" in message
+    assert f"The last good checkpoint is {good}." in message
+    assert complete_checkpoints(out) == [good]  # nothing saved after the bad step
+    _resumes_from(config, good, caplog)
+
+
+def _step_inputs(session: TrainSession) -> tuple[list[torch.nn.Parameter], Any, Any]:
+    model = torch.nn.Linear(3, 2)
+    optimizer = torch.optim.AdamW(model.parameters())
+    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda _: 1.0)
+    model, optimizer, scheduler = session.accelerator.prepare(model, optimizer, scheduler)
+    return list(model.parameters()), optimizer, scheduler
+
+
+def _backward(session: TrainSession, params: list[torch.nn.Parameter], scale: float = 1.0) -> torch.Tensor:
+    weight, bias = params
+    loss = (torch.ones(1, 3) @ weight.T + bias).sum() * scale
+    session.accelerator.backward(loss)
+    return loss
+
+
+def test_an_fp16_overflow_step_is_skipped_but_a_nan_loss_stops(session: TrainSession) -> None:
+    # What accelerate sets up for fp16 on a GPU: a GradScaler the optimizer steps through.
+    # On a CPU it makes none, so this one is attached before ``prepare``.
+    session.accelerator.scaler = torch.amp.GradScaler("cpu")
+    params, optimizer, scheduler = _step_inputs(session)
+    loss = _backward(session, params)
+    for param in params:
+        param.grad.fill_(float("inf"))  # an overflow of the scaled gradients
+    before = [p.detach().clone() for p in params]
+    assert optimizer_step(session, params, optimizer, scheduler, loss) == pytest.approx(loss.item())
+    assert session.accelerator.optimizer_step_was_skipped
+    assert all(torch.equal(p.detach(), b) for p, b in zip(params, before, strict=True))
+
+    loss = _backward(session, params, scale=float("nan"))
+    with pytest.raises(TrainingError, match=r"The loss became nan at step 1 \(epoch 1, batch 1\)") as info:
+        optimizer_step(session, params, optimizer, scheduler, loss)
+    assert "No checkpoint was saved before it." in str(info.value)
+
+
+def test_non_finite_gradients_without_a_scaler_stop_before_the_step(session: TrainSession) -> None:
+    params, optimizer, scheduler = _step_inputs(session)
+    loss = _backward(session, params)
+    params[0].grad[0, 0] = float("inf")
+    session.progress.global_step, session.progress.batch = 11, 3
+    session.last_checkpoint = Path("out/checkpoints/checkpoint-10")
+    before = [p.detach().clone() for p in params]
+    with pytest.raises(TrainingError) as info:
+        optimizer_step(session, params, optimizer, scheduler, loss)
+    assert str(info.value).startswith("The gradients became inf at step 12 (epoch 1, batch 4)")
+    assert str(info.value).endswith("The last good checkpoint is out/checkpoints/checkpoint-10.")
+    assert all(torch.equal(p.detach(), b) for p, b in zip(params, before, strict=True))
