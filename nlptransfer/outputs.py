@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import importlib.metadata
 import json
 import os
 import platform
@@ -9,9 +10,8 @@ from collections.abc import Iterable
 from pathlib import Path
 from typing import Any
 
-import accelerate
 import torch
-import transformers
+from accelerate import PartialState
 
 from nlptransfer.checkpoint import CHECKPOINTS_DIR
 from nlptransfer.config import FinetuneConfig
@@ -24,6 +24,11 @@ RESULTS_NAME = "results.json"
 TABLE_NAME = "trainable_layers.md"
 RUN_CONFIG_NAME = "run_config.json"
 RUN_MARKERS = (RESULTS_NAME, RUN_CONFIG_NAME, CONFIG_NAME, CHECKPOINTS_DIR, LOG_NAME)
+# Distributions whose versions results.json records (those installed).
+PACKAGES = (
+    "torch", "transformers", "accelerate", "peft", "datasets", "safetensors", "numpy", "scikit-learn",
+    "gensim",
+)  # fmt: skip
 
 
 def resolve_output_dir(config: FinetuneConfig) -> Path:
@@ -60,13 +65,23 @@ def check_output_dir(path: Path, overwrite: bool) -> None:
 
 
 def versions() -> dict[str, str]:
-    return {
-        "nlptransfer": __version__,
-        "python": platform.python_version(),
-        "torch": torch.__version__,
-        "transformers": transformers.__version__,
-        "accelerate": accelerate.__version__,
-    }
+    """Python, nlptransfer and the installed packages a run's numbers depend on; the device it ran on."""
+    found = {"nlptransfer": __version__, "python": platform.python_version()}
+    for package in PACKAGES:
+        try:
+            found[package] = importlib.metadata.version(package)
+        except importlib.metadata.PackageNotFoundError:
+            continue
+    return {**found, **device_info()}
+
+
+def device_info() -> dict[str, str]:
+    """The device of this process's accelerate state, and how many processes ran."""
+    state = PartialState()
+    name = str(state.device)
+    if state.device.type == "cuda":
+        name = f"{name} ({torch.cuda.get_device_name(state.device)})"
+    return {"device": name, "num_processes": str(state.num_processes)}
 
 
 def write_run(

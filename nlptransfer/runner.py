@@ -158,6 +158,11 @@ def _card(config: FinetuneConfig, results: dict[str, Any], table: str, output_di
         f"warmup {config.warmup:g}, seed {config.seed}",
         "Training time": f"{results['train_seconds']:.0f} s",
     }
+    # The card lists the device under details, not among the framework versions.
+    versions = dict(results["versions"])
+    device, processes = versions.pop("device", None), versions.pop("num_processes", None)
+    if device:
+        details["Hardware"] = f"{device}, {processes} process(es)"
     kind = results.get("modality", "text")
     example = '["an example text"]' if kind == "text" else '["an_image.jpg"]'
     usage = (
@@ -179,7 +184,7 @@ def _card(config: FinetuneConfig, results: dict[str, Any], table: str, output_di
         tags=[f"{kind}-classification", config.strategy],
         dataset=config.dataset if not config.train_file else None,
         sections={"Trainable layers": table},
-        versions=results["versions"],
+        versions=versions,
     )
 
 
@@ -227,6 +232,19 @@ def _results(
         "seed": ctx.config.seed,
         "versions": versions(),
         "config": ctx.config.to_dict(),
+        "resolved": resolved_options(ctx.strategy, ctx.config),
+    }
+
+
+def resolved_options(strategy: Strategy, config: FinetuneConfig) -> dict[str, Any]:
+    """The options left unset (None in ``config``) as the strategy resolved them.
+
+    Phases that set their own values (a head phase, a contrastive one) report them in ``phases``.
+    """
+    return {
+        "learning_rate": strategy.learning_rate(config),
+        "epochs": strategy.epochs(config),
+        "early_stopping_patience": strategy.patience(config),
     }
 
 

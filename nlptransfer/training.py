@@ -57,6 +57,12 @@ class PhaseLog:
     epochs_run: int
     trainable_parameters: int
     trained_groups: list[str]
+    # What the phase was set to run with, strategy defaults resolved (None in checkpoints of
+    # earlier releases). learning_rate is the highest of its parameter groups (None for
+    # logistic-cv, which fits no learning rate); patience None means no early stopping.
+    learning_rate: float | None = None
+    epochs: int | None = None
+    patience: int | None = None
 
 
 @dataclass
@@ -203,7 +209,8 @@ def fit(
             run.seen = result.seen_indices
         LOOPS[phase.loop](run)
         ctx.accelerator.free_memory()
-        result.phases.append(_phase_log(model, phase, len(result.history) - result.epochs_before_phase()))
+        epochs_run = len(result.history) - result.epochs_before_phase()
+        result.phases.append(_phase_log(model, phase, groups, epochs_run))
         session.progress.next_phase()
         if any(p.requires_grad for p in model.backbone.parameters()):
             features, result.body_trained = None, True
@@ -291,7 +298,7 @@ def _epoch_recorder(
     return end_epoch
 
 
-def _phase_log(model: TransferModel, phase: Phase, epochs_run: int) -> PhaseLog:
+def _phase_log(model: TransferModel, phase: Phase, groups: ParamGroups, epochs_run: int) -> PhaseLog:
     trained = [g.name for g in model.backbone.layer_groups() if any(p.requires_grad for _, p in g.parameters)]
     trained += [
         name
@@ -299,7 +306,11 @@ def _phase_log(model: TransferModel, phase: Phase, epochs_run: int) -> PhaseLog:
         if any(p.requires_grad for p in getattr(model, name).parameters())
     ]
     trainable, _ = count_parameters(model)
-    return PhaseLog(phase.name, phase.loop, epochs_run, trainable, trained)
+    rates = [g["lr"] for g in groups if "lr" in g]
+    learning_rate = max(rates) if rates and phase.loop != "logistic-cv" else None
+    return PhaseLog(
+        phase.name, phase.loop, epochs_run, trainable, trained, learning_rate, phase.epochs, phase.patience
+    )
 
 
 def gradient_loop(run: PhaseRun) -> None:

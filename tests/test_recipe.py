@@ -11,6 +11,7 @@ import pytest
 from conftest import recipe, run_script, sentiment_frame
 
 from nlptransfer import TransferModel
+from nlptransfer.strategies.feature_extraction import FeatureExtraction
 
 
 def nlptransfer_cli(*args: str):
@@ -211,3 +212,27 @@ def test_same_seed_gives_identical_metrics(tiny_bert: str, tmp_path: Path) -> No
         assert run_script(recipe(*args)).returncode == 0
         results.append(json.loads((tmp_path / name / "results.json").read_text()))
     assert results[0]["history"] == results[1]["history"]
+
+
+def test_results_record_seed_versions_device_and_resolved_options(tiny_bert: str, tmp_path: Path) -> None:
+    sentiment_frame(40).to_csv(tmp_path / "train.csv", index=False)
+    out = tmp_path / "out"
+    args = ["--model", tiny_bert, "--train_file", str(tmp_path / "train.csv"), "--output_dir", str(out),
+            "--epochs", "1", "--seed", "3"]  # fmt: skip
+    result = run_script(recipe(*args))
+    assert result.returncode == 0, result.stderr[-2000:]
+    results = json.loads((out / "results.json").read_text())
+    assert results["seed"] == 3
+    versions = results["versions"]
+    assert {"python", "torch", "transformers", "accelerate", "peft", "numpy", "safetensors"} <= set(versions)
+    assert versions["device"].split(":")[0] in ("cpu", "cuda") and versions["num_processes"] == "1"
+    # Left unset, learning rate and patience are the strategy's defaults: results.json says which.
+    assert results["config"]["learning_rate"] is None
+    default = (FeatureExtraction.default_learning_rate, 1, FeatureExtraction.default_patience)
+    assert isinstance(default[0], float) and default[2] is not None
+    resolved = results["resolved"]
+    assert (resolved["learning_rate"], resolved["epochs"], resolved["early_stopping_patience"]) == default
+    phase = results["phases"][0]
+    assert (phase["learning_rate"], phase["epochs"], phase["patience"]) == default
+    card = (out / "README.md").read_text()
+    assert f"{versions['device']}, 1 process(es)" in card and f"- peft {versions['peft']}" in card
