@@ -103,8 +103,12 @@ def render_card(info: CardInfo) -> str:
 def write_card(output_dir: Path, info: CardInfo) -> Path:
     path = Path(output_dir) / CARD_NAME
     tmp = path.with_name(f".{CARD_NAME}.tmp")
-    tmp.write_text(render_card(info))
-    tmp.replace(path)
+    try:
+        tmp.write_text(render_card(info))
+        tmp.replace(path)
+    except OSError:
+        tmp.unlink(missing_ok=True)
+        raise
     return path
 
 

@@ -12,7 +12,9 @@ import itertools
 import json
 import logging
 import math
+import os
 import random
+import tempfile
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -25,7 +27,7 @@ from torch.utils.data import DataLoader, Dataset
 from nlptransfer.backbones import is_word_vector_source
 from nlptransfer.config import TrainingOptions, _opt
 from nlptransfer.data import BUILTIN_DATASETS, LengthGroupedSampler, read_texts
-from nlptransfer.errors import ConfigError, DataError, ModelLoadError
+from nlptransfer.errors import ConfigError, DataError, ModelLoadError, SaveError
 from nlptransfer.loop import EpochPlan, TrainSession, prepare_phase, run_epochs
 from nlptransfer.modelcard import CardInfo, command_line, push_to_hub, write_card
 from nlptransfer.outputs import RESULTS_NAME, RUN_CONFIG_NAME, check_output_dir, versions
@@ -508,15 +510,25 @@ def _results(
 def _save(
     model: torch.nn.Module, tokenizer: Any, config: PretrainConfig, results: dict[str, Any], out: Path
 ) -> None:
-    out.mkdir(parents=True, exist_ok=True)
-    (out / RESULTS_NAME).unlink(missing_ok=True)
-    model.save_pretrained(out)
-    tokenizer.save_pretrained(out)
-    config.save(out / RUN_CONFIG_NAME)
-    write_card(out, _card(config, results, out))
-    tmp = out / f".{RESULTS_NAME}.tmp"
-    tmp.write_text(json.dumps(results, indent=2))
-    tmp.replace(out / RESULTS_NAME)  # last: its presence means the run completed
+    """Write every file to a staging folder first: a full disk then leaves an earlier run intact."""
+    try:
+        out.mkdir(parents=True, exist_ok=True)
+        with tempfile.TemporaryDirectory(dir=out, prefix=".saving-", ignore_cleanup_errors=True) as tmp:
+            staging = Path(tmp)
+            model.save_pretrained(staging)
+            tokenizer.save_pretrained(staging)
+            config.save(staging / RUN_CONFIG_NAME)
+            write_card(staging, _card(config, results, out))
+            (staging / RESULTS_NAME).write_text(json.dumps(results, indent=2))
+            (out / RESULTS_NAME).unlink(missing_ok=True)  # from here on the old run is not complete
+            # results.json last: its presence means the run completed.
+            for file in sorted(staging.iterdir(), key=lambda f: f.name == RESULTS_NAME):
+                os.replace(file, out / file.name)
+    except OSError as err:
+        raise SaveError(
+            f"Could not save the pretrained model to {out}: {err} (disk full?). Nothing there was "
+            "replaced: an earlier run in that folder is unchanged."
+        ) from err
 
 
 def _card(config: PretrainConfig, results: dict[str, Any], out: Path) -> CardInfo:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 import time
@@ -54,15 +55,26 @@ class JSONLTracker(GeneralTracker):
 
     @on_main_process
     def log(self, values: dict, step: int | None = None, **kwargs: Any) -> None:
+        if self._file is None:  # stopped after a failed write
+            return
         record = {"step": step, "time": round(time.time(), 3), **values}
-        self._file.write(json.dumps(record) + "\n")
-        self._file.flush()
+        try:
+            self._file.write(json.dumps(record) + "\n")
+            self._file.flush()
+        except OSError as err:
+            # A log is worth less than the run: keep training, so the checkpoint and model saves
+            # get their chance (and report a full disk clearly if they fail too).
+            logger.warning(
+                "Could not write the training log %s: %s. Logging to it stops here.", self.path, err
+            )
+            self.finish()
 
     @on_main_process
     def finish(self) -> None:
         if self._file is not None:
-            self._file.close()
-            self._file = None
+            file, self._file = self._file, None
+            with contextlib.suppress(OSError):  # flushing the last line can fail on a full disk too
+                file.close()
 
 
 def read_log(path: Path) -> list[dict[str, Any]]:

@@ -296,3 +296,29 @@ def test_non_finite_gradients_without_a_scaler_stop_before_the_step(session: Tra
     assert str(info.value).startswith("The gradients became inf at step 12 (epoch 1, batch 4)")
     assert str(info.value).endswith("The last good checkpoint is out/checkpoints/checkpoint-10.")
     assert all(torch.equal(p.detach(), b) for p, b in zip(params, before, strict=True))
+
+
+def test_pretraining_on_a_full_disk_keeps_the_earlier_run(
+    tiny_bert: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from nlptransfer.pretrain import PretrainConfig, pretrain
+
+    texts = tmp_path / "texts.txt"
+    texts.write_text("\n".join(sentiment_frame(60)["text"]) + "\n")
+    out = tmp_path / "adapted"
+    config = PretrainConfig(model=tiny_bert, train_file=str(texts), output_dir=str(out), epochs=1,
+                            batch_size=8, heldout_split=0.1, save_steps=0, report_to=["none"])  # fmt: skip
+    pretrain(config)
+    before = {f.name: f.read_bytes() for f in out.iterdir() if f.is_file()}
+    assert {RESULTS_NAME, "model.safetensors", "config.json"} <= set(before)
+    import transformers
+
+    monkeypatch.setattr(
+        transformers.PreTrainedTokenizerBase,
+        "save_pretrained",
+        fail_on_call(transformers.PreTrainedTokenizerBase.save_pretrained, 1),
+    )
+    with pytest.raises(SaveError, match="earlier run in that folder is unchanged"):
+        pretrain(replace(config, overwrite_output_dir=True, seed=1))
+    assert {f.name: f.read_bytes() for f in out.iterdir() if f.is_file()} == before
+    assert not [f for f in out.iterdir() if f.name.startswith(".saving-")]

@@ -253,3 +253,19 @@ def test_push_to_hub_failure_names_the_saved_folder(tmp_path: Path, fake_hub: ty
     assert isinstance(info.value, OSError)
     assert isinstance(info.value.__cause__, RuntimeError)
     assert "upload_folder" not in [name for name, _ in fake_hub.calls]
+
+
+def test_a_card_that_cannot_be_written_leaves_no_temporary_file(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import nlptransfer.modelcard as modelcard
+
+    def full_disk(info: object) -> str:
+        raise OSError(28, "No space left on device")
+
+    monkeypatch.setattr(modelcard, "render_card", full_disk)
+    (tmp_path / modelcard.CARD_NAME).write_text("the old card")
+    with pytest.raises(OSError, match="No space"):
+        modelcard.write_card(tmp_path, None)
+    assert sorted(p.name for p in tmp_path.iterdir()) == [modelcard.CARD_NAME]
+    assert (tmp_path / modelcard.CARD_NAME).read_text() == "the old card"

@@ -131,3 +131,28 @@ def test_accelerator_logs_through_the_jsonl_tracker(tmp_path: Path) -> None:
         tracker.finish()
     records = read_log(path)
     assert [(r["step"], r.get("a"), r.get("b")) for r in records] == [(3, 1.0, None), (4, None, 2.5)]
+
+
+def test_a_full_disk_stops_the_log_with_a_warning_not_the_run(tmp_path: Path, caplog) -> None:
+    path = tmp_path / LOG_NAME
+    tracker = JSONLTracker(path)
+    tracker.start()
+    tracker.log({"train/loss": 0.5}, step=1)
+
+    class FullDisk:
+        def write(self, text: str) -> None:
+            raise OSError(28, "No space left on device")
+
+        def flush(self) -> None:
+            raise OSError(28, "No space left on device")
+
+        close = flush
+
+    real, tracker._file = tracker._file, FullDisk()
+    real.close()
+    with caplog.at_level("WARNING"):
+        tracker.log({"train/loss": 0.4}, step=2)
+        tracker.log({"train/loss": 0.3}, step=3)  # after the failure: nothing, no error
+        tracker.finish()
+    assert caplog.text.count("Could not write the training log") == 1
+    assert [r["step"] for r in read_log(path)] == [1]
