@@ -22,7 +22,7 @@ import torch
 from accelerate import Accelerator
 from safetensors.torch import load_file, save_file
 
-from nlptransfer.errors import ConfigError, SaveError
+from nlptransfer.errors import ConfigError, ModelLoadError, SaveError
 
 logger = logging.getLogger(__name__)
 
@@ -105,13 +105,31 @@ def resolve_checkpoint(spec: str, output_dir: Path) -> Path:
 
 
 def read_checkpoint(path: Path, process_index: int = 0) -> Checkpoint:
-    state = json.loads((path / STATE_NAME).read_text())
-    progress = Progress(**state.pop("progress"))
-    tensors_file = path / TENSORS_NAME
-    tensors = load_file(str(tensors_file)) if tensors_file.is_file() else {}
-    process_file = path / f"process_{process_index}.json"
-    process_state = json.loads(process_file.read_text()) if process_file.is_file() else {}
+    try:
+        state = json.loads((path / STATE_NAME).read_text())
+        progress = Progress(**state.pop("progress"))
+        tensors_file = path / TENSORS_NAME
+        tensors = load_file(str(tensors_file)) if tensors_file.is_file() else {}
+        process_file = path / f"process_{process_index}.json"
+        process_state = json.loads(process_file.read_text()) if process_file.is_file() else {}
+    except Exception as err:  # json, safetensors and a tampered progress raise unrelated types
+        raise damaged_checkpoint(path, err) from err
     return Checkpoint(path, progress, state, tensors, process_state)
+
+
+def damaged_checkpoint(path: Path, err: BaseException) -> ModelLoadError:
+    """The error for a checkpoint that cannot be read back, naming the earlier ones to use instead."""
+    earlier = [c for c in complete_checkpoints(path.parent.parent) if c != path]
+    instead = (
+        f"Pass an earlier one with --resume_from_checkpoint {earlier[-1]}"
+        if earlier
+        else "Start again without --resume_from_checkpoint"
+    )
+    return ModelLoadError(
+        f"Checkpoint {path} cannot be loaded: {err}. It is damaged, was written for other options, "
+        "or holds objects that are not plain tensors (refused: unpickling them could run code). "
+        f"{instead}, or delete it."
+    )
 
 
 class Checkpointer:
@@ -198,6 +216,7 @@ __all__ = [
     "Checkpointer",
     "Progress",
     "complete_checkpoints",
+    "damaged_checkpoint",
     "read_checkpoint",
     "resolve_checkpoint",
 ]

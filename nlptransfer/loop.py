@@ -18,10 +18,12 @@ from typing import Any
 
 import torch
 from accelerate import Accelerator
+from accelerate.utils import RNG_STATE_NAME
+from accelerate.utils import load as accelerate_load
 from torch.utils.data import DataLoader
 from tqdm.auto import tqdm
 
-from nlptransfer.checkpoint import Checkpoint, Checkpointer, Progress
+from nlptransfer.checkpoint import Checkpoint, Checkpointer, Progress, damaged_checkpoint
 from nlptransfer.config import TrainingOptions
 from nlptransfer.errors import SaveError, TrainingError, TrainingInterrupted
 from nlptransfer.interrupt import InterruptGuard
@@ -109,11 +111,25 @@ class TrainSession:
             )
         raise TrainingInterrupted(message, signum, str(path) if path else None)
 
+    def _check_rng_state(self, path: Path) -> None:
+        """Read this process's RNG file the way accelerate does (weights only), but let errors out.
+
+        accelerate logs a refused or damaged RNG file at INFO level and resumes anyway,
+        which silently breaks the bitwise-identical resume (and hides a planted pickle).
+        """
+        rng_file = path / f"{RNG_STATE_NAME}_{self.accelerator.process_index}.pkl"
+        if rng_file.is_file():
+            accelerate_load(rng_file, weights_only=True)  # with accelerate's safe numpy globals
+
     def load_resume_state(self) -> None:
         """Load model, optimizer, schedule and RNG: in the checkpoint's phase, after ``prepare``."""
         if self.resume is not None:
             # Not strict: parameters that had not trained were left out on purpose.
-            self.accelerator.load_state(str(self.resume.path), strict=False)
+            try:
+                self._check_rng_state(self.resume.path)
+                self.accelerator.load_state(str(self.resume.path), strict=False)
+            except Exception as err:  # torch raises UnpicklingError, RuntimeError, EOFError, ...
+                raise damaged_checkpoint(self.resume.path, err) from err
             logger.info("resumed from %s at %s", self.resume.path, self.progress)
             self.resume = None
 

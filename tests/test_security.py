@@ -10,6 +10,7 @@ from __future__ import annotations
 import ast
 import json
 import sys
+from dataclasses import replace
 from pathlib import Path
 
 import pytest
@@ -177,3 +178,47 @@ def test_the_scan_catches_each_unsafe_pattern(code: str) -> None:
 def test_the_scan_accepts_the_safe_forms() -> None:
     safe = "np.load(p, allow_pickle=False)\ntorch.load(f, weights_only=True)\nx = 'trust_remote_code=True'\n"
     assert _unsafe_uses(safe) == []
+
+
+class _Payload:
+    """Unpickling this object writes a marker file: what a malicious checkpoint would do."""
+
+    def __init__(self, marker: Path) -> None:
+        self.marker = marker
+
+    def __reduce__(self):
+        return (exec, (f"open({str(self.marker)!r}, 'w').write('pickle code ran')",))
+
+
+@pytest.mark.parametrize("victim", ["random_states_0.pkl", "optimizer.bin", "trainer_state.json"])
+def test_a_checkpoint_with_a_planted_pickle_is_refused_on_resume(
+    tiny_bert: str, tmp_path: Path, victim: str
+) -> None:
+    import pickle  # only to build the attack
+
+    from conftest import sentiment_frame
+
+    from nlptransfer.config import FinetuneConfig
+    from nlptransfer.runner import train
+
+    sentiment_frame(40).to_csv(tmp_path / "train.csv", index=False)
+    config = FinetuneConfig(
+        model=tiny_bert, train_file=str(tmp_path / "train.csv"), output_dir=str(tmp_path / "out"),
+        epochs=1, batch_size=4, save_steps=5, save_total_limit=0, strategy="finetune",
+    )  # fmt: skip
+    train(config)
+    checkpoints = tmp_path / "out" / "checkpoints"
+    latest = max(checkpoints.glob("checkpoint-*"), key=lambda p: int(p.name.split("-")[1]))
+    marker = tmp_path / "ran.txt"
+    payload = pickle.dumps(_Payload(marker))
+    if victim.endswith(".json"):
+        (latest / victim).write_text("{not json")  # a damaged state file, for comparison
+    else:
+        (latest / victim).write_bytes(payload)
+    with pytest.raises(ModelLoadError, match="cannot be loaded") as caught:
+        train(replace(config, resume_from_checkpoint="latest"))
+    assert f"--resume_from_checkpoint {checkpoints / 'checkpoint-5'}" in str(caught.value)
+    assert not marker.exists()
+    # The planted pickle is live: plain pickle would run it.
+    pickle.loads(payload)
+    assert marker.exists()
