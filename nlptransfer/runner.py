@@ -165,9 +165,11 @@ def _card(config: FinetuneConfig, results: dict[str, Any], table: str, output_di
         details["Hardware"] = f"{device}, {processes} process(es)"
     kind = results.get("modality", "text")
     example = '["an example text"]' if kind == "text" else '["an_image.jpg"]'
+    # A model trained with remote code loads only with the same explicit opt-in.
+    remote = ", trust_remote_code=True" if config.trust_remote_code else ""
     usage = (
         "from nlptransfer import TransferModel\n\n"
-        f'model = TransferModel.from_pretrained("{output_dir.name}")  # this folder, or its hub id\n'
+        f'model = TransferModel.from_pretrained("{output_dir.name}"{remote})  # this folder, or its hub id\n'
         f"print(model.predict({example}).labels)"
     )
     return CardInfo(

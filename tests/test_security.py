@@ -222,3 +222,22 @@ def test_a_checkpoint_with_a_planted_pickle_is_refused_on_resume(
     # The planted pickle is live: plain pickle would run it.
     pickle.loads(payload)
     assert marker.exists()
+
+
+def test_a_model_trained_with_remote_code_asks_for_the_same_opt_in_to_load(
+    tiny_bert: str, tmp_path: Path
+) -> None:
+    from conftest import sentiment_frame
+
+    from nlptransfer.config import FinetuneConfig
+    from nlptransfer.runner import train
+
+    sentiment_frame(40).to_csv(tmp_path / "train.csv", index=False)
+    out = tmp_path / "out"
+    train(FinetuneConfig(model=tiny_bert, train_file=str(tmp_path / "train.csv"), output_dir=str(out),
+                         epochs=1, save_steps=0, trust_remote_code=True))  # fmt: skip
+    assert json.loads((out / CONFIG_NAME).read_text())["backbone"]["trust_remote_code"] is True
+    assert "trust_remote_code=True" in (out / "README.md").read_text()  # the card's usage snippet
+    with pytest.raises(ModelLoadError, match="--trust_remote_code"):
+        TransferModel.from_pretrained(out)
+    assert TransferModel.from_pretrained(out, trust_remote_code=True).predict(["fine"]).labels
