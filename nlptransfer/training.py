@@ -34,7 +34,7 @@ from nlptransfer.heads import fit_logistic_head
 from nlptransfer.inference import encode_split, evaluate_split
 from nlptransfer.layers import count_parameters
 from nlptransfer.loop import EpochPlan, Snapshot, prepare_phase, run_epochs
-from nlptransfer.model import TransferModel
+from nlptransfer.model import TransferModel, align_padding
 from nlptransfer.strategies.base import ParamGroups, Phase
 
 logger = logging.getLogger(__name__)
@@ -216,20 +216,6 @@ def fit(
             features, result.body_trained = None, True
     best.restore()
     return result
-
-
-def align_padding(model: TransferModel, device: torch.device) -> None:
-    """On a GPU, pad batches to a multiple of 8 tokens; on a CPU, to the longest text only.
-
-    Length-grouped batches come in dozens of widths, and cuDNN's attention plans every
-    new shape: in a torch profile of MiniLM on an H100 its forward and backward took
-    7.6 and 8.5 ms of CPU per call, and the loop was CPU-bound. Widths up to 128 then
-    come in 16 sizes, each planned once (bf16 fine-tuning went from 458 to 811
-    samples/s; docs/benchmarks.md). Multiples of 8 also suit tensor cores. A CPU
-    gains nothing from extra padding.
-    """
-    if hasattr(model.backbone, "pad_to_multiple_of"):
-        model.backbone.pad_to_multiple_of = 8 if device.type == "cuda" else None
 
 
 def _snapshot(ctx: RunContext, result: FitResult, best: BestWeights) -> Snapshot:
