@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import logging
+import re
 from collections import Counter
 from pathlib import Path
 
@@ -15,7 +16,7 @@ from conftest import sentiment_frame
 from nlptransfer.config import FinetuneConfig
 from nlptransfer.data import read_table
 from nlptransfer.data.prepare import load_data
-from nlptransfer.errors import DataError, DataFileNotFoundError
+from nlptransfer.errors import ConfigError, DataError, DataFileNotFoundError
 
 
 def _config(train_file: Path | str | None = None, **kwargs) -> FinetuneConfig:
@@ -358,6 +359,73 @@ def test_unknown_builtin_dataset() -> None:
         load_data(FinetuneConfig(dataset="movie-review"))
 
 
+@pytest.mark.parametrize("suffix", [".csv", ".tsv", ".json", ".jsonl"])
+@pytest.mark.parametrize(
+    "texts", [["007", "1.50", "1e3", "-0"], ["2020-01-02T10:30:00", "2021-03-04T08:00:00"], ["true", "False"]]
+)
+def test_texts_that_look_like_numbers_or_dates_stay_texts(
+    tmp_path: Path, suffix: str, texts: list[str]
+) -> None:
+    # pandas inferred types: "007" became 7, "true" True, and dates in a "date" column Timestamps.
+    texts = texts * 4
+    frame = pd.DataFrame({"date": texts, "label": ["a", "b"] * (len(texts) // 2)})
+    path = tmp_path / f"train{suffix}"
+    _write(frame, path)
+    data = load_data(_config(path, text_column="date"))
+    assert sorted(data.train.texts + data.validation.texts) == sorted(texts)
+
+
+def test_one_column_in_two_roles_is_refused(sentiment_csv: Path) -> None:
+    with pytest.raises(ConfigError, match="--text_column and --label_column both name the column 'text'"):
+        load_data(_config(sentiment_csv, label_column="text"))
+    with pytest.raises(ConfigError, match="--text_column and --text_pair_column both name"):
+        load_data(_config(sentiment_csv, text_pair_column="text"))
+
+
+def test_nested_json_label_is_a_clear_error(tmp_path: Path) -> None:
+    path = tmp_path / "train.jsonl"
+    path.write_text('{"text": "a", "label": "x"}\n{"text": "b", "label": ["x", "y"]}\n')
+    with pytest.raises(DataError, match=r"the label \['x', 'y'\] \(row 2\).*one row per label"):
+        load_data(_config(path))
+
+
+@pytest.mark.parametrize("suffix", [".json", ".jsonl"])
+def test_json_rows_that_are_not_objects_are_a_clear_error(tmp_path: Path, suffix: str) -> None:
+    path = tmp_path / f"train{suffix}"
+    path.write_text('{"text": "a", "label": 1}\n0\n')  # pandas raised a bare TypeError
+    with pytest.raises(DataError, match=r"Could not parse .*train\.jsonl?.*must be a JSON object"):
+        read_table(str(path))
+
+
+@pytest.mark.parametrize(
+    ("suffix", "damage"), [(".csv.gz", "not packed"), (".csv.gz", "cut"), (".jsonl.bz2", "cut")]
+)
+def test_damaged_compressed_file_is_a_clear_error(tmp_path: Path, suffix: str, damage: str) -> None:
+    import bz2
+    import gzip
+
+    content = sentiment_frame(10).to_csv(index=False).encode()
+    pack = gzip.compress if suffix.endswith(".gz") else bz2.compress
+    path = tmp_path / f"train{suffix}"
+    path.write_bytes(content if damage == "not packed" else pack(content)[:-8])
+    with pytest.raises(DataError, match=rf"Could not read .*train.*complete {re.escape(suffix)} file"):
+        load_data(_config(path))
+
+
+def test_file_with_a_header_but_no_rows(tmp_path: Path) -> None:
+    path = tmp_path / "train.csv"
+    path.write_text("text,label\n")
+    with pytest.raises(DataError, match="The train data has no rows"):
+        load_data(_config(path))
+
+
+def test_empty_json_lists_no_columns(tmp_path: Path) -> None:
+    path = tmp_path / "train.json"
+    path.write_text("[]")
+    with pytest.raises(DataError, match=r"Columns that exist: none \(is the file empty\?\)"):
+        load_data(_config(path))
+
+
 # --------------------------------------------------------------------------- labels
 
 
@@ -436,6 +504,7 @@ def test_mixed_label_types_warn_and_become_strings(tmp_path: Path, caplog: pytes
         ([10.5, 2.5, 0.5], ["0.5", "2.5", "10.5"]),
         ([2, 0.5, 10], ["0.5", "2", "10"]),
         ([True, False], ["False", "True"]),
+        (["10", "2", "1"], ["1", "2", "10"]),  # JSON strings that spell integers
     ],
 )
 def test_one_kind_of_label_sorts_naturally_without_warning(

@@ -14,7 +14,7 @@ from sklearn.model_selection import train_test_split
 from nlptransfer.config import FinetuneConfig
 from nlptransfer.data.images import has_image, image_key, resolve_paths
 from nlptransfer.data.sources import BUILTIN_DATASETS, Frames, read_table
-from nlptransfer.errors import DataError
+from nlptransfer.errors import ConfigError, DataError
 
 logger = logging.getLogger(__name__)
 
@@ -49,7 +49,8 @@ class Columns:
     pair: str | None = None
 
     def all(self) -> list[str]:
-        return [c for c in (self.text, self.pair, self.label) if c]
+        # An empty name is a column name like any other (JSON allows it); only None means "none".
+        return [c for c in (self.text, self.pair, self.label) if c is not None]
 
 
 def load_data(config: FinetuneConfig) -> TextClassificationData:
@@ -105,10 +106,24 @@ def _columns(config: FinetuneConfig, train: pd.DataFrame) -> tuple[Columns, bool
     """The columns to read, and whether the inputs are images."""
     image_column = config.image_column or _implicit_image_column(train, config)
     if image_column is None:
+        _check_distinct(text=config.text_column, text_pair=config.text_pair_column, label=config.label_column)
         return Columns(config.text_column, config.label_column, config.text_pair_column), False
     if config.text_pair_column:
         raise DataError("--text_pair_column pairs two texts; an image classifier takes one image per row.")
+    _check_distinct(image=image_column, label=config.label_column)
     return Columns(image_column, config.label_column), True
+
+
+def _check_distinct(**columns: str | None) -> None:
+    # One column in two roles would make the label part of the input (or vice versa).
+    named = [(role, name) for role, name in columns.items() if name is not None]
+    for i, (role, name) in enumerate(named):
+        for other, other_name in named[i + 1 :]:
+            if name == other_name:
+                raise ConfigError(
+                    f"--{role}_column and --{other}_column both name the column {name!r}; "
+                    "give each its own column."
+                )
 
 
 def _implicit_image_column(train: pd.DataFrame, config: FinetuneConfig) -> str | None:
@@ -131,7 +146,8 @@ def _read_frames(config: FinetuneConfig) -> tuple[Frames, dict[str, Path]]:
         if config.validation_file or config.test_file:
             raise DataError("--validation_file/--test_file need --train_file as well.")
         return BUILTIN_DATASETS.get(config.dataset)(), {}
-    first = read_table(config.train_file)
+    texts = _text_columns(config)
+    first = read_table(config.train_file, text_columns=texts)
     if "data" in first:
         frames = {"train": first["data"]}
     elif "train" in first:
@@ -141,10 +157,16 @@ def _read_frames(config: FinetuneConfig) -> tuple[Frames, dict[str, Path]]:
     folders = {name: _folder_of(config.train_file) for name in frames}
     for name, path in (("validation", config.validation_file), ("test", config.test_file)):
         if path is not None:
-            loaded = read_table(path)
+            loaded = read_table(path, text_columns=texts)
             frames[name] = _pick_split(loaded, name, path)
             folders[name] = _folder_of(path)
     return frames, folders
+
+
+def _text_columns(config: FinetuneConfig) -> list[str]:
+    """Columns whose values are texts (or image paths), never numbers to parse."""
+    names = (config.text_column, config.text_pair_column, config.image_column)
+    return [name for name in names if name is not None]
 
 
 def _folder_of(path: str) -> Path:
@@ -170,15 +192,19 @@ def _clean(
             if images
             else ("--text_column / --label_column (and --text_pair_column), or --image_column for images,")
         )
+        existing = ", ".join(map(repr, map(str, frame.columns))) or "none (is the file empty?)"
         raise DataError(
             f"The {split} data has no column {', '.join(repr(c) for c in missing)}. Columns that "
-            f"exist: {', '.join(map(repr, map(str, frame.columns)))}. Pass {flags} with the right names."
+            f"exist: {existing}. Pass {flags} with the right names."
         )
+    if frame.empty:
+        raise DataError(f"The {split} data has no rows.")
+    _check_label_values(frame[columns.label], split)
     keep = frame[columns.label].notna()
     for col in (columns.text, columns.pair):
-        if col and images:
+        if col is not None and images:
             keep &= frame[col].map(has_image)
-        elif col:
+        elif col is not None:
             keep &= frame[col].notna() & (frame[col].astype(str).str.strip() != "")
     dropped = int((~keep).sum())
     if dropped:
@@ -194,6 +220,19 @@ def _clean(
     if cleaned.empty:
         raise DataError(f"No usable rows left in the {split} data after dropping {dropped} empty ones.")
     return cleaned
+
+
+def _check_label_values(labels: pd.Series, split: str) -> None:
+    # JSON can hold a list or object per label; as a class name its str() would be a silent guess.
+    if labels.dtype != object:
+        return
+    nested = (list, dict, tuple, set, np.ndarray)
+    position = next((i for i, value in enumerate(labels) if isinstance(value, nested)), None)
+    if position is not None:
+        raise DataError(
+            f"The {split} data has the label {labels.iloc[position]!r} (row {position + 1}); a label must be "
+            "one string, number or boolean per row. For multi-label data, give one row per label."
+        )
 
 
 def _split(
@@ -271,8 +310,9 @@ def _label_map(values: pd.Series) -> tuple[list[str], dict[str, int]]:
         by_kind.setdefault(_label_kind(value), {})[str(value)] = value
     if len(by_kind) == 1:
         ((kind, named),) = by_kind.items()
-        natural = kind in ("numbers", "booleans")
-        names = sorted(named, key=named.__getitem__) if natural else sorted(named)
+        names = sorted(named, key=named.__getitem__) if kind in ("numbers", "booleans") else sorted(named)
+        if kind == "strings" and all(_is_integer(name) for name in names):
+            names.sort(key=int)  # "2" before "10", as when the file stores the labels as numbers
     else:
         logger.warning("Labels mix %s; treating them all as strings.", " and ".join(sorted(by_kind)))
         names = sorted({name for named in by_kind.values() for name in named})
@@ -289,6 +329,14 @@ def _unique_labels(values: pd.Series) -> list[Any]:
     # would give True and 1 one id but two names; only object columns can hold such a mix.
     uniques = values if values.dtype == object else values.unique()
     return list({(type(v), v): v for v in map(_normalise_label, uniques)}.values())
+
+
+def _is_integer(name: str) -> bool:
+    try:
+        int(name)
+    except ValueError:
+        return False
+    return True
 
 
 def _label_kind(value: Any) -> str:
@@ -333,5 +381,5 @@ def _to_split(frame: pd.DataFrame, columns: Columns, to_id: dict[str, int], imag
     return Split(
         texts=inputs.tolist() if images else inputs.astype(str).tolist(),
         labels=[to_id[s] for s in _label_strings(frame[columns.label])],
-        pairs=frame[columns.pair].astype(str).tolist() if columns.pair else None,
+        pairs=frame[columns.pair].astype(str).tolist() if columns.pair is not None else None,
     )

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import importlib.util
-from collections.abc import Callable
+from collections.abc import Callable, Collection
 from pathlib import Path
 from typing import Any
 
@@ -19,12 +19,13 @@ SUFFIXES = (".csv", ".tsv", ".json", ".jsonl", ".parquet", ".npz")
 Frames = dict[str, pd.DataFrame]
 
 
-def read_table(path: str) -> Frames:
+def read_table(path: str, text_columns: Collection[str] = ()) -> Frames:
     """Read one file or saved ``datasets`` folder into ``{split name: DataFrame}``.
 
     A file gives ``{"data": frame}``; a saved ``DatasetDict`` gives its splits; a folder of
     class sub-folders of images gives a frame of image paths and labels (see
-    :func:`~nlptransfer.data.images.read_image_folder`).
+    :func:`~nlptransfer.data.images.read_image_folder`). ``text_columns`` of a CSV/TSV file
+    are read as written, never as numbers ("007" stays "007"); JSON keeps the types it spells.
     """
     file = Path(path).expanduser()
     if not file.exists():
@@ -42,9 +43,10 @@ def read_table(path: str) -> Frames:
         if base in (".csv", ".tsv"):
             # Only truly empty cells are missing: "NA", "None" or "null" can be real texts or labels.
             sep = "\t" if base == ".tsv" else ","
-            frame = pd.read_csv(file, sep=sep, keep_default_na=False, na_values=[""])
+            texts = dict.fromkeys(text_columns, str)
+            frame = pd.read_csv(file, sep=sep, keep_default_na=False, na_values=[""], dtype=texts)
         elif base == ".jsonl":
-            frame = pd.read_json(file, lines=True)
+            frame = pd.read_json(file, lines=True, dtype=False)
         elif base == ".json":
             frame = _read_json(file)
         elif base == ".parquet":
@@ -57,11 +59,27 @@ def read_table(path: str) -> Frames:
             )
     except UnicodeDecodeError as err:
         raise DataError(f"'{path}' is not valid UTF-8 text ({err}). Re-save the file as UTF-8.") from err
-    except (ValueError, pd.errors.ParserError) as err:
+    except (OSError, EOFError) as err:  # also a damaged or cut-off .gz/.bz2 file
+        packed = f" Check that it is a complete {suffix} file." if suffix != base else ""
+        raise DataError(f"Could not read '{path}': {str(err).rstrip('.')}.{packed}") from err
+    except (ValueError, TypeError, pd.errors.ParserError) as err:
         if isinstance(err, DataError):
             raise
-        raise DataError(f"Could not parse '{path}' as {base[1:]}: {err}") from err
+        raise _parse_error(path, base, err) from err
     return {"data": frame}
+
+
+def _parse_error(path: str, base: str, err: Exception) -> DataError:
+    hint = ""
+    if "json" in base:
+        # pandas raises a TypeError when a row is a bare number, list or string.
+        hint = (
+            ' Each row must be a JSON object, e.g. {"text": "...", "label": "..."}.'
+            if isinstance(err, TypeError)
+            else " pandas reads strict JSON only: null, not NaN or Infinity; integers within 64 bits."
+        )
+    detail = str(err).strip().rstrip(".")
+    return DataError(f"Could not parse '{path}' as {base[1:]}: {detail}.{hint}")
 
 
 def read_texts(path: str, text_column: str = "text") -> list[str]:
@@ -76,7 +94,7 @@ def read_texts(path: str, text_column: str = "text") -> list[str]:
         except UnicodeDecodeError as err:
             raise DataError(f"'{path}' is not valid UTF-8 text ({err}). Re-save the file as UTF-8.") from err
         return [line for line in lines if line.strip()]
-    frames = read_table(path)
+    frames = read_table(path, text_columns=[text_column])
     chosen = [frames["train"]] if "train" in frames else list(frames.values())
     for frame in chosen:
         if text_column not in frame.columns:
@@ -89,11 +107,12 @@ def read_texts(path: str, text_column: str = "text") -> list[str]:
 
 
 def _read_json(file: Path) -> pd.DataFrame:
+    # dtype=False: a JSON string stays a string; pandas would turn "007" into 7 and dates into Timestamps.
     try:
-        return pd.read_json(file)
+        return pd.read_json(file, dtype=False)
     except ValueError:
         # Many ".json" files are really JSON Lines.
-        return pd.read_json(file, lines=True)
+        return pd.read_json(file, lines=True, dtype=False)
 
 
 def _read_saved_dataset(folder: Path) -> Frames:

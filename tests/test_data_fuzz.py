@@ -1,0 +1,283 @@
+"""Property-based fuzzing of data loading.
+
+Whatever a data file holds, ``read_table`` / ``load_data`` either give consistent data or
+raise a documented error (an ``NLPTransferError``); any other exception is a bug. Examples
+are derandomized, so CI sees the same inputs on every run.
+"""
+
+from __future__ import annotations
+
+import bz2
+import contextlib
+import csv
+import gzip
+import io
+import json
+import math
+import os
+import tempfile
+from collections import Counter
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+from hypothesis import HealthCheck, event, given, settings
+from hypothesis import strategies as st
+
+from nlptransfer.config import FinetuneConfig
+from nlptransfer.data import read_table, read_texts
+from nlptransfer.data.prepare import TextClassificationData, load_data
+from nlptransfer.errors import NLPTransferError
+
+FORMATS = (".csv", ".tsv", ".json", ".jsonl")
+# utf-8 weighs most: the other encodings are refused, and valid files must load often enough.
+ENCODINGS = ("utf-8", "utf-8", "utf-8", "utf-8", "latin-1", "utf-16")
+
+# CI runs the same small derandomized search every time; NLPTRANSFER_FUZZ_EXAMPLES=2000 searches
+# deeper and at random (pytest --hypothesis-seed=N to repeat a run), for local bug hunts.
+DEEP = "NLPTRANSFER_FUZZ_EXAMPLES" in os.environ
+FUZZ = settings(
+    max_examples=int(os.environ.get("NLPTRANSFER_FUZZ_EXAMPLES", "60")),
+    derandomize=not DEEP,
+    deadline=None,
+    suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large],
+)
+
+# Names and texts that have broken CSV/JSON readers before, next to arbitrary text.
+TRICKY = ["", " ", ",", "\t", '"', "'", "\n", "a\nb", "text,label", "NA", "nan", "None", "null", "007",
+          "1.50", "1e3", "true", "\x00", "\r", "\ufeff", "é", "[]", "{}"]  # fmt: skip
+
+column_names = st.one_of(st.sampled_from(["text", "label", "pair", *TRICKY]), st.text(max_size=6))
+texts = st.one_of(st.sampled_from(TRICKY), st.text(max_size=12))
+# Texts a reader might take for numbers, booleans or dates.
+lookalikes = st.one_of(
+    st.sampled_from(["007", "1.50", "1e3", "-0", "0x1F", "true", "False", "2020-01-02", "NaN", "inf"]),
+    st.integers().map(str), st.floats().map(str),
+)  # fmt: skip
+# Lists and objects reach the frame as they are from JSON (and as their str() from CSV).
+nested = st.one_of(
+    st.lists(st.integers(), max_size=2), st.dictionaries(st.text(max_size=2), st.integers(), max_size=2)
+)
+cell_values = st.one_of(texts, st.integers(), st.floats(), st.booleans(), st.none(), nested)
+label_values = st.one_of(
+    st.integers(-3, 3), st.integers(), st.floats(allow_nan=True, allow_infinity=True),
+    st.text(max_size=4), st.booleans(), st.none(), nested,
+)  # fmt: skip
+
+
+Table = tuple[list[str], list[list[Any]], dict[str, str | None]]
+
+
+@st.composite
+def tables(draw: st.DrawFn) -> Table:
+    """Column names, rows whose labels come from a small pool, and the column options.
+
+    The text column is first and the label column last; now and then a name repeats, or an
+    option names a column that may be missing or already taken by another role.
+    """
+    names = draw(st.lists(column_names, min_size=2, max_size=4, unique=True))
+    if draw(st.integers(0, 7)) == 0:
+        names.insert(1, draw(st.sampled_from(names)))
+    rows = draw(table_rows(len(names), draw(st.lists(label_values, min_size=2, max_size=4))))
+    pair = names[1] if len(names) > 2 and draw(st.booleans()) else None
+    columns = {"text_column": names[0], "label_column": names[-1], "text_pair_column": pair}
+    if draw(st.integers(0, 7)) == 0:
+        columns[draw(st.sampled_from(sorted(columns)))] = draw(column_names)
+    return names, rows, columns
+
+
+@st.composite
+def table_rows(draw: st.DrawFn, width: int, labels: list[Any]) -> list[list[Any]]:
+    """Up to 30 rows of any cells, with a label from ``labels`` in the last column."""
+    rows = []
+    for _ in range(draw(st.integers(0, 30))):
+        row = [draw(st.one_of(texts, cell_values)) for _ in range(width)]
+        row[-1] = draw(st.sampled_from(labels))
+        rows.append(row)
+    return rows
+
+
+def _cell(value: Any) -> str:
+    return "" if value is None else str(value)
+
+
+def _write_table(path: Path, names: list[str], rows: list[list[Any]], encoding: str) -> None:
+    if path.suffix in (".csv", ".tsv"):
+        out = io.StringIO()
+        writer = csv.writer(out, delimiter="\t" if path.suffix == ".tsv" else ",")
+        writer.writerow(names)
+        writer.writerows([[_cell(v) for v in row] for row in rows])
+        content = out.getvalue()
+    else:
+        records = [dict(zip(names, row, strict=True)) for row in rows]
+        lines = [json.dumps(r) for r in records]
+        content = "\n".join(lines) if path.suffix == ".jsonl" else json.dumps(records)
+    path.write_bytes(content.encode(encoding, errors="replace"))
+
+
+def _in_temp_file(suffix: str, write: Callable[[Path], None], check: Callable[[Path], None]) -> None:
+    with tempfile.TemporaryDirectory() as folder:
+        path = Path(folder) / f"train{suffix}"
+        write(path)
+        check(path)
+
+
+def _check_consistent(data: TextClassificationData, rows_read: int, options: dict[str, Any]) -> None:
+    names = data.label_names
+    assert len(names) >= 2 and len(set(names)) == len(names)
+    assert all(isinstance(n, str) for n in names)
+    splits = [data.train, data.validation] + ([data.test] if data.test is not None else [])
+    for split in splits:
+        assert len(split) > 0 and len(split.labels) == len(split.texts)
+        assert all(isinstance(t, str) and t.strip() for t in split.texts)
+        assert all(0 <= y < len(names) for y in split.labels)
+        if split.pairs is not None:
+            assert len(split.pairs) == len(split.texts)
+            assert all(isinstance(p, str) and p.strip() for p in split.pairs)
+    _check_sizes(data, rows_read - sum(data.report["dropped_rows"].values()), options)
+
+
+def _check_sizes(data: TextClassificationData, kept: int, options: dict[str, Any]) -> None:
+    """Every kept row is in one split, unless an option samples the training (or validation) rows."""
+    held = len(data.validation) + (len(data.test) if data.test is not None else 0)
+    per_label, val_per_label = options.get("samples_per_label"), options.get("validation_samples_per_label")
+    if val_per_label is not None:
+        assert len(data.validation) <= val_per_label * len(data.label_names)
+        assert len(data.train) + held <= kept
+        return
+    if per_label is not None:
+        assert len(data.train) <= min(per_label * len(data.label_names), kept - held)
+    else:
+        limit = options.get("max_train_examples") or kept
+        assert len(data.train) == min(limit, kept - held)
+
+
+def _load_or_documented_error(path: Path, **options: Any) -> TextClassificationData | None:
+    """load_data's result, or None when it refused the input with a documented error."""
+    try:
+        config = FinetuneConfig(train_file=str(path), **options)
+        data = load_data(config)
+    except NLPTransferError as err:
+        # --hypothesis-show-statistics then tells what was explored.
+        event(f"refused: {str(err).replace(str(path), 'FILE')[:140]}")
+        return None
+    event("loaded")
+    # read_table's rows are the reference: every one is kept or counted as dropped.
+    files = [str(path)] + ([options["test_file"]] if "test_file" in options else [])
+    _check_consistent(data, sum(len(read_table(f)["data"]) for f in files), options)
+    return data
+
+
+# --------------------------------------------------------------------------- raw bytes
+
+
+PACKERS = {".gz": gzip.compress, ".bz2": bz2.compress}
+
+
+@FUZZ
+@given(
+    suffix=st.sampled_from((*FORMATS, ".txt", ".parquet", ".csv.gz", ".jsonl.bz2")),
+    header=st.sampled_from([b"", b"text,label\n", b"text\tlabel\n", b'{"text": "a", "label": 1}\n']),
+    body=st.one_of(
+        st.binary(max_size=200),
+        st.text(max_size=200).map(str.encode),
+        st.lists(st.sampled_from([*TRICKY, "a", "1", "pos"]), max_size=40).map(
+            lambda parts: "".join(parts).encode()
+        ),
+    ),
+    packing=st.sampled_from(["whole", "cut", "none"]),
+)
+def test_random_bytes_load_or_fail_clearly(suffix: str, header: bytes, body: bytes, packing: str) -> None:
+    """Random bytes, and for .gz/.bz2 random bytes compressed whole, cut off, or not at all."""
+    content = header + body
+    pack = PACKERS.get(Path(suffix).suffix)
+    if pack is not None and packing != "none":
+        content = pack(content)[: -4 if packing == "cut" else None]
+
+    def check(path: Path) -> None:
+        with contextlib.suppress(NLPTransferError):
+            texts = read_texts(str(path))
+            assert all(isinstance(t, str) and t.strip() for t in texts)
+        if suffix != ".txt":  # a .txt file holds unlabelled texts, for pretraining only
+            _load_or_documented_error(path)
+
+    _in_temp_file(suffix, lambda p: p.write_bytes(content), check)
+
+
+# --------------------------------------------------------------------------- structured tables
+
+
+# Options that pick rows: splits of the whole, a subsample, few-shot samples per label.
+row_options = st.fixed_dictionaries(
+    {
+        "validation_split": st.sampled_from([0.1, 0.3, 0.5]),
+        "test_split": st.sampled_from([0.0, 0.2]),
+        "max_train_examples": st.sampled_from([None, None, 1, 3]),
+    }
+) | st.fixed_dictionaries(
+    {"samples_per_label": st.sampled_from([1, 2]), "validation_samples_per_label": st.sampled_from([None, 1])}
+)
+
+
+@FUZZ
+@given(
+    table=tables(),
+    suffix=st.sampled_from(FORMATS),
+    encoding=st.sampled_from(ENCODINGS),
+    options=row_options,
+    test_labels=st.none() | st.lists(label_values, min_size=1, max_size=3),
+    data=st.data(),
+)
+def test_random_tables_load_consistently_or_fail_clearly(
+    table: Table,
+    suffix: str,
+    encoding: str,
+    options: dict[str, Any],
+    test_labels: list[Any] | None,
+    data: st.DataObject,
+) -> None:
+    """Also with a --test_file of the same columns whose labels may be new, or of another kind."""
+    names, rows, columns = table
+    test_rows = None if test_labels is None else data.draw(table_rows(len(names), test_labels))
+
+    def write(path: Path) -> None:
+        _write_table(path, names, rows, encoding)
+        if test_rows is not None:
+            _write_table(path.with_name(f"test{suffix}"), names, test_rows, encoding)
+            options["test_file"] = str(path.with_name(f"test{suffix}"))
+
+    _in_temp_file(suffix, write, lambda p: _load_or_documented_error(p, **columns, **options))
+
+
+# --------------------------------------------------------------------------- exact round trip
+
+
+def _blank(value: Any) -> bool:
+    return value is None or (isinstance(value, float) and math.isnan(value)) or not str(value).strip()
+
+
+@FUZZ
+@given(
+    suffix=st.sampled_from(FORMATS),
+    rows=st.lists(st.tuples(st.one_of(texts, lookalikes), st.sampled_from(["pos", "neg"])), max_size=30),
+    sure=st.lists(lookalikes.filter(str.strip), min_size=6, max_size=6),
+)
+def test_texts_and_labels_survive_loading_unchanged(
+    suffix: str, rows: list[tuple[str, str]], sure: list[str]
+) -> None:
+    """Texts that look like numbers, "NA" or "null" are texts: nothing may rewrite them."""
+    # Three non-blank rows per label, so every input here is valid and must load.
+    rows = rows + [(text, ("pos", "neg")[i % 2]) for i, text in enumerate(sure)]
+    expected = Counter((t, y) for t, y in rows if not _blank(t))
+
+    def check(path: Path) -> None:
+        data = load_data(FinetuneConfig(train_file=str(path)))
+        _check_consistent(data, len(rows), {})
+        got = Counter()
+        for split in (data.train, data.validation):
+            got.update((t, data.label_names[y]) for t, y in zip(split.texts, split.labels, strict=True))
+        assert got == expected
+
+    _in_temp_file(
+        suffix, lambda p: _write_table(p, ["text", "label"], [list(r) for r in rows], "utf-8"), check
+    )
