@@ -2,11 +2,15 @@
 
 from __future__ import annotations
 
+import csv
 import json
 import logging
 import re
+import tracemalloc
 from collections import Counter
+from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 import datasets
 import pandas as pd
@@ -14,8 +18,9 @@ import pytest
 from conftest import sentiment_frame
 
 from nlptransfer.config import FinetuneConfig
-from nlptransfer.data import read_table
+from nlptransfer.data import read_table, read_texts, sources
 from nlptransfer.data.prepare import load_data
+from nlptransfer.data.sources import MissingColumnsError
 from nlptransfer.errors import ConfigError, DataError, DataFileNotFoundError
 
 
@@ -424,6 +429,155 @@ def test_empty_json_lists_no_columns(tmp_path: Path) -> None:
     path.write_text("[]")
     with pytest.raises(DataError, match=r"Columns that exist: none \(is the file empty\?\)"):
         load_data(_config(path))
+
+
+# --------------------------------------------------------------------------- reading only the needed columns
+
+
+def _wide_csv(path: Path, rows: int, unused: str) -> None:
+    """A small text and label column, then a wide unused part: 1000 number columns, or one long text."""
+    with path.open("w") as out:
+        if unused == "numbers":
+            out.write("text,label," + ",".join(f"n{j}" for j in range(1000)) + "\n")
+            tail = ",".join(["0.25"] * 1000)
+        else:
+            out.write("text,label,notes\n")
+            tail = "x" * 10_000
+        out.writelines(f"text {i},{'ab'[i % 2]},{tail}\n" for i in range(rows))
+
+
+def test_wide_unused_columns_are_never_loaded(tmp_path: Path) -> None:
+    # 20 MB as float64 (numbers, because tracemalloc sees numpy arrays but not pandas' Arrow-backed
+    # strings). Loading them, as read_table did before, peaked at 24 MB; now about 4 MB.
+    path = tmp_path / "train.csv"
+    _wide_csv(path, 2500, "numbers")
+    tracemalloc.start()
+    try:
+        data = load_data(_config(path))
+        peak = tracemalloc.get_traced_memory()[1]
+    finally:
+        tracemalloc.stop()
+    assert len(data.train) + len(data.validation) == 2500
+    assert peak < 10e6, f"load_data peaked at {peak / 1e6:.1f} MB"
+
+
+def _peak_rss_growth(load: Callable[[], Any]) -> float:
+    """MB the peak resident memory rose above the current one while ``load`` ran (Linux only)."""
+
+    def status(key: str) -> float:
+        return int(re.search(rf"{key}:\s+(\d+)", Path("/proc/self/status").read_text()).group(1)) / 1e3
+
+    try:
+        Path("/proc/self/clear_refs").write_text("5")  # resets VmHWM, the peak, to the current RSS
+    except OSError:
+        pytest.skip("needs Linux's /proc/self/clear_refs to measure peak memory")
+    before = status("VmRSS")
+    load()
+    return status("VmHWM") - before
+
+
+def test_a_wide_unused_text_column_is_never_held(tmp_path: Path) -> None:
+    # While parsing, pandas holds the raw text of about 2**20 / (number of columns) rows at once,
+    # even with usecols; read in chunks, only a chunk of the 60 MB of unused text is held. Peak
+    # memory rose by 180 MB when read_table read every column, by 63 MB with usecols alone, now by 8.
+    path = tmp_path / "train.csv"
+    _wide_csv(path, 6000, "text")
+    _wide_csv(tmp_path / "small.csv", 50, "text")
+    load_data(_config(tmp_path / "small.csv"))  # first-use costs (lazy imports, caches) are not the data's
+    grew = _peak_rss_growth(lambda: load_data(_config(path)))
+    assert grew < 30, f"peak memory rose by {grew:.0f} MB"
+
+
+@pytest.mark.parametrize("suffix", [".csv", ".tsv", ".jsonl", ".parquet"])
+def test_missing_column_lists_every_column_of_the_file(tmp_path: Path, suffix: str) -> None:
+    frame = sentiment_frame(10).rename(columns={"text": "review"})
+    frame["notes"] = "n"
+    frame["id"] = range(10)
+    path = tmp_path / f"train{suffix}"
+    _write(frame, path)
+    with pytest.raises(DataError) as info:
+        load_data(_config(path))
+    message = str(info.value)
+    assert "The train data has no column 'text'" in message
+    assert "Columns that exist: 'review', 'label', 'notes', 'id'" in message
+    assert "--text_column" in message
+
+
+@pytest.mark.parametrize("suffix", [".csv", ".tsv", ".json", ".jsonl", ".parquet", "/"])
+def test_read_table_keeps_only_the_asked_columns(tmp_path: Path, suffix: str) -> None:
+    frame = sentiment_frame(12)
+    frame["notes"] = [f"note {i}" for i in range(12)]
+    path = tmp_path / f"train{suffix.rstrip('/')}"
+    if suffix == "/":
+        datasets.Dataset.from_pandas(frame, preserve_index=False).save_to_disk(str(path))
+    else:
+        _write(frame, path)
+    got = read_table(str(path), columns=["label", "text"])["data"]
+    assert list(got.columns) == ["label", "text"]
+    assert got.to_dict("list") == frame[["label", "text"]].to_dict("list")
+    with pytest.raises(MissingColumnsError, match=r"no column 'nope'.*exist: 'text', 'label', 'notes'"):
+        read_table(str(path), columns=["text", "nope"])
+
+
+def test_unquoted_separator_in_a_text_is_refused(tmp_path: Path) -> None:
+    # Reading some columns, pandas keeps a long row's first fields: "fun" would become the label.
+    path = tmp_path / "train.csv"
+    path.write_text("text,label\ngood,pos\ngreat, fun,pos\nbad,neg\n")
+    with pytest.raises(DataError, match=r"Line 3 of .*train\.csv' has 3 fields, the header 2.*double quotes"):
+        load_data(_config(path))
+
+
+def test_a_text_cell_past_the_csv_modules_limit_loads(tmp_path: Path) -> None:
+    limit = csv.field_size_limit()
+    frame = sentiment_frame(10)
+    frame.loc[0, "text"] = "long " * 60_000  # 300 KB; the csv module stops at 128 KiB by default
+    path = tmp_path / "train.csv"
+    frame.to_csv(path, index=False)
+    data = load_data(_config(path))
+    assert max(map(len, data.train.texts + data.validation.texts)) == 300_000
+    assert csv.field_size_limit() == limit
+
+
+def test_labels_typed_apart_in_chunks_read_as_one_column(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    # A chunk of only "1" and "2" labels reads as numbers, one with "pos" as text; a whole read
+    # reads the column as text, and so must the chunks (no "mix" warning, the same labels).
+    path = tmp_path / "train.csv"
+    rows = [f"text {i},{label}" for i, label in enumerate(["01", "2"] * 10 + ["pos"] * 10)]
+    path.write_text("text,label\n" + "\n".join(rows) + "\n")
+    monkeypatch.setattr(sources, "_CSV_CHUNK_CHARS", 1)  # one row per chunk
+    with caplog.at_level(logging.WARNING, logger="nlptransfer"):
+        data = load_data(_config(path))
+    assert data.label_names == ["01", "2", "pos"]
+    assert _mix_warnings(caplog) == []
+
+
+def test_image_column_from_a_csv_without_a_text_column(tmp_path: Path) -> None:
+    from PIL import Image
+
+    rows = []
+    for i in range(8):
+        Image.new("RGB", (4, 4), (40 * i, 0, 0)).save(tmp_path / f"{i}.png")
+        rows.append({"image": f"{i}.png", "label": "ab"[i % 2], "notes": "unused"})
+    pd.DataFrame(rows).to_csv(tmp_path / "train.csv", index=False)
+    data = load_data(_config(tmp_path / "train.csv", validation_split=0.25))
+    assert data.modality == "image"
+    assert sorted(data.train.texts + data.validation.texts) == sorted(
+        str(tmp_path / r["image"]) for r in rows
+    )
+    with pytest.raises(DataError, match=r"no column 'img'.*exist: 'image', 'label', 'notes'.*--image_column"):
+        load_data(_config(tmp_path / "train.csv", image_column="img"))
+
+
+def test_read_texts_from_txt_and_table(tmp_path: Path) -> None:
+    txt = tmp_path / "corpus.txt"
+    txt.write_bytes("one\r\n\r\n  \ntwo\u2028three\nfour".encode())
+    assert read_texts(str(txt)) == ["one", "two", "three", "four"]
+    sentiment_frame(4).to_csv(tmp_path / "t.csv", index=False)
+    assert read_texts(str(tmp_path / "t.csv")) == sentiment_frame(4)["text"].tolist()
+    with pytest.raises(DataError, match=r"no column 'body'.*exist: 'text', 'label'.*--text_column"):
+        read_texts(str(tmp_path / "t.csv"), "body")
 
 
 # --------------------------------------------------------------------------- labels

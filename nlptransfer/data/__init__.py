@@ -8,7 +8,7 @@ from nlptransfer.data.loaders import (
     LengthGroupedSampler,
 )
 from nlptransfer.data.prepare import Split, TextClassificationData, load_data
-from nlptransfer.data.sources import BUILTIN_DATASETS, read_table, read_texts
+from nlptransfer.data.sources import BUILTIN_DATASETS, MissingColumnsError, read_table, read_texts
 
 __all__ = [
     "BUILTIN_DATASETS",
@@ -17,6 +17,7 @@ __all__ = [
     "EpochSampler",
     "FeatureDataset",
     "LengthGroupedSampler",
+    "MissingColumnsError",
     "Split",
     "TextClassificationData",
     "load_data",

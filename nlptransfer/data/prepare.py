@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+from collections.abc import Collection
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -13,7 +14,7 @@ from sklearn.model_selection import train_test_split
 
 from nlptransfer.config import FinetuneConfig
 from nlptransfer.data.images import has_image, image_key, resolve_paths
-from nlptransfer.data.sources import BUILTIN_DATASETS, Frames, read_table
+from nlptransfer.data.sources import BUILTIN_DATASETS, Frames, MissingColumnsError, read_table, select_columns
 from nlptransfer.errors import ConfigError, DataError
 
 logger = logging.getLogger(__name__)
@@ -52,15 +53,19 @@ class Columns:
         # An empty name is a column name like any other (JSON allows it); only None means "none".
         return [c for c in (self.text, self.pair, self.label) if c is not None]
 
+    def inputs(self) -> list[str]:
+        """The columns of texts (or image paths): read as written, never parsed as numbers."""
+        return [c for c in (self.text, self.pair) if c is not None]
+
 
 def load_data(config: FinetuneConfig) -> TextClassificationData:
     """Read, validate, clean and split the data a run was configured with."""
-    frames, folders = _read_frames(config)
-    columns, images = _columns(config, frames["train"])
+    frames, folders, columns, images = _read_frames(config)
     if images:
         frames = {name: _resolve_images(f, columns.text, folders.get(name)) for name, f in frames.items()}
     report: dict[str, Any] = {"dropped_rows": {}}
-    cleaned = {name: _clean(frame, name, columns, report, images) for name, frame in frames.items()}
+    # Each raw frame is let go as soon as it is cleaned: the data is never held twice.
+    cleaned = {name: _clean(frames.pop(name), name, columns, report, images) for name in list(frames)}
     train = cleaned["train"]
     # Test first, so the test set does not move when --validation_split changes; both
     # fractions are of the whole training data (as the config's sum check assumes).
@@ -102,9 +107,10 @@ def load_data(config: FinetuneConfig) -> TextClassificationData:
     )
 
 
-def _columns(config: FinetuneConfig, train: pd.DataFrame) -> tuple[Columns, bool]:
-    """The columns to read, and whether the inputs are images."""
-    image_column = config.image_column or _implicit_image_column(train, config)
+def _columns(config: FinetuneConfig, names: Collection[str] | None) -> tuple[Columns, bool]:
+    """The columns to read, and whether the inputs are images, given the training data's column
+    ``names`` (None: not known yet, so no ``image`` column can stand in for the text column)."""
+    image_column = config.image_column or _implicit_image_column(names, config)
     if image_column is None:
         _check_distinct(text=config.text_column, text_pair=config.text_pair_column, label=config.label_column)
         return Columns(config.text_column, config.label_column, config.text_pair_column), False
@@ -126,28 +132,28 @@ def _check_distinct(**columns: str | None) -> None:
                 )
 
 
-def _implicit_image_column(train: pd.DataFrame, config: FinetuneConfig) -> str | None:
+def _implicit_image_column(names: Collection[str] | None, config: FinetuneConfig) -> str | None:
     """``image`` when the data has such a column and no text column (image folders, MNIST, ...)."""
-    if config.text_column not in train.columns and "image" in train.columns:
+    if names is not None and config.text_column not in names and "image" in names:
         logger.info("No '%s' column but an 'image' column: training an image classifier.", config.text_column)
         return "image"
     return None
 
 
 def _resolve_images(frame: pd.DataFrame, column: str, folder: Path | None) -> pd.DataFrame:
-    if column not in frame.columns or folder is None:
-        return frame  # _clean reports the missing column
-    return resolve_paths(frame, column, folder)
+    return frame if folder is None else resolve_paths(frame, column, folder)
 
 
-def _read_frames(config: FinetuneConfig) -> tuple[Frames, dict[str, Path]]:
-    """The splits, and for those read from a file, the folder relative image paths start from."""
+def _read_frames(config: FinetuneConfig) -> tuple[Frames, dict[str, Path], Columns, bool]:
+    """The splits, holding only the columns a run reads; for splits read from a file, the folder
+    relative image paths start from; the columns; and whether the inputs are images."""
     if config.train_file is None:
         if config.validation_file or config.test_file:
             raise DataError("--validation_file/--test_file need --train_file as well.")
-        return BUILTIN_DATASETS.get(config.dataset)(), {}
-    texts = _text_columns(config)
-    first = read_table(config.train_file, text_columns=texts)
+        frames = BUILTIN_DATASETS.get(config.dataset)()
+        columns, images = _columns(config, list(frames["train"].columns))
+        return _select(frames, columns, images, config.dataset), {}, columns, images
+    first, columns, images = _read_train(config, config.train_file)
     if "data" in first:
         frames = {"train": first["data"]}
     elif "train" in first:
@@ -157,16 +163,52 @@ def _read_frames(config: FinetuneConfig) -> tuple[Frames, dict[str, Path]]:
     folders = {name: _folder_of(config.train_file) for name in frames}
     for name, path in (("validation", config.validation_file), ("test", config.test_file)):
         if path is not None:
-            loaded = read_table(path, text_columns=texts)
-            frames[name] = _pick_split(loaded, name, path)
+            frames[name] = _pick_split(_read(path, columns, images, name), name, path)
             folders[name] = _folder_of(path)
-    return frames, folders
+    return frames, folders, columns, images
 
 
-def _text_columns(config: FinetuneConfig) -> list[str]:
-    """Columns whose values are texts (or image paths), never numbers to parse."""
-    names = (config.text_column, config.text_pair_column, config.image_column)
-    return [name for name in names if name is not None]
+def _read_train(config: FinetuneConfig, path: str) -> tuple[Frames, Columns, bool]:
+    """The training file's columns for text; or, when it has no text column but an ``image`` one,
+    for images."""
+    columns, images = _columns(config, None)
+    try:
+        return read_table(path, columns.all(), columns.inputs()), columns, images
+    except MissingColumnsError as err:
+        found = _columns(config, err.existing)
+        if found == (columns, images):
+            raise _missing_columns(err, "train", images) from err
+        columns, images = found
+    return _read(path, columns, images, "train"), columns, images
+
+
+def _read(path: str, columns: Columns, images: bool, split: str) -> Frames:
+    try:
+        return read_table(path, columns.all(), columns.inputs())
+    except MissingColumnsError as err:
+        raise _missing_columns(err, split, images) from err
+
+
+def _select(frames: Frames, columns: Columns, images: bool, source: str) -> Frames:
+    try:
+        return {name: select_columns(frame, columns.all(), source, name) for name, frame in frames.items()}
+    except MissingColumnsError as err:
+        raise _missing_columns(err, err.split, images) from err
+
+
+def _missing_columns(err: MissingColumnsError, split: str, images: bool) -> DataError:
+    flags = (
+        "--image_column / --label_column"
+        if images
+        else "--text_column / --label_column (and --text_pair_column), or --image_column for images,"
+    )
+    split = split if err.split == "data" else err.split
+    missing = ", ".join(map(repr, err.missing))
+    existing = ", ".join(map(repr, err.existing)) or "none (is the file empty?)"
+    return DataError(
+        f"The {split} data has no column {missing}. Columns that exist: {existing}. "
+        f"Pass {flags} with the right names."
+    )
 
 
 def _folder_of(path: str) -> Path:
@@ -185,18 +227,6 @@ def _pick_split(loaded: Frames, name: str, path: str) -> pd.DataFrame:
 def _clean(
     frame: pd.DataFrame, split: str, columns: Columns, report: dict[str, Any], images: bool = False
 ) -> pd.DataFrame:
-    missing = [c for c in columns.all() if c not in frame.columns]
-    if missing:
-        flags = (
-            "--image_column / --label_column"
-            if images
-            else ("--text_column / --label_column (and --text_pair_column), or --image_column for images,")
-        )
-        existing = ", ".join(map(repr, map(str, frame.columns))) or "none (is the file empty?)"
-        raise DataError(
-            f"The {split} data has no column {', '.join(repr(c) for c in missing)}. Columns that "
-            f"exist: {existing}. Pass {flags} with the right names."
-        )
     if frame.empty:
         raise DataError(f"The {split} data has no rows.")
     _check_label_values(frame[columns.label], split)
@@ -216,7 +246,8 @@ def _clean(
             "image" if images else "text",
         )
         report["dropped_rows"][split] = dropped
-    cleaned = frame.loc[keep, columns.all()].reset_index(drop=True)
+    # The frame holds only the run's columns already; with nothing dropped, no copy is needed.
+    cleaned = (frame.loc[keep] if dropped else frame).reset_index(drop=True)
     if cleaned.empty:
         raise DataError(f"No usable rows left in the {split} data after dropping {dropped} empty ones.")
     return cleaned
