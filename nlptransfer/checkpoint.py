@@ -22,7 +22,7 @@ import torch
 from accelerate import Accelerator
 from safetensors.torch import load_file, save_file
 
-from nlptransfer.errors import ConfigError, ModelLoadError, SaveError
+from nlptransfer.errors import ConfigError, ModelLoadError, SaveError, write_errors
 
 logger = logging.getLogger(__name__)
 
@@ -156,9 +156,11 @@ class Checkpointer:
             self._write(tmp, progress, state, tensors, process_state)
             if self.accelerator.is_main_process:
                 self._commit(tmp, final)
-        except OSError as err:
+        except BaseException as err:  # also Ctrl-C: never leave a partial folder behind
             shutil.rmtree(tmp, ignore_errors=True)
-            raise SaveError(self._failure(progress.global_step, err)) from err
+            if isinstance(err, write_errors()):
+                raise SaveError(self._failure(progress.global_step, err)) from err
+            raise
         self.accelerator.wait_for_everyone()
         logger.info("saved checkpoint %s", final)
         return final
@@ -181,7 +183,7 @@ class Checkpointer:
             (tmp / STATE_NAME).write_text(json.dumps({"progress": asdict(progress), **state}, indent=1))
         accelerator.wait_for_everyone()
 
-    def _failure(self, step: int, err: OSError) -> str:
+    def _failure(self, step: int, err: BaseException) -> str:
         found = complete_checkpoints(self.root.parent)
         earlier = f"the latest valid one is {found[-1]}" if found else "none was saved before this one"
         resume = ", then run the same command with --resume_from_checkpoint latest" if found else ""

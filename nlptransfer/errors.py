@@ -44,6 +44,16 @@ class SaveError(NLPTransferError, OSError):
     """
 
 
+# What a failed write raises, by writer: Python file I/O an OSError (ENOSPC, EFBIG, EACCES),
+# safetensors a SafetensorError ("I/O error: ..."), torch.save a RuntimeError
+# ("PytorchStreamWriter failed writing file").
+def write_errors() -> tuple[type[BaseException], ...]:
+    """The exception types a full disk raises from the writers nlptransfer uses."""
+    from safetensors import SafetensorError
+
+    return (OSError, RuntimeError, SafetensorError)
+
+
 class TrainingError(NLPTransferError, RuntimeError):
     """Training cannot go on (for example the loss became NaN)."""
 

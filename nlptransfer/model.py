@@ -19,7 +19,7 @@ from torch import nn
 
 from nlptransfer.backbones import BACKBONES, Backbone, load_backbone, peft_adapter
 from nlptransfer.data.loaders import example_length
-from nlptransfer.errors import ConfigError, ModelLoadError, SaveError
+from nlptransfer.errors import ConfigError, ModelLoadError, SaveError, write_errors
 from nlptransfer.heads import LinearHead, build_head
 from nlptransfer.pooling import Pooling
 from nlptransfer.version import __version__
@@ -215,7 +215,7 @@ class TransferModel(nn.Module):
             staging = Path(tmp)
             try:
                 self._write_files(staging)
-            except OSError as err:  # disk full or unwritable: the old files are still in place
+            except write_errors() as err:  # disk full or unwritable: the old files are still in place
                 raise SaveError(
                     f"Could not save the model to {target}: {err} (disk full?). Nothing there was "
                     "replaced: a model saved in that folder before is unchanged."

@@ -15,7 +15,7 @@ from accelerate import PartialState
 
 from nlptransfer.checkpoint import CHECKPOINTS_DIR
 from nlptransfer.config import FinetuneConfig
-from nlptransfer.errors import OutputDirExistsError, SaveError
+from nlptransfer.errors import OutputDirExistsError, SaveError, write_errors
 from nlptransfer.model import CONFIG_NAME, TransferModel
 from nlptransfer.tracking import LOG_NAME
 from nlptransfer.version import __version__
@@ -100,11 +100,11 @@ def write_run(
         os.replace(done, aside)
     try:
         model.save_pretrained(output_dir)
-    except OSError as err:
+    except BaseException as err:  # also Ctrl-C: the earlier run must come back
         if aside.exists():
             os.replace(aside, done)
         _remove(staged.values())
-        if isinstance(err, SaveError):
+        if isinstance(err, SaveError) or not isinstance(err, write_errors()):
             raise
         raise SaveError(
             f"Could not save the model to {output_dir}: {err} (disk full?). An earlier run in that "

@@ -27,7 +27,7 @@ from torch.utils.data import DataLoader, Dataset
 from nlptransfer.backbones import is_word_vector_source
 from nlptransfer.config import TrainingOptions, _opt
 from nlptransfer.data import BUILTIN_DATASETS, LengthGroupedSampler, read_texts
-from nlptransfer.errors import ConfigError, DataError, ModelLoadError, SaveError
+from nlptransfer.errors import ConfigError, DataError, ModelLoadError, SaveError, write_errors
 from nlptransfer.loop import EpochPlan, TrainSession, prepare_phase, run_epochs
 from nlptransfer.modelcard import CardInfo, command_line, push_to_hub, write_card
 from nlptransfer.outputs import RESULTS_NAME, RUN_CONFIG_NAME, check_output_dir, versions
@@ -524,7 +524,7 @@ def _save(
             # results.json last: its presence means the run completed.
             for file in sorted(staging.iterdir(), key=lambda f: f.name == RESULTS_NAME):
                 os.replace(file, out / file.name)
-    except OSError as err:
+    except write_errors() as err:
         raise SaveError(
             f"Could not save the pretrained model to {out}: {err} (disk full?). Nothing there was "
             "replaced: an earlier run in that folder is unchanged."

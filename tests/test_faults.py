@@ -10,6 +10,7 @@ from __future__ import annotations
 import errno
 import json
 import logging
+import os
 import signal
 import sys
 from collections.abc import Callable
@@ -322,3 +323,52 @@ def test_pretraining_on_a_full_disk_keeps_the_earlier_run(
         pretrain(replace(config, overwrite_output_dir=True, seed=1))
     assert {f.name: f.read_bytes() for f in out.iterdir() if f.is_file()} == before
     assert not [f for f in out.iterdir() if f.name.startswith(".saving-")]
+
+
+def _file_size_limit(limit: int) -> Callable[[], None]:
+    """In the child: every write past ``limit`` bytes fails with EFBIG, as a full disk fails it."""
+
+    def apply() -> None:
+        import resource
+
+        signal.signal(signal.SIGXFSZ, signal.SIG_IGN)  # else the kernel kills the writer outright
+        resource.setrlimit(resource.RLIMIT_FSIZE, (limit, limit))
+
+    return apply
+
+
+@pytest.mark.skipif(sys.platform != "linux", reason="RLIMIT_FSIZE and SIGXFSZ as on Linux")
+@pytest.mark.parametrize(
+    ("flags", "message"),
+    [
+        (["--save_steps", "5"], "error: Could not write checkpoint 5"),
+        (["--save_steps", "0", "--no-save_every_epoch"], "error: Could not save the model to"),
+    ],
+    ids=["checkpoint", "final-model"],
+)
+def test_real_write_failures_from_every_writer_keep_the_earlier_run(
+    config: FinetuneConfig, flags: list[str], message: str
+) -> None:
+    """Not a patched writer: the kernel refuses the bytes, and safetensors, torch.save and
+    Python each fail in their own way (SafetensorError, RuntimeError, OSError)."""
+    import subprocess
+
+    from conftest import REPO, recipe
+
+    out = Path(config.output_dir)
+    args = ["--model", config.model, "--train_file", config.train_file, "--output_dir", str(out), "--epochs",
+            "1", "--batch_size", "4", "--strategy", "finetune", "--report_to", "none"]  # fmt: skip
+    first = run_script(recipe(*args, "--save_steps", "0"))
+    assert first.returncode == 0, first.stderr[-3000:]
+    before = {p.name: p.read_bytes() for p in out.iterdir() if p.is_file()}
+    weights = (out / "model.safetensors").stat().st_size
+    env = {**os.environ, "HF_HUB_OFFLINE": "1"}
+    result = subprocess.run(
+        recipe(*args, "--overwrite_output_dir", "--seed", "1", *flags), cwd=REPO, env=env,
+        capture_output=True, text=True, timeout=600, preexec_fn=_file_size_limit(weights // 2), check=False,
+    )  # fmt: skip
+    assert result.returncode == 2, result.stderr[-3000:]
+    assert message in result.stderr and "Traceback" not in result.stderr
+    assert {p.name: p.read_bytes() for p in out.iterdir() if p.is_file()} == before
+    leftovers = [p for p in out.rglob("*") if p.name.startswith((".tmp-", ".saving-"))]
+    assert leftovers == [] and not any((out / CHECKPOINTS_DIR).glob("checkpoint-*"))
