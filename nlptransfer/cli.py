@@ -119,6 +119,14 @@ def _layers(argv: Sequence[str]) -> int:
     return 0
 
 
+def _add_trust_remote_code(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument(
+        "--trust_remote_code",
+        action="store_true",
+        help="Load a model trained with --trust_remote_code (runs the code in its folder).",
+    )
+
+
 def _predict(argv: Sequence[str]) -> int:
     import pandas as pd
 
@@ -133,11 +141,7 @@ def _predict(argv: Sequence[str]) -> int:
     parser.add_argument("--text_pair_column", default=None)
     parser.add_argument("--output_file", help="Write predictions here (CSV) instead of printing them.")
     parser.add_argument("--batch_size", type=int, default=32)
-    parser.add_argument(
-        "--trust_remote_code",
-        action="store_true",
-        help="Load a model trained with --trust_remote_code (runs the code in its folder).",
-    )
+    _add_trust_remote_code(parser)
     args = parser.parse_args(argv)
     if args.batch_size < 1:
         raise DataError(f"--batch_size must be at least 1, got {args.batch_size}.")
@@ -147,8 +151,10 @@ def _predict(argv: Sequence[str]) -> int:
         )
     model = TransferModel.from_pretrained(args.model, args.trust_remote_code)
     if args.input_file:
-        frame = next(iter(read_table(args.input_file).values()))
-        for column in filter(None, (args.text_column, args.text_pair_column)):
+        text_columns = [c for c in (args.text_column, args.text_pair_column) if c]
+        # Every column is kept for the output file; the texts are read as written, as in training.
+        frame = next(iter(read_table(args.input_file, text_columns=text_columns).values()))
+        for column in text_columns:
             if column not in frame.columns:
                 raise DataError(
                     f"{args.input_file} has no column '{column}'. Columns that exist: "
@@ -192,11 +198,7 @@ def _merge_adapter(argv: Sequence[str]) -> int:
     parser.add_argument("run_dir", help="Output folder of a run with --strategy lora, loha or ia3.")
     parser.add_argument("output_dir", help="Where to write the merged model (a new or empty folder).")
     parser.add_argument("--overwrite_output_dir", action="store_true", help="Replace a model saved there.")
-    parser.add_argument(
-        "--trust_remote_code",
-        action="store_true",
-        help="Load a model trained with --trust_remote_code (runs the code in its folder).",
-    )
+    _add_trust_remote_code(parser)
     args = parser.parse_args(argv)
     source, target = Path(args.run_dir), Path(args.output_dir)
     if target.resolve() == source.resolve():

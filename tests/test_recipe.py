@@ -80,6 +80,16 @@ def test_saved_run_loads_and_predicts(trained_run: Path) -> None:
     assert (pd.Series(predictions.labels) == unseen["label"]).mean() >= 0.8
 
 
+def test_predict_reads_texts_as_written(trained_run: Path, tmp_path: Path) -> None:
+    # All numbers to pandas' type guessing, which would print 7.0, 10.0 and 100000.0.
+    (tmp_path / "codes.csv").write_text("id,text\n1,007\n2,010\n3,1e5\n")
+    result = nlptransfer_cli(
+        "predict", "--model", str(trained_run), "--input_file", str(tmp_path / "codes.csv")
+    )
+    assert result.returncode == 0, result.stderr[-2000:]
+    assert [line.split("\t")[2] for line in result.stdout.strip().splitlines()] == ["007", "010", "1e5"]
+
+
 def test_predict_command_on_texts_and_files(trained_run: Path, tmp_path: Path) -> None:
     result = nlptransfer_cli("predict", "--model", str(trained_run), "--text", "superb wonderful film")
     assert result.returncode == 0, result.stderr[-2000:]
