@@ -112,14 +112,21 @@ def read_checkpoint(path: Path, process_index: int = 0) -> Checkpoint:
         tensors = load_file(str(tensors_file)) if tensors_file.is_file() else {}
         process_file = path / f"process_{process_index}.json"
         process_state = json.loads(process_file.read_text()) if process_file.is_file() else {}
+    except NOT_DAMAGE:
+        raise
     except Exception as err:  # json, safetensors and a tampered progress raise unrelated types
         raise damaged_checkpoint(path, err) from err
     return Checkpoint(path, progress, state, tensors, process_state)
 
 
+# Failures to read a checkpoint that say nothing about its files: never advise deleting it.
+NOT_DAMAGE: tuple[type[BaseException], ...] = (MemoryError, PermissionError, torch.OutOfMemoryError)
+
+
 def damaged_checkpoint(path: Path, err: BaseException) -> ModelLoadError:
     """The error for a checkpoint that cannot be read back, naming the earlier ones to use instead."""
-    earlier = [c for c in complete_checkpoints(path.parent.parent) if c != path]
+    found = complete_checkpoints(path.parent.parent)
+    earlier = found[: found.index(path)] if path in found else []
     instead = (
         f"Pass an earlier one with --resume_from_checkpoint {earlier[-1]}"
         if earlier
@@ -214,6 +221,7 @@ class Checkpointer:
 
 __all__ = [
     "CHECKPOINTS_DIR",
+    "NOT_DAMAGE",
     "Checkpoint",
     "Checkpointer",
     "Progress",

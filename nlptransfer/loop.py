@@ -23,7 +23,7 @@ from accelerate.utils import load as accelerate_load
 from torch.utils.data import DataLoader
 from tqdm.auto import tqdm
 
-from nlptransfer.checkpoint import Checkpoint, Checkpointer, Progress, damaged_checkpoint
+from nlptransfer.checkpoint import NOT_DAMAGE, Checkpoint, Checkpointer, Progress, damaged_checkpoint
 from nlptransfer.config import TrainingOptions
 from nlptransfer.errors import SaveError, TrainingError, TrainingInterrupted
 from nlptransfer.interrupt import InterruptGuard
@@ -128,6 +128,8 @@ class TrainSession:
             try:
                 self._check_rng_state(self.resume.path)
                 self.accelerator.load_state(str(self.resume.path), strict=False)
+            except NOT_DAMAGE:
+                raise
             except Exception as err:  # torch raises UnpicklingError, RuntimeError, EOFError, ...
                 raise damaged_checkpoint(self.resume.path, err) from err
             logger.info("resumed from %s at %s", self.resume.path, self.progress)

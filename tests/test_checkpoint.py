@@ -21,7 +21,7 @@ from nlptransfer.checkpoint import (
     resolve_checkpoint,
 )
 from nlptransfer.config import FinetuneConfig
-from nlptransfer.errors import ConfigError, OutputDirExistsError, SaveError
+from nlptransfer.errors import ConfigError, ModelLoadError, OutputDirExistsError, SaveError
 from nlptransfer.outputs import RESULTS_NAME, check_output_dir
 from nlptransfer.session import check_resumable
 
@@ -272,3 +272,30 @@ def test_resume_accepts_changes_that_do_not_change_the_run(tmp_path: Path) -> No
         resume_from_checkpoint="latest",
     ).to_dict()
     check_resumable(saved, current, tmp_path)
+
+
+def test_a_damaged_checkpoint_points_to_an_older_one_only(tmp_path: Path, prepared) -> None:
+    accelerator, _ = prepared
+    checkpointer = Checkpointer(accelerator, tmp_path, total_limit=0)
+    first, second, third = (_save(checkpointer, step) for step in (3, 6, 9))
+    (second / STATE_NAME).write_text("{cut sho")
+    with pytest.raises(ModelLoadError, match=f"cannot be loaded.*--resume_from_checkpoint {first}"):
+        read_checkpoint(second)
+    (first / STATE_NAME).write_text("{cut sho")
+    with pytest.raises(ModelLoadError, match="Start again without --resume_from_checkpoint") as caught:
+        read_checkpoint(first)
+    assert str(third) not in str(caught.value)  # a newer checkpoint is no way back
+
+
+def test_a_failure_that_is_not_damage_is_not_reported_as_damage(
+    tmp_path: Path, prepared, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    accelerator, _ = prepared
+    path = _save(Checkpointer(accelerator, tmp_path, total_limit=0), 3)
+
+    def no_memory(*args: object, **kwargs: object) -> None:
+        raise MemoryError
+
+    monkeypatch.setattr(nlptransfer.checkpoint, "load_file", no_memory)
+    with pytest.raises(MemoryError):
+        read_checkpoint(path)
