@@ -856,3 +856,12 @@ def test_movie_reviews_split_is_stable(movie_reviews) -> None:
     assert again.test.texts == movie_reviews.test.texts
     assert again.validation.texts == movie_reviews.validation.texts
     assert again.train.texts == movie_reviews.train.texts
+
+
+@pytest.mark.parametrize("packing", [".gz", ".bz2", ".xz", ".zip"])
+def test_compressed_csv_files_load(tmp_path: Path, packing: str) -> None:
+    frame = sentiment_frame(40).assign(unused=range(40))
+    path = tmp_path / f"train.csv{packing}"
+    frame.to_csv(path, index=False)  # pandas infers the compression from the name
+    data = load_data(_config(path))
+    assert _all_pairs(data) == _expected_pairs(frame)

@@ -2,15 +2,14 @@
 
 from __future__ import annotations
 
-import bz2
 import csv
-import gzip
 import importlib.util
 from collections.abc import Callable, Collection, Sequence
 from pathlib import Path
 from typing import Any
 
 import pandas as pd
+from pandas.io.common import get_handle
 from sklearn.model_selection import train_test_split
 
 from nlptransfer.data.images import IMAGE_DATASETS, is_image_folder, read_image_folder, read_npz
@@ -155,12 +154,12 @@ def _row_chars(file: Path, source: str, sep: str) -> int:
     pandas refuses such rows too, but not with usecols: it keeps the first fields, so an
     unquoted separator in a text would shift that row into the wrong columns, silently.
     """
-    opener = {".gz": gzip.open, ".bz2": bz2.open}.get(file.suffix, open)
     limit = csv.field_size_limit()
     csv.field_size_limit(2**31 - 1)  # a text cell may be a whole document; the default stops at 128 KiB
     try:
-        with opener(file, "rt", encoding="utf-8", newline="") as handle:
-            rows = csv.reader(handle, delimiter=sep)
+        # pandas' own opener: the same compressions (gz, bz2, xz, zip, zst) that read_csv infers.
+        with get_handle(file, "r", encoding="utf-8", compression="infer") as opened:
+            rows = csv.reader(opened.handle, delimiter=sep)
             width, count, chars = len(next(rows, [])), 0, 0
             for row in rows:
                 if len(row) > width:
