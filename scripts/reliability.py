@@ -3,7 +3,8 @@
     HF_HUB_OFFLINE=1 python scripts/reliability.py            # every row, slow tests included
     HF_HUB_OFFLINE=1 python scripts/reliability.py --fast     # skip tests marked slow
 
-A row of the table counts as proven when every test it names passed.
+A row counts as proven when at least one of its tests passed and none failed; a test may be
+skipped where its optional dependency is missing (say so when quoting the figures).
 """
 
 from __future__ import annotations
@@ -69,9 +70,12 @@ def main() -> int:
         ok = all(status in ("passed", "skipped") for status in results) and "passed" in results
         proven += ok
         print(f"{'ok  ' if ok else 'FAIL'} {title}: {results.count('passed')} passed of {len(results)}")
-    cases = sum(len(v) for v in outcomes.values())
-    passed = sum(v.count("passed") for v in outcomes.values())
-    print(f"\n{proven} of {len(rows)} rows proven; {passed} of {cases} test cases passed.")
+    # -k matches substrings, so pytest may run more tests than the page names: count only those.
+    named = [outcomes.get(ref, ["not run"]) for ref in {ref for _, refs in rows for ref in refs}]
+    cases = sum(len(v) for v in named)
+    passed = sum(v.count("passed") for v in named)
+    skipped = sum(v.count("skipped") for v in named)
+    print(f"\n{proven} of {len(rows)} rows proven; {passed} of {cases} test cases passed, {skipped} skipped.")
     return 0 if proven == len(rows) else 1
 
 

@@ -260,12 +260,16 @@ def test_a_card_that_cannot_be_written_leaves_no_temporary_file(
 ) -> None:
     import nlptransfer.modelcard as modelcard
 
-    def full_disk(info: object) -> str:
+    original = Path.write_text
+
+    def full_disk(self: Path, text: str, *args: object, **kwargs: object) -> int:
+        original(self, text[: len(text) // 2])  # part of it reached the disk
         raise OSError(28, "No space left on device")
 
-    monkeypatch.setattr(modelcard, "render_card", full_disk)
     (tmp_path / modelcard.CARD_NAME).write_text("the old card")
+    monkeypatch.setattr(Path, "write_text", full_disk)
     with pytest.raises(OSError, match="No space"):
-        modelcard.write_card(tmp_path, None)
+        modelcard.write_card(tmp_path, _info())
+    monkeypatch.undo()
     assert sorted(p.name for p in tmp_path.iterdir()) == [modelcard.CARD_NAME]
     assert (tmp_path / modelcard.CARD_NAME).read_text() == "the old card"

@@ -131,6 +131,9 @@ def _unsafe_uses(source: str) -> list[str]:
         if isinstance(node, ast.Import | ast.ImportFrom):
             names = [a.name for a in node.names] if isinstance(node, ast.Import) else [node.module or ""]
             problems += [f"imports {n}" for n in names if n.split(".")[0] in _UNSAFE_MODULES]
+        if isinstance(node, ast.ImportFrom) and (node.module or "").split(".")[0] in ("torch", "numpy"):
+            # `from torch import load` would hide the call from the check below.
+            problems += [f"imports {node.module}.load" for a in node.names if a.name == "load"]
         if not isinstance(node, ast.Call):
             continue
         keywords = {k.arg: getattr(k.value, "value", None) for k in node.keywords}
@@ -142,6 +145,12 @@ def _unsafe_uses(source: str) -> list[str]:
         func = node.func
         if isinstance(func, ast.Attribute) and func.attr == "read_pickle":
             problems.append(f"line {node.lineno}: read_pickle")
+        if (
+            isinstance(func, ast.Attribute)
+            and func.attr == "load"
+            and ast.unparse(func.value).endswith("serialization")
+        ):
+            problems.append(f"line {node.lineno}: torch.serialization.load")
         if isinstance(func, ast.Attribute) and isinstance(func.value, ast.Name):
             guard = _GUARDED.get(({"numpy": "np"}.get(func.value.id, func.value.id), func.attr))
             if guard and keywords.get(guard[0], not guard[1]) is not guard[1]:
@@ -169,6 +178,9 @@ def test_the_package_never_unpickles_or_trusts_code_on_its_own() -> None:
         "x = torch.load(f, weights_only=False)",
         "m = AutoModel.from_pretrained(p, trust_remote_code=True)",
         "frame = pd.read_pickle(p)",
+        "from torch import load",
+        "from numpy import load as np_load",
+        "state = torch.serialization.load(f)",
     ],
 )
 def test_the_scan_catches_each_unsafe_pattern(code: str) -> None:
