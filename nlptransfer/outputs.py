@@ -65,17 +65,17 @@ def check_output_dir(path: Path, overwrite: bool) -> None:
 
 
 def versions() -> dict[str, str]:
-    """Python, nlptransfer and the installed packages a run's numbers depend on; the device it ran on."""
+    """Python, nlptransfer and the installed packages a run's numbers depend on."""
     found = {"nlptransfer": __version__, "python": platform.python_version()}
     for package in PACKAGES:
         try:
             found[package] = importlib.metadata.version(package)
         except importlib.metadata.PackageNotFoundError:
             continue
-    return {**found, **device_info()}
+    return found
 
 
-def device_info() -> dict[str, str]:
+def hardware() -> dict[str, str]:
     """The device of this process's accelerate state, and how many processes ran."""
     state = PartialState()
     name = str(state.device)

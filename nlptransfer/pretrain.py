@@ -30,7 +30,7 @@ from nlptransfer.data import BUILTIN_DATASETS, LengthGroupedSampler, read_texts
 from nlptransfer.errors import ConfigError, DataError, ModelLoadError, SaveError, write_errors
 from nlptransfer.loop import EpochPlan, TrainSession, prepare_phase, run_epochs
 from nlptransfer.modelcard import CardInfo, command_line, push_to_hub, write_card
-from nlptransfer.outputs import RESULTS_NAME, RUN_CONFIG_NAME, check_output_dir, versions
+from nlptransfer.outputs import RESULTS_NAME, RUN_CONFIG_NAME, check_output_dir, hardware, versions
 from nlptransfer.session import finish_session, start_session
 
 logger = logging.getLogger(__name__)
@@ -503,6 +503,7 @@ def _results(
         "train_seconds": round(seconds, 3),
         "seed": config.seed,
         "versions": versions(),
+        "hardware": hardware(),
         "config": config.to_dict(),
     }
 

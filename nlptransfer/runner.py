@@ -21,7 +21,7 @@ from nlptransfer.layers import count_parameters, phase_tables
 from nlptransfer.metrics import MetricSet
 from nlptransfer.model import TransferModel
 from nlptransfer.modelcard import CARD_NAME, CardInfo, command_line, push_to_hub, write_card
-from nlptransfer.outputs import check_output_dir, resolve_output_dir, versions, write_run
+from nlptransfer.outputs import check_output_dir, hardware, resolve_output_dir, versions, write_run
 from nlptransfer.session import finish_session, start_session
 from nlptransfer.strategies import Strategy, get_strategy
 from nlptransfer.training import FitResult, distributed_report, fit
@@ -158,11 +158,8 @@ def _card(config: FinetuneConfig, results: dict[str, Any], table: str, output_di
         f"warmup {config.warmup:g}, seed {config.seed}",
         "Training time": f"{results['train_seconds']:.0f} s",
     }
-    # The card lists the device under details, not among the framework versions.
-    versions = dict(results["versions"])
-    device, processes = versions.pop("device", None), versions.pop("num_processes", None)
-    if device:
-        details["Hardware"] = f"{device}, {processes} process(es)"
+    machine = results["hardware"]
+    details["Hardware"] = f"{machine['device']}, {machine['num_processes']} process(es)"
     kind = results.get("modality", "text")
     example = '["an example text"]' if kind == "text" else '["an_image.jpg"]'
     # A model trained with remote code loads only with the same explicit opt-in.
@@ -186,7 +183,7 @@ def _card(config: FinetuneConfig, results: dict[str, Any], table: str, output_di
         tags=[f"{kind}-classification", config.strategy],
         dataset=config.dataset if not config.train_file else None,
         sections={"Trainable layers": table},
-        versions=versions,
+        versions=results["versions"],
     )
 
 
@@ -233,6 +230,7 @@ def _results(
         "distributed": distributed,
         "seed": ctx.config.seed,
         "versions": versions(),
+        "hardware": hardware(),
         "config": ctx.config.to_dict(),
         "resolved": resolved_options(ctx.strategy, ctx.config),
     }

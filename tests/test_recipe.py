@@ -235,7 +235,8 @@ def test_results_record_seed_versions_device_and_resolved_options(tiny_bert: str
     assert results["seed"] == 3
     versions = results["versions"]
     assert {"python", "torch", "transformers", "accelerate", "peft", "numpy", "safetensors"} <= set(versions)
-    assert versions["device"].split(":")[0] in ("cpu", "cuda") and versions["num_processes"] == "1"
+    machine = results["hardware"]
+    assert machine["device"].split(":")[0] in ("cpu", "cuda") and machine["num_processes"] == "1"
     # Left unset, learning rate and patience are the strategy's defaults: results.json says which.
     assert results["config"]["learning_rate"] is None
     default = (FeatureExtraction.default_learning_rate, 1, FeatureExtraction.default_patience)
@@ -245,4 +246,5 @@ def test_results_record_seed_versions_device_and_resolved_options(tiny_bert: str
     phase = results["phases"][0]
     assert (phase["learning_rate"], phase["epochs"], phase["patience"]) == default
     card = (out / "README.md").read_text()
-    assert f"{versions['device']}, 1 process(es)" in card and f"- peft {versions['peft']}" in card
+    assert f"{machine['device']}, 1 process(es)" in card and f"- peft {versions['peft']}" in card
+    assert "device" not in versions and "- device" not in card
