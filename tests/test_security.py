@@ -54,8 +54,12 @@ def isolated_modules_cache(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> N
     monkeypatch.setattr(sys, "path", list(sys.path))
 
 
-def _plant_remote_code(folder: Path, marker: Path, flag_in_transfer_config: bool) -> None:
-    """Make the saved backbone ask transformers to import ``evil.py`` from the folder."""
+def _plant_remote_code(folder: Path, flag_in_transfer_config: bool) -> Path:
+    """Make the saved backbone ask transformers to import ``evil.py`` from the folder.
+
+    Returns the marker file that importing it writes: it exists only if the code ran.
+    """
+    marker = folder.parent / "ran.txt"
     backbone = folder / BACKBONE_DIR
     (backbone / "evil.py").write_text(EVIL_MODULE.format(marker=str(marker)))
     hf_config = json.loads((backbone / "config.json").read_text())
@@ -65,12 +69,12 @@ def _plant_remote_code(folder: Path, marker: Path, flag_in_transfer_config: bool
     config = json.loads((folder / CONFIG_NAME).read_text())
     config["backbone"]["trust_remote_code"] = flag_in_transfer_config
     (folder / CONFIG_NAME).write_text(json.dumps(config))
+    return marker
 
 
 @pytest.mark.usefixtures("isolated_modules_cache")
-def test_a_saved_flag_never_turns_remote_code_on(saved: Path, tmp_path: Path) -> None:
-    marker = tmp_path / "ran.txt"
-    _plant_remote_code(saved, marker, flag_in_transfer_config=True)
+def test_a_saved_flag_never_turns_remote_code_on(saved: Path) -> None:
+    marker = _plant_remote_code(saved, flag_in_transfer_config=True)
     with pytest.raises(ModelLoadError, match="--trust_remote_code"):
         TransferModel.from_pretrained(saved)
     with pytest.raises(ModelLoadError, match="--trust_remote_code"):
@@ -82,18 +86,16 @@ def test_a_saved_flag_never_turns_remote_code_on(saved: Path, tmp_path: Path) ->
 
 
 @pytest.mark.usefixtures("isolated_modules_cache")
-def test_a_tampered_backbone_config_cannot_run_code(saved: Path, tmp_path: Path) -> None:
-    marker = tmp_path / "ran.txt"
-    _plant_remote_code(saved, marker, flag_in_transfer_config=False)
+def test_a_tampered_backbone_config_cannot_run_code(saved: Path) -> None:
+    marker = _plant_remote_code(saved, flag_in_transfer_config=False)
     with pytest.raises(ModelLoadError, match="Could not rebuild the saved model"):
         TransferModel.from_pretrained(saved)
     assert not marker.exists()
 
 
 @pytest.mark.usefixtures("isolated_modules_cache")
-def test_predict_refuses_a_model_that_asks_for_remote_code(saved: Path, tmp_path: Path, capsys) -> None:
-    marker = tmp_path / "ran.txt"
-    _plant_remote_code(saved, marker, flag_in_transfer_config=True)
+def test_predict_refuses_a_model_that_asks_for_remote_code(saved: Path, capsys) -> None:
+    marker = _plant_remote_code(saved, flag_in_transfer_config=True)
     assert cli_main(["predict", "--model", str(saved), "--text", "good film"]) == 2
     assert "--trust_remote_code" in capsys.readouterr().err
     assert not marker.exists()
