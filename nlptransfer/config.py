@@ -193,7 +193,11 @@ class FinetuneConfig(TrainingOptions):
         20, "contrastive: pairs per training example and iteration, as SetFit's num_iterations."
     )
     max_pairs: int = _opt(20_000, "contrastive: at most this many sentence pairs, however large the data.")
-    trust_remote_code: bool = _opt(False, "Allow model code from the hub (off: never run foreign code).")
+    trust_remote_code: bool = _opt(
+        False,
+        "Run code that is not nlptransfer's: a model's own code (auto_map, from the hub or its folder) "
+        "and --metrics that are not built in (evaluate.load runs their script). Off: never.",
+    )
     from_scratch: bool = _opt(
         False,
         "Build --model's architecture with random weights instead of its pretrained ones: the "
@@ -252,7 +256,9 @@ class FinetuneConfig(TrainingOptions):
         None, "Stop after this many epochs without improvement (default: strategy's)."
     )
     metrics: list[str] = _opt(
-        ["accuracy", "f1_macro", "precision_macro", "recall_macro"], "Metrics to report."
+        ["accuracy", "f1_macro", "precision_macro", "recall_macro"],
+        "Metrics to report: accuracy, f1_macro, precision_macro, recall_macro are built in; any other "
+        "name is an evaluate module whose script runs, so it needs --trust_remote_code.",
     )
     cache_dir: str | None = _opt(
         None,

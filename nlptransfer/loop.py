@@ -114,12 +114,13 @@ class TrainSession:
     def _check_rng_state(self, path: Path) -> None:
         """Read this process's RNG file the way accelerate does (weights only), but let errors out.
 
-        accelerate logs a refused or damaged RNG file at INFO level and resumes anyway,
-        which silently breaks the bitwise-identical resume (and hides a planted pickle).
+        accelerate logs a missing, refused or damaged RNG file at INFO level and resumes
+        anyway, which silently breaks the bitwise-identical resume (and hides a planted pickle).
         """
         rng_file = path / f"{RNG_STATE_NAME}_{self.accelerator.process_index}.pkl"
-        if rng_file.is_file():
-            accelerate_load(rng_file, weights_only=True)  # with accelerate's safe numpy globals
+        if not rng_file.is_file():
+            raise FileNotFoundError(f"its random-number state {rng_file.name} is missing")
+        accelerate_load(rng_file, weights_only=True)  # with accelerate's safe numpy globals
 
     def load_resume_state(self) -> None:
         """Load model, optimizer, schedule and RNG: in the checkpoint's phase, after ``prepare``."""

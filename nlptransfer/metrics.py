@@ -2,8 +2,9 @@
 
 ``evaluate.load("accuracy")`` downloads a script from the Hugging Face Hub. The
 common classification metrics are defined here as local ``evaluate.Metric``
-subclasses instead; any other name goes to ``evaluate.load`` so hub metrics
-still work where the hub is reachable.
+subclasses instead. Any other name goes to ``evaluate.load``, which runs a
+Python script (from a local folder or the Hub), so it needs the same opt-in as
+model code: ``trust_remote_code``.
 """
 
 from __future__ import annotations
@@ -77,25 +78,40 @@ class RecallMacro(_SklearnMetric):
 DEFAULT_METRICS = ("accuracy", "f1_macro", "precision_macro", "recall_macro")
 
 
-def load_metric(name: str) -> evaluate.EvaluationModule:
-    """A local metric by name, else ``evaluate.load(name)`` (needs the hub)."""
+def load_metric(name: str, trust_remote_code: bool = False) -> evaluate.EvaluationModule:
+    """A built-in metric by name; any other name only with ``trust_remote_code`` (it runs code).
+
+    ``evaluate.load`` imports and runs a Python script: from a local folder of that
+    name (even a bare name, looked up in the working directory) or from the Hub.
+    """
     if name in LOCAL_METRICS:
         return LOCAL_METRICS.get(name)(keep_in_memory=True)
+    return _load_external_metric(name, trust_remote_code)
+
+
+def _load_external_metric(name: str, trust_remote_code: bool) -> evaluate.EvaluationModule:
+    builtin, hint = ", ".join(LOCAL_METRICS.names()), closest_hint(name, LOCAL_METRICS.names())
+    if not trust_remote_code:
+        raise UnknownNameError(
+            f"Metric '{name}' is not built in (built in: {builtin}). Any other name is loaded by "
+            "evaluate.load, which runs a Python script from a local folder of that name or from the "
+            "Hugging Face Hub. Pick a built-in metric, or read that script and pass --trust_remote_code "
+            "to run it." + hint
+        )
     try:
         return evaluate.load(name, keep_in_memory=True)
-    except Exception as err:  # evaluate raises FileNotFoundError, ConnectionError, ...
+    except Exception as err:  # evaluate raises FileNotFoundError, ConnectionError, ImportError, ...
         raise UnknownNameError(
-            f"Metric '{name}' is not built in (built in: {', '.join(LOCAL_METRICS.names())}) "
-            f"and evaluate.load could not fetch it from the Hugging Face Hub: {err}"
-            + closest_hint(name, LOCAL_METRICS.names())
+            f"Metric '{name}' is not built in (built in: {builtin}) and evaluate.load could not load "
+            f"it from a local folder or the Hugging Face Hub: {err}" + hint
         ) from err
 
 
 class MetricSet:
     """Several metrics, loaded once (so a bad name fails before training), computed together."""
 
-    def __init__(self, names: Sequence[str] = DEFAULT_METRICS) -> None:
-        self.modules = [load_metric(name) for name in names]
+    def __init__(self, names: Sequence[str] = DEFAULT_METRICS, trust_remote_code: bool = False) -> None:
+        self.modules = [load_metric(name, trust_remote_code) for name in names]
 
     def compute(self, predictions: Sequence[int], references: Sequence[int]) -> dict[str, float]:
         results: dict[str, float] = {}

@@ -120,16 +120,129 @@ def test_loading_from_the_hub_or_a_folder_never_trusts_code_by_default(
     assert seen and all(flag is False for flag in seen)
 
 
+# A metric script as evaluate.load finds it (<folder>/<folder>.py); importing it is the attack.
+EVIL_METRIC = """
+from pathlib import Path
+Path({marker!r}).write_text("metric code ran")
+import datasets
+import evaluate
+
+
+class {cls}(evaluate.Metric):
+    def _info(self):
+        features = datasets.Features({{"predictions": datasets.Value("int64"),
+                                       "references": datasets.Value("int64")}})
+        return evaluate.MetricInfo(description="", citation="", inputs_description="", features=features)
+
+    def _compute(self, predictions, references):
+        return {{"{name}": sum(p == r for p, r in zip(predictions, references)) / len(predictions)}}
+"""
+
+
+def _plant_metric(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> tuple[Path, Path]:
+    """A local metric folder whose script writes a marker; returns (folder, marker)."""
+    import evaluate.config
+
+    monkeypatch.setattr(evaluate.config, "HF_MODULES_CACHE", tmp_path / "hf_modules")
+    monkeypatch.setattr(sys, "path", list(sys.path))
+    for name in [m for m in sys.modules if m.startswith("evaluate_modules")]:
+        monkeypatch.delitem(sys.modules, name)  # evaluate imports its modules cache as a package
+    folder, marker = tmp_path / "some_folder", tmp_path / "metric-ran.txt"
+    folder.mkdir()
+    script = EVIL_METRIC.format(marker=str(marker), cls="SomeFolder", name="some_folder")
+    (folder / "some_folder.py").write_text(script)
+    return folder, marker
+
+
+def test_a_metric_that_is_not_built_in_runs_only_with_trust_remote_code(
+    tiny_bert: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys
+) -> None:
+    from conftest import sentiment_frame
+
+    metric, marker = _plant_metric(tmp_path, monkeypatch)
+    sentiment_frame(40).to_csv(tmp_path / "train.csv", index=False)
+    flags = ["train", "--model", tiny_bert, "--train_file", str(tmp_path / "train.csv"), "--epochs", "1",
+             "--save_steps", "0", "--report_to", "none", "--metrics", "accuracy", str(metric)]  # fmt: skip
+    out = tmp_path / "out"
+    assert cli_main([*flags, "--output_dir", str(out)]) == 2
+    error = capsys.readouterr().err
+    assert "--trust_remote_code" in error and "accuracy, f1_macro, precision_macro, recall_macro" in error
+    assert not marker.exists() and not out.exists()
+    # The same through a YAML config, and as --metric_for_best_model.
+    (tmp_path / "run.yaml").write_text(f"metrics: [accuracy, {metric}]\nmetric_for_best_model: {metric}\n")
+    yaml_flags = [*flags[:-3], "--config", str(tmp_path / "run.yaml"), "--output_dir", str(out)]
+    assert cli_main(yaml_flags) == 2
+    assert "--trust_remote_code" in capsys.readouterr().err and not marker.exists()
+    # The explicit opt-in runs it: proof that the planted script is live.
+    assert cli_main([*flags, "--output_dir", str(out), "--trust_remote_code"]) == 0
+    assert marker.read_text() == "metric code ran"
+    assert "some_folder" in json.loads((out / "results.json").read_text())["validation"]
+
+
+def test_a_bare_metric_name_never_imports_a_folder_of_that_name(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """evaluate.load('some_folder') also finds ./some_folder in the working directory."""
+    from nlptransfer.errors import UnknownNameError
+    from nlptransfer.metrics import MetricSet
+
+    _, marker = _plant_metric(tmp_path, monkeypatch)
+    monkeypatch.chdir(tmp_path)
+    with pytest.raises(UnknownNameError, match="--trust_remote_code"):
+        MetricSet(["accuracy", "some_folder"])
+    assert not marker.exists()
+    assert MetricSet(["some_folder"], trust_remote_code=True).compute([1, 0], [1, 1]) == {"some_folder": 0.5}
+    assert marker.exists()
+
+
 # Loaders that unpickle unless told not to, and the keyword that makes each one safe.
 _GUARDED = {("torch", "load"): ("weights_only", True), ("np", "load"): ("allow_pickle", False)}
 _UNSAFE_MODULES = {"pickle", "cPickle", "joblib", "cloudpickle", "dill", "shelve", "marshal"}
 _UNSAFE_KEYWORDS = {"trust_remote_code": True, "allow_pickle": True, "weights_only": False}
 
 
+def _refuses_untrusted(function: ast.FunctionDef, before_line: int) -> bool:
+    """Whether ``function`` takes ``trust_remote_code`` and raises when it is false, before a line."""
+    if "trust_remote_code" not in {a.arg for a in function.args.args + function.args.kwonlyargs}:
+        return False
+    return any(
+        isinstance(node, ast.If)
+        and node.lineno < before_line
+        and ast.unparse(node.test) == "not trust_remote_code"
+        and isinstance(node.body[-1], ast.Raise)
+        for node in function.body
+    )
+
+
+def _ungated_metric_loads(tree: ast.Module) -> list[str]:
+    """``evaluate.load``/``combine`` runs a metric's script: only in a function that refuses untrusted."""
+    problems = []
+    for node in ast.walk(tree):
+        if isinstance(node, ast.ImportFrom) and (node.module or "").split(".")[0] == "evaluate":
+            problems += [f"imports evaluate.{a.name}" for a in node.names if a.name in ("load", "combine")]
+    enclosing = {
+        id(child): function
+        for function in ast.walk(tree)
+        if isinstance(function, ast.FunctionDef)
+        for child in ast.walk(function)
+    }  # inner functions come later in the walk, so the innermost one wins
+    for node in ast.walk(tree):
+        func = getattr(node, "func", None)
+        if not (isinstance(func, ast.Attribute) and func.attr in ("load", "combine")):
+            continue
+        if ast.unparse(func.value).split(".")[0] != "evaluate":
+            continue
+        function = enclosing.get(id(node))
+        if function is None or not _refuses_untrusted(function, node.lineno):
+            problems.append(f"line {node.lineno}: {ast.unparse(func)} without a trust_remote_code gate")
+    return problems
+
+
 def _unsafe_uses(source: str) -> list[str]:
     """Unsafe deserialisation or code trust in ``source``, found in its syntax tree (not its strings)."""
-    problems = []
-    for node in ast.walk(ast.parse(source)):
+    tree = ast.parse(source)
+    problems = _ungated_metric_loads(tree)
+    for node in ast.walk(tree):
         if isinstance(node, ast.Import | ast.ImportFrom):
             names = [a.name for a in node.names] if isinstance(node, ast.Import) else [node.module or ""]
             problems += [f"imports {n}" for n in names if n.split(".")[0] in _UNSAFE_MODULES]
@@ -183,6 +296,15 @@ def test_the_package_never_unpickles_or_trusts_code_on_its_own() -> None:
         "from torch import load",
         "from numpy import load as np_load",
         "state = torch.serialization.load(f)",
+        "metric = evaluate.load(name)",
+        "def load(name):\n    return evaluate.load(name)",
+        "def load(name, trust_remote_code):\n    return evaluate.load(name)",
+        "def load(name, trust_remote_code):\n    m = evaluate.load(name)\n"
+        "    if not trust_remote_code:\n        raise ValueError(name)",
+        "def load(name, trust_remote_code):\n    if not trust_remote_code:\n        print(name)\n"
+        "    return evaluate.load(name)",
+        "def f(names):\n    return evaluate.combine(names)",
+        "from evaluate import load",
     ],
 )
 def test_the_scan_catches_each_unsafe_pattern(code: str) -> None:
@@ -191,7 +313,11 @@ def test_the_scan_catches_each_unsafe_pattern(code: str) -> None:
 
 def test_the_scan_accepts_the_safe_forms() -> None:
     safe = "np.load(p, allow_pickle=False)\ntorch.load(f, weights_only=True)\nx = 'trust_remote_code=True'\n"
-    assert _unsafe_uses(safe) == []
+    gated = (
+        "def load(name, trust_remote_code=False):\n    if not trust_remote_code:\n"
+        "        raise ValueError(name)\n    return evaluate.load(name)\n"
+    )
+    assert _unsafe_uses(safe) == [] and _unsafe_uses(gated) == []
 
 
 class _Payload:
@@ -204,8 +330,10 @@ class _Payload:
         return (exec, (f"open({str(self.marker)!r}, 'w').write('pickle code ran')",))
 
 
-@pytest.mark.parametrize("victim", ["random_states_0.pkl", "optimizer.bin", "trainer_state.json"])
-def test_a_checkpoint_with_a_planted_pickle_is_refused_on_resume(
+@pytest.mark.parametrize(
+    "victim", ["random_states_0.pkl", "optimizer.bin", "trainer_state.json", "missing:random_states_0.pkl"]
+)
+def test_a_checkpoint_with_a_planted_pickle_or_a_missing_state_is_refused_on_resume(
     tiny_bert: str, tmp_path: Path, victim: str
 ) -> None:
     import pickle  # only to build the attack
@@ -225,7 +353,10 @@ def test_a_checkpoint_with_a_planted_pickle_is_refused_on_resume(
     latest = max(checkpoints.glob("checkpoint-*"), key=lambda p: int(p.name.split("-")[1]))
     marker = tmp_path / "ran.txt"
     payload = pickle.dumps(_Payload(marker))
-    if victim.endswith(".json"):
+    if victim.startswith("missing:"):
+        # accelerate would resume with fresh random numbers: a different run, silently.
+        (latest / victim.removeprefix("missing:")).unlink()
+    elif victim.endswith(".json"):
         (latest / victim).write_text("{not json")  # a damaged state file, for comparison
     else:
         (latest / victim).write_bytes(payload)
