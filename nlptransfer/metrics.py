@@ -122,7 +122,10 @@ class MetricSet:
 
 
 def compute_metrics(
-    predictions: Sequence[int], references: Sequence[int], names: Sequence[str] = DEFAULT_METRICS
+    predictions: Sequence[int],
+    references: Sequence[int],
+    names: Sequence[str] = DEFAULT_METRICS,
+    trust_remote_code: bool = False,
 ) -> dict[str, float]:
     """Compute every named metric; results are flattened into one dict."""
-    return MetricSet(names).compute(predictions, references)
+    return MetricSet(names, trust_remote_code).compute(predictions, references)

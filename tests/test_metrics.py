@@ -66,10 +66,14 @@ def test_local_metric_registry() -> None:
 def test_unknown_metric_offline_lists_builtin(monkeypatch: pytest.MonkeyPatch, tmp_path) -> None:
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")
     monkeypatch.chdir(tmp_path)  # evaluate.load also looks for a local folder of that name
-    with pytest.raises(UnknownNameError) as info:
+    with pytest.raises(UnknownNameError, match="--trust_remote_code") as refused:
         compute_metrics([0, 1], [0, 1], names=["accuracy", "no_such_metric_xyz"])
-    message = str(info.value)
-    assert "'no_such_metric_xyz'" in message
-    assert "built in: accuracy, f1_macro, precision_macro, recall_macro" in message
-    assert isinstance(info.value, ConfigError) and isinstance(info.value, ValueError)
-    assert info.value.__cause__ is not None
+    # With the opt-in, evaluate.load is tried and its failure (offline) is the cause.
+    with pytest.raises(UnknownNameError, match="could not load") as info:
+        compute_metrics([0, 1], [0, 1], names=["accuracy", "no_such_metric_xyz"], trust_remote_code=True)
+    for error in (refused.value, info.value):
+        message = str(error)
+        assert "'no_such_metric_xyz'" in message
+        assert "built in: accuracy, f1_macro, precision_macro, recall_macro" in message
+        assert isinstance(error, ConfigError) and isinstance(error, ValueError)
+    assert refused.value.__cause__ is None and info.value.__cause__ is not None
