@@ -71,6 +71,29 @@ def command_line(config: TrainingOptions, recipe: str) -> str:
     return shlex.join(parts)
 
 
+def run_details(results: dict[str, Any]) -> dict[str, str]:
+    """The model card's lines on the machine, the run's wall time and memory, and the commit."""
+    machine = results["hardware"]
+    hardware_line = f"{machine['device']}, {machine['num_processes']} process(es)"
+    if machine.get("cpu_count"):
+        memory = f", {machine['memory_gb']:g} GB RAM" if machine.get("memory_gb") else ""
+        hardware_line += f"; {machine['cpu_count']} × {machine.get('cpu', 'CPU')}{memory}"
+    if machine.get("load_average_1min") is not None:
+        hardware_line += f"; load average {machine['load_average_1min']:g} (1 min) at the end"
+    details = {"Hardware": hardware_line}
+    if results.get("wall_seconds") is not None:
+        rss = results.get("peak_rss_mb")
+        memory = f", peak RSS {rss:,.0f} MB" if rss is not None else ""
+        details["Wall time"] = (
+            f"{results['wall_seconds']:.0f} s from the {results['wall_clock_from']}{memory}"
+        )
+    source = results.get("source")
+    if source:
+        edited = f" with uncommitted changes to {', '.join(source['modified'])}" if source["modified"] else ""
+        details["Source"] = f"nlptransfer commit `{source['commit'][:12]}`{edited}"
+    return details
+
+
 def render_card(info: CardInfo) -> str:
     from huggingface_hub import ModelCardData
 
@@ -140,4 +163,6 @@ def _fmt(value: float | None) -> str:
     return "" if value is None else f"{value:.4f}"
 
 
-__all__ = ["CardInfo", "PushToHubError", "command_line", "push_to_hub", "render_card", "write_card"]
+__all__ = [
+    "CardInfo", "PushToHubError", "command_line", "push_to_hub", "render_card", "run_details", "write_card"
+]  # fmt: skip

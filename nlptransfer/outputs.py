@@ -6,6 +6,9 @@ import importlib.metadata
 import json
 import os
 import platform
+import subprocess
+import sys
+import time
 from collections.abc import Iterable
 from pathlib import Path
 from typing import Any
@@ -19,6 +22,10 @@ from nlptransfer.errors import OutputDirExistsError, SaveError, write_errors
 from nlptransfer.model import CONFIG_NAME, TransferModel
 from nlptransfer.tracking import LOG_NAME
 from nlptransfer.version import __version__
+
+# Fallback start of the wall clock where /proc is missing (macOS, Windows): when this module was
+# first imported, which is early in every recipe (after Python, torch and accelerate start up).
+_IMPORTED_AT = time.time()
 
 RESULTS_NAME = "results.json"
 TABLE_NAME = "trainable_layers.md"
@@ -75,13 +82,128 @@ def versions() -> dict[str, str]:
     return found
 
 
-def hardware() -> dict[str, str]:
-    """The device of this process's accelerate state, and how many processes ran."""
+def hardware() -> dict[str, Any]:
+    """The machine a run's timings come from: accelerate's device and process count, the CPU, its
+    cores and memory, torch's threads, and the 1-minute load average when this is called (a figure
+    well above the core count means the timings were taken on a busy machine)."""
     state = PartialState()
     name = str(state.device)
     if state.device.type == "cuda":
         name = f"{name} ({torch.cuda.get_device_name(state.device)})"
-    return {"device": name, "num_processes": str(state.num_processes)}
+    machine: dict[str, Any] = {
+        "device": name,
+        "num_processes": str(state.num_processes),
+        "cpu": cpu_name(),
+        "cpu_count": os.cpu_count(),
+        "torch_threads": torch.get_num_threads(),
+        "memory_gb": memory_gb(),
+        "platform": platform.platform(),
+    }
+    machine["load_average_1min"] = load_average()
+    return machine
+
+
+def cpu_name() -> str:
+    """The CPU's model name (from /proc/cpuinfo on Linux), else what ``platform`` knows."""
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or platform.machine()
+
+
+def memory_gb() -> float | None:
+    """Physical memory in GB (10^9 bytes), or None where the OS does not say."""
+    try:
+        return round(os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES") / 1e9, 1)
+    except (AttributeError, ValueError, OSError):
+        return None
+
+
+def load_average() -> float | None:
+    """The 1-minute load average (None where the OS has none, e.g. Windows)."""
+    try:
+        return round(os.getloadavg()[0], 2)
+    except (AttributeError, OSError):
+        return None
+
+
+def process_start() -> tuple[float, str]:
+    """When this process started (epoch seconds) and how that is known.
+
+    Linux: field 22 of /proc/self/stat, the start in clock ticks after boot, against
+    /proc/uptime; this includes Python's, torch's and accelerate's start-up (but not that of
+    an ``accelerate launch`` parent, which starts this process). Elsewhere: when this module
+    was first imported.
+    """
+    try:
+        stat = Path("/proc/self/stat").read_text()
+        # The command name (field 2) may hold spaces and parentheses: count fields after its ")".
+        start_ticks = int(stat.rsplit(")", 1)[1].split()[19])
+        uptime = float(Path("/proc/uptime").read_text().split()[0])
+        return time.time() - uptime + start_ticks / os.sysconf("SC_CLK_TCK"), "process start"
+    except (OSError, ValueError, IndexError, AttributeError):
+        return _IMPORTED_AT, "nlptransfer import"
+
+
+def peak_rss_mb() -> float | None:
+    """This process's peak resident set size in MB (10^6 bytes); None without ``resource`` (Windows)."""
+    try:
+        import resource
+    except ImportError:
+        return None
+    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    # ru_maxrss is in kilobytes (KiB) on Linux and the BSDs, in bytes on macOS.
+    peak_bytes = peak if sys.platform == "darwin" else peak * 1024
+    return round(peak_bytes / 1e6, 1)
+
+
+def resource_usage(run_start: float | None = None) -> dict[str, Any]:
+    """For results.json: wall time from the process's start to now, and the peak RSS so far.
+
+    Both count the whole process: a script that runs several trainings in one process (``compare``,
+    the vision demo) gets the time and memory of all of them up to this one. ``run_start``
+    (a ``time.time()``) adds ``run_wall_seconds``, the time of this run alone.
+    """
+    started, clock = process_start()
+    now = time.time()
+    usage: dict[str, Any] = {
+        "wall_seconds": round(now - started, 3),
+        "wall_clock_from": clock,
+        "peak_rss_mb": peak_rss_mb(),
+        "finished_at": time.strftime("%Y-%m-%dT%H:%M:%S%z", time.localtime(now)),
+    }
+    if run_start is not None:
+        usage["run_wall_seconds"] = round(now - run_start, 3)
+    return usage
+
+
+def source_commit(path: Path | None = None) -> dict[str, Any] | None:
+    """The git commit of the nlptransfer checkout that ran, and whether its code differed from it.
+
+    ``modified`` lists the tracked files under nlptransfer/, recipes/ and scripts/ that differ from
+    the commit (uncommitted edits that the run used; new untracked files are not listed). None
+    when nlptransfer is not in a git checkout (an installed wheel) or git is missing.
+    """
+    root = (path or Path(__file__)).resolve().parent.parent
+
+    def git(*args: str) -> str:
+        done = subprocess.run(
+            ["git", "-C", str(root), *args], capture_output=True, text=True, timeout=20, check=True
+        )
+        return done.stdout.strip()
+
+    try:
+        if Path(git("rev-parse", "--show-toplevel")).resolve() != root:
+            return None
+        commit = git("rev-parse", "HEAD")
+        changed = git("diff", "--name-only", "HEAD", "--", "nlptransfer", "recipes", "scripts")
+    except (OSError, subprocess.SubprocessError):
+        return None
+    modified = sorted(line for line in changed.splitlines() if line)
+    return {"commit": commit, "modified": modified}
 
 
 def write_run(

@@ -29,8 +29,16 @@ from nlptransfer.config import TrainingOptions, _opt
 from nlptransfer.data import BUILTIN_DATASETS, LengthGroupedSampler, read_texts
 from nlptransfer.errors import ConfigError, DataError, ModelLoadError, SaveError, write_errors
 from nlptransfer.loop import EpochPlan, TrainSession, prepare_phase, run_epochs
-from nlptransfer.modelcard import CardInfo, command_line, push_to_hub, write_card
-from nlptransfer.outputs import RESULTS_NAME, RUN_CONFIG_NAME, check_output_dir, hardware, versions
+from nlptransfer.modelcard import CardInfo, command_line, push_to_hub, run_details, write_card
+from nlptransfer.outputs import (
+    RESULTS_NAME,
+    RUN_CONFIG_NAME,
+    check_output_dir,
+    hardware,
+    resource_usage,
+    source_commit,
+    versions,
+)
 from nlptransfer.session import finish_session, start_session
 
 logger = logging.getLogger(__name__)
@@ -395,6 +403,7 @@ def resolve_output_dir(config: PretrainConfig) -> Path:
 
 def pretrain(config: PretrainConfig) -> dict[str, Any]:
     """Continue pretraining as configured; save the adapted model and return the results dict."""
+    run_start = time.time()  # this run alone; results.json's wall_seconds counts from the process start
     output_dir = resolve_output_dir(config)
     if not config.resume_from_checkpoint:
         check_output_dir(output_dir, config.overwrite_output_dir)
@@ -424,6 +433,9 @@ def pretrain(config: PretrainConfig) -> dict[str, Any]:
     results = _results(config, objective, state, len(train), len(heldout), seconds)
     finish_session(session, output_dir)
     if session.accelerator.is_main_process:
+        # Measured last, just before saving (the save itself is the one step not counted).
+        results.update(resource_usage(run_start))
+        results["hardware"] = hardware()  # its load average at the end of the run
         _save(session.accelerator.unwrap_model(model), tokenizer, config, results, output_dir)
         if config.push_to_hub:
             push_to_hub(output_dir, config.hub_model_id)
@@ -504,6 +516,7 @@ def _results(
         "seed": config.seed,
         "versions": versions(),
         "hardware": hardware(),
+        "source": source_commit(),
         "config": config.to_dict(),
     }
 
@@ -567,6 +580,7 @@ def _card(config: PretrainConfig, results: dict[str, Any], out: Path) -> CardInf
             "Optimisation": f"AdamW, lr {config.learning_rate or 5e-5:g}, batch size {config.batch_size}, "
             f"{config.lr_scheduler} schedule, warmup {config.warmup:g}, seed {config.seed}",
             "Training time": f"{results['train_seconds']:.0f} s",
+            **run_details(results),
         },
         command=command_line(config, "recipes/pretrain.py"),
         usage=usage,

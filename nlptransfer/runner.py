@@ -20,8 +20,16 @@ from nlptransfer.inference import evaluate_split
 from nlptransfer.layers import count_parameters, phase_tables
 from nlptransfer.metrics import MetricSet
 from nlptransfer.model import TransferModel
-from nlptransfer.modelcard import CARD_NAME, CardInfo, command_line, push_to_hub, write_card
-from nlptransfer.outputs import check_output_dir, hardware, resolve_output_dir, versions, write_run
+from nlptransfer.modelcard import CARD_NAME, CardInfo, command_line, push_to_hub, run_details, write_card
+from nlptransfer.outputs import (
+    check_output_dir,
+    hardware,
+    resolve_output_dir,
+    resource_usage,
+    source_commit,
+    versions,
+    write_run,
+)
 from nlptransfer.session import finish_session, start_session
 from nlptransfer.strategies import Strategy, get_strategy
 from nlptransfer.training import FitResult, distributed_report, fit
@@ -90,6 +98,7 @@ def train(config: FinetuneConfig) -> dict[str, Any]:
     Everything that can fail on bad input (strategy, metrics, output folder, data,
     model) is checked before training starts and before an earlier run is replaced.
     """
+    run_start = time.time()  # this run alone; results.json's wall_seconds counts from the process start
     strategy = get_strategy(config.strategy)
     image_options(config)  # a bad --augment or --batchnorm fails before anything runs
     metrics = MetricSet(config.metrics)
@@ -122,6 +131,9 @@ def train(config: FinetuneConfig) -> dict[str, Any]:
     results["feature_cache"] = feature_cache_report(result.features)
     finish_session(session, output_dir, config.metric_for_best_model)
     if ctx.accelerator.is_main_process:
+        # Measured last, just before saving (the model's own save is the one step not counted).
+        results.update(resource_usage(run_start))
+        results["hardware"] = hardware()  # its load average at the end of the run
         write_run(output_dir, model, config, results, table)
         _write_card(output_dir, _card(config, results, table, output_dir))
         logger.info("saved model and results to %s; test: %s", output_dir, test)
@@ -158,8 +170,7 @@ def _card(config: FinetuneConfig, results: dict[str, Any], table: str, output_di
         f"warmup {config.warmup:g}, seed {config.seed}",
         "Training time": f"{results['train_seconds']:.0f} s",
     }
-    machine = results["hardware"]
-    details["Hardware"] = f"{machine['device']}, {machine['num_processes']} process(es)"
+    details.update(run_details(results))
     kind = results.get("modality", "text")
     example = '["an example text"]' if kind == "text" else '["an_image.jpg"]'
     # A model trained with remote code loads only with the same explicit opt-in.
@@ -231,6 +242,7 @@ def _results(
         "seed": ctx.config.seed,
         "versions": versions(),
         "hardware": hardware(),
+        "source": source_commit(),
         "config": ctx.config.to_dict(),
         "resolved": resolved_options(ctx.strategy, ctx.config),
     }

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import platform
 from pathlib import Path
 from typing import Any
@@ -9,7 +10,7 @@ from typing import Any
 from nlptransfer.advisor import Measurements, Recommendation
 from nlptransfer.comparison.sweep import ALL, Cell, CompareConfig, budget_name, summarise
 from nlptransfer.modelcard import command_line
-from nlptransfer.outputs import versions
+from nlptransfer.outputs import hardware, resource_usage, source_commit, versions
 
 # The advisor's pick is "right" at a budget when it scores within this many points of the best arm.
 TOLERANCE_POINTS = 1.0
@@ -27,10 +28,12 @@ def write_report(
     budgets = [budget_name(k) for k in config.budget_values()]
     figure = out / "compare.png"
     plot(stats, budgets, config.arms, picks, figure)
+    run = command_usage(cells)
+    (out / "run.json").write_text(json.dumps(run, indent=2))
     text = "\n".join([
         "# Strategy comparison",
         "",
-        _setup(config, measured, cells),
+        _setup(config, measured, cells, run),
         "",
         "## Test accuracy",
         "",
@@ -54,7 +57,51 @@ def write_report(
     return report
 
 
-def _setup(config: CompareConfig, measured: Measurements, cells: list[Cell]) -> str:
+def command_usage(cells: list[Cell]) -> dict[str, Any]:
+    """What this ``compare`` command cost: wall time from the process start and peak RSS (up to the
+    report), the machine (with its load average now), the commit, and how many runs it reused."""
+    return {
+        **resource_usage(),
+        "runs": len(cells),
+        "runs_reused": sum(cell.reused for cell in cells),
+        "hardware": hardware(),
+        "source": source_commit(),
+        "versions": versions(),
+    }
+
+
+def usage_lines(run: dict[str, Any]) -> list[str]:
+    """The report's lines on the machine, the cost of this command and its commit."""
+    machine = run["hardware"]
+    memory = f", {machine['memory_gb']:g} GB RAM" if machine.get("memory_gb") else ""
+    load = machine.get("load_average_1min")
+    busy = ""
+    if load is not None and machine.get("cpu_count") and load > machine["cpu_count"]:
+        busy = " (more runnable processes than cores: other work shared the machine, times are inflated)"
+    rss = run.get("peak_rss_mb")
+    reused = (
+        f" {run['runs_reused']} of the {run['runs']} runs were reused from an earlier invocation, so "
+        "their time is not in it."
+        if run["runs_reused"]
+        else f" All {run['runs']} runs ran in it."
+    )
+    source = run.get("source")
+    if source:
+        edits = f", with uncommitted changes to {', '.join(source['modified'])}" if source["modified"] else ""
+        commit = f"`{source['commit'][:12]}`{edits}"
+    else:
+        commit = "not known (not a git checkout)"
+    return [
+        f"- **Machine:** {machine['cpu_count']} × {machine['cpu']}{memory}, {machine['device']}; "
+        f"load average (1 min) at the end: {load if load is not None else 'not known'}{busy}.",
+        f"- **This command:** {run['wall_seconds'] / 60:.1f} min wall time from the "
+        f"{run['wall_clock_from']}, peak RSS {rss if rss is not None else 'not known'} MB, finished "
+        f"{run['finished_at']}.{reused}",
+        f"- **nlptransfer commit:** {commit}.",
+    ]
+
+
+def _setup(config: CompareConfig, measured: Measurements, cells: list[Cell], run: dict[str, Any]) -> str:
     p, f, c = measured.profile, measured.familiarity, measured.compute
     data = config.train_file or f"built-in `{config.dataset}`"
     labels = ", ".join(f"{k}: {v}" for k, v in p.per_label.items())
@@ -72,7 +119,8 @@ def _setup(config: CompareConfig, measured: Measurements, cells: list[Cell]) -> 
         f"- **Model:** `{config.model}`. Familiarity of the text: **{f.verdict}** ({signals}).",
         f"- **Validation:** {validation} (the 'all' budget: the whole split). Budgets of "
         f"{config.one_seed_from} or more per label run one seed.",
-        f"- **Machine:** {c.device}, {c.threads} threads, {platform.machine()}; {software}.",
+        f"- **Software:** {c.device}, {c.threads} threads, {platform.machine()}; {software}.",
+        *usage_lines(run),
         f"- **Training time of all {len(cells)} runs:** {total / 60:.1f} min (sum of `train_seconds`).",
         f"- **Reproduce:** `{command_line(config, 'recipes/compare.py')}`",
     ])  # fmt: skip

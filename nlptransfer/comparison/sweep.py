@@ -104,13 +104,15 @@ class Cell:
     trainable_parameters: int
     num_train: int
     epochs_run: int
+    # Taken from the folder of an earlier invocation of the same sweep, not run by this one.
+    reused: bool = False
 
     @staticmethod
-    def from_results(arm: str, budget: str, seed: int, results: dict[str, Any]) -> Cell:
+    def from_results(arm: str, budget: str, seed: int, results: dict[str, Any], reused: bool = False) -> Cell:
         test = results["test"] or {}
         return Cell(arm, budget, seed, float(test["accuracy"]), test.get("f1_macro"),
                     float(results["train_seconds"]), int(results["trainable_parameters"]),
-                    int(results["num_train_examples"]), int(results["epochs_run"]))  # fmt: skip
+                    int(results["num_train_examples"]), int(results["epochs_run"]), reused)  # fmt: skip
 
 
 def budget_name(value: int | None) -> str:
@@ -118,7 +120,11 @@ def budget_name(value: int | None) -> str:
 
 
 def run_comparison(config: CompareConfig) -> Path:
-    """Run (or resume) the sweep, then write the report; returns the report's path."""
+    """Run (or resume) the sweep, then write the report; returns the report's path.
+
+    The report and ``run.json`` record this command's wall time (from the process start), its peak
+    RSS, the machine with its load average at the end, and the nlptransfer commit.
+    """
     from nlptransfer.comparison.report import write_report
 
     out = Path(config.output_dir or "runs/compare")
@@ -198,14 +204,15 @@ def _sweep(config: CompareConfig, run: FinetuneConfig, measured: Measurements, o
         folder = Path(options.output_dir or "")
         key = json.dumps({**options.to_dict(), "nlptransfer_version": None}, sort_keys=True, default=str)
         done = folder / "compare_cell.json"
-        if done.is_file() and json.loads(done.read_text()).get("key") == key:
+        reused = done.is_file() and json.loads(done.read_text()).get("key") == key
+        if reused:
             results = json.loads((folder / "results.json").read_text())
             logger.info("compare: reusing %s (already run)", folder)
         else:
             logger.info("compare: %s, %s per label, seed %d", arm.name, budget_name(k), seed)
             results = train(options)
             done.write_text(json.dumps({"key": key}))  # written last: only finished runs are reused
-        cells.append(Cell.from_results(arm.name, budget_name(k), seed, results))
+        cells.append(Cell.from_results(arm.name, budget_name(k), seed, results, reused))
     return cells
 
 
