@@ -23,7 +23,9 @@ C = TypeVar("C")
 MIXED_PRECISION = ("no", "fp16", "bf16")
 HEAD_TYPES = ("linear", "logistic-cv")
 LR_SCHEDULERS = ("linear", "cosine", "constant", "slanted-triangular")
-TRACKERS = ("jsonl", "tensorboard", "none")
+# jsonl is nlptransfer's own; the others are accelerate's trackers (accelerate.utils.LoggerType).
+TRACKERS = ("jsonl", "tensorboard", "wandb", "mlflow", "comet_ml", "aim", "clearml", "dvclive", "swanlab",
+            "trackio", "none")  # fmt: skip
 
 
 def _opt(default: Any, help: str) -> Any:
@@ -73,7 +75,9 @@ class TrainingOptions:
     logging_steps: int = _opt(10, "Log loss, learning rate and throughput every N optimizer steps.")
     report_to: list[str] = _opt(
         ["jsonl", "tensorboard"],
-        "Trackers: jsonl (always available), tensorboard (when installed), or none.",
+        "Trackers: jsonl (always), tensorboard (when installed), any other tracker accelerate supports "
+        "(wandb, mlflow, comet_ml, aim, clearml, dvclive, swanlab, trackio; its package must be "
+        "installed), or none.",
     )
     push_to_hub: bool = _opt(False, "Upload the saved model folder to the Hugging Face Hub at the end.")
     hub_model_id: str | None = _opt(

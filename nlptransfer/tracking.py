@@ -1,4 +1,8 @@
-"""Experiment tracking through accelerate's trackers: a JSONL log always, TensorBoard when installed."""
+"""Experiment tracking through accelerate's trackers.
+
+A JSONL log always; TensorBoard when installed; any other tracker accelerate
+supports (wandb, mlflow, ...) when the user asks for it and its package is there.
+"""
 
 from __future__ import annotations
 
@@ -9,14 +13,19 @@ import time
 from pathlib import Path
 from typing import Any
 
+import accelerate.utils.imports as accelerate_imports
 from accelerate.tracking import GeneralTracker, on_main_process
 from accelerate.utils import is_tensorboard_available
+
+from nlptransfer.errors import ConfigError
 
 logger = logging.getLogger(__name__)
 
 LOG_NAME = "training_log.jsonl"
 PLOT_NAME = "training_curves.png"
 LOGS_DIR = "logs"
+# The pip package of each accelerate tracker whose name differs from it.
+_PACKAGES = {"comet_ml": "comet-ml"}
 
 
 class JSONLTracker(GeneralTracker):
@@ -96,11 +105,27 @@ def build_trackers(names: list[str], output_dir: Path, resume_step: int | None) 
     if "tensorboard" in names:
         if is_tensorboard_available():
             trackers.append("tensorboard")
-        else:
+        else:  # on by default: its absence is no error
             logger.info(
                 "TensorBoard is not installed: logging to %s only (pip install tensorboard).", LOG_NAME
             )
+    for name in [n for n in names if n not in ("jsonl", "tensorboard")]:
+        check_tracker_installed(name)
+        trackers.append(name)
     return trackers
+
+
+def check_tracker_installed(name: str) -> None:
+    """An accelerate tracker the user asked for must be importable, or the run stops before it starts."""
+    available = getattr(accelerate_imports, f"is_{name}_available", None)
+    if available is None:
+        raise ConfigError(f"--report_to {name}: this version of accelerate has no such tracker.")
+    if not available():
+        package = _PACKAGES.get(name, name)
+        raise ConfigError(
+            f"--report_to {name} needs the {package} package, which is not installed: pip install "
+            f"{package}, or drop {name} from --report_to."
+        )
 
 
 def flat_config(config: dict[str, Any]) -> dict[str, Any]:
@@ -150,6 +175,7 @@ __all__ = [
     "PLOT_NAME",
     "JSONLTracker",
     "build_trackers",
+    "check_tracker_installed",
     "flat_config",
     "plot_curves",
     "read_log",

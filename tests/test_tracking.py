@@ -8,6 +8,7 @@ from pathlib import Path
 import pytest
 
 import nlptransfer.tracking as tracking
+from nlptransfer.errors import ConfigError
 from nlptransfer.tracking import LOG_NAME, JSONLTracker, build_trackers, flat_config, plot_curves, read_log
 
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
@@ -156,3 +157,94 @@ def test_a_full_disk_stops_the_log_with_a_warning_not_the_run(tmp_path: Path, ca
         tracker.finish()
     assert caplog.text.count("Could not write the training log") == 1
     assert [r["step"] for r in read_log(path)] == [1]
+
+
+def test_report_to_takes_every_tracker_accelerate_has() -> None:
+    from accelerate.utils import LoggerType
+
+    from nlptransfer.config import TRACKERS
+
+    assert set(TRACKERS) == {t.value for t in LoggerType if t.value != "all"} | {"jsonl", "none"}
+
+
+@pytest.mark.parametrize(
+    ("name", "package"), [("wandb", "wandb"), ("mlflow", "mlflow"), ("comet_ml", "comet-ml")]
+)
+def test_a_tracker_whose_package_is_missing_is_a_clear_error(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, name: str, package: str
+) -> None:
+    import accelerate.utils.imports as accelerate_imports
+
+    monkeypatch.setattr(accelerate_imports, f"is_{name}_available", lambda: False)
+    with pytest.raises(
+        ConfigError, match=rf"--report_to {name} needs the {package} package.*pip install {package}"
+    ):
+        build_trackers(["jsonl", name], tmp_path, None)
+
+
+# A stand-in for the wandb package: what accelerate's WandBTracker calls, recorded as JSON lines.
+FAKE_WANDB = """
+import json, os
+
+def _record(**call):
+    with open(os.environ["FAKE_WANDB_LOG"], "a") as f:
+        f.write(json.dumps(call, default=str) + "\\n")
+
+class _Config:
+    def update(self, values, allow_val_change=False):
+        _record(call="config", values=values)
+
+class _Run:
+    def log(self, values, step=None, **kwargs):
+        _record(call="log", values=values, step=step)
+
+    def finish(self):
+        _record(call="finish")
+
+config = _Config()
+
+def init(project=None, **kwargs):
+    _record(call="init", project=project)
+    return _Run()
+"""
+
+
+def _fake_wandb(folder: Path) -> Path:
+    (folder / "wandb").mkdir(parents=True)
+    (folder / "wandb" / "__init__.py").write_text(FAKE_WANDB)
+    info = folder / "wandb-0.0.0.dist-info"  # accelerate checks the distribution's metadata too
+    info.mkdir()
+    (info / "METADATA").write_text("Metadata-Version: 2.1\nName: wandb\nVersion: 0.0.0\n")
+    return folder
+
+
+def test_report_to_an_installed_tracker_logs_through_accelerate(
+    tiny_bert: str, sentiment_csv: Path, tmp_path: Path
+) -> None:
+    import os
+    import subprocess
+
+    from conftest import REPO, recipe
+
+    out, log = tmp_path / "run", tmp_path / "wandb-calls.jsonl"
+    args = recipe("--model", tiny_bert, "--train_file", str(sentiment_csv), "--epochs", "2",
+                  "--output_dir", str(out), "--logging_steps", "2", "--save_steps", "0",
+                  "--report_to", "jsonl", "wandb")  # fmt: skip
+    env = {**os.environ, "HF_HUB_OFFLINE": "1", "FAKE_WANDB_LOG": str(log)}
+    # Without the package: one clear line, exit 2, nothing written.
+    missing = subprocess.run(args, env=env, capture_output=True, text=True, cwd=tmp_path, timeout=600)
+    assert missing.returncode == 2 and "pip install wandb" in missing.stderr
+    assert not out.exists() and not log.exists()
+    # With the stand-in on the path, accelerate's WandBTracker gets the run's config and every log.
+    env["PYTHONPATH"] = os.pathsep.join([str(_fake_wandb(tmp_path / "site")), str(REPO)])
+    done = subprocess.run(args, env=env, capture_output=True, text=True, cwd=tmp_path, timeout=600)
+    assert done.returncode == 0, done.stderr[-3000:]
+    calls = read_log(log)
+    assert calls[0] == {"call": "init", "project": "nlptransfer-finetune"} and calls[-1] == {"call": "finish"}
+    assert any(c["call"] == "config" and c["values"]["strategy"] == "feature-extraction" for c in calls)
+    logged = [c for c in calls if c["call"] == "log"]
+    ours = read_log(out / LOG_NAME)  # the JSONL log: the same records, step by step
+    expected = [(r["step"], {k: v for k, v in r.items() if k not in ("step", "time")}) for r in ours]
+    assert [(c["step"], c["values"]) for c in logged] == expected
+    assert any("train/loss" in c["values"] for c in logged)
+    assert any("validation/accuracy" in c["values"] for c in logged)
