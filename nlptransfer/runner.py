@@ -101,7 +101,7 @@ def train(config: FinetuneConfig) -> dict[str, Any]:
     run_start = time.time()  # this run alone; results.json's wall_seconds counts from the process start
     strategy = get_strategy(config.strategy)
     image_options(config)  # a bad --augment or --batchnorm fails before anything runs
-    metrics = MetricSet(config.metrics)
+    metrics = MetricSet(config.metrics, config.trust_remote_code)
     output_dir = resolve_output_dir(config)
     if not config.resume_from_checkpoint:
         check_output_dir(output_dir, config.overwrite_output_dir)
