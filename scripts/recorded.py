@@ -20,9 +20,7 @@ import sys
 import time
 from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-
-from nlptransfer.outputs import cpu_name, load_average, memory_gb, source_commit
+REPO = Path(__file__).resolve().parents[1]
 
 
 def children_peak_rss_mb() -> float:
@@ -39,11 +37,16 @@ def main() -> int:
     command = args.command[1:] if args.command[:1] == ["--"] else args.command
     if not command:
         parser.error("give a command after --")
-    load_before = load_average()
+    load_before = round(os.getloadavg()[0], 2)
     started = time.time()
+    # Nothing large is imported before this: a child's ru_maxrss starts at its parent's RSS at the fork.
     code = subprocess.run(command, check=False).returncode
     wall = time.time() - started
-    load_after = load_average()
+    load_after = round(os.getloadavg()[0], 2)
+    peak = children_peak_rss_mb()
+    sys.path.insert(0, str(REPO))
+    from nlptransfer.outputs import cpu_name, memory_gb, source_commit
+
     source = source_commit()
     if source:
         edits = f" with uncommitted changes to {', '.join(source['modified'])}" if source["modified"] else ""
@@ -53,7 +56,7 @@ def main() -> int:
     print(
         f"\n[recorded] $ {shlex.join(command)}\n"
         f"[recorded] exit code {code}; wall time {wall:.1f} s; peak RSS of its largest process "
-        f"{children_peak_rss_mb():,.0f} MB\n"
+        f"{peak:,.0f} MB\n"
         f"[recorded] load average (1 min) {load_before} at the start, {load_after} at the end\n"
         f"[recorded] machine: {os.cpu_count()} × {cpu_name()}, {memory_gb()} GB RAM; "
         f"nlptransfer commit {commit}; finished {time.strftime('%Y-%m-%d %H:%M %z')}",
