@@ -100,6 +100,8 @@ def hardware() -> dict[str, Any]:
         "platform": platform.platform(),
     }
     machine["load_average_1min"] = load_average()
+    # 5 and 15 minutes: a long run's last minute says little about the load during the run.
+    machine["load_average_5min"], machine["load_average_15min"] = load_average(1), load_average(2)
     return machine
 
 
@@ -122,10 +124,10 @@ def memory_gb() -> float | None:
         return None
 
 
-def load_average() -> float | None:
-    """The 1-minute load average (None where the OS has none, e.g. Windows)."""
+def load_average(which: int = 0) -> float | None:
+    """The 1-minute (``which`` 1: 5-, 2: 15-minute) load average; None where the OS has none (Windows)."""
     try:
-        return round(os.getloadavg()[0], 2)
+        return round(os.getloadavg()[which], 2)
     except (AttributeError, OSError):
         return None
 
@@ -160,8 +162,19 @@ def peak_rss_mb() -> float | None:
     return round(peak_bytes / 1e6, 1)
 
 
+def cpu_seconds() -> float | None:
+    """User + system CPU time of this process so far. Divided by ``wall_seconds`` it gives the cores
+    the process had on average: well below its torch threads means other work took the CPU."""
+    try:
+        import resource
+    except ImportError:
+        return None
+    usage = resource.getrusage(resource.RUSAGE_SELF)
+    return round(usage.ru_utime + usage.ru_stime, 1)
+
+
 def resource_usage(run_start: float | None = None) -> dict[str, Any]:
-    """For results.json: wall time from the process's start to now, and the peak RSS so far.
+    """For results.json: wall time from the process's start to now, the peak RSS and CPU time so far.
 
     Both count the whole process: a script that runs several trainings in one process (``compare``,
     the vision demo) gets the time and memory of all of them up to this one. ``run_start``
@@ -173,6 +186,7 @@ def resource_usage(run_start: float | None = None) -> dict[str, Any]:
         "wall_seconds": round(now - started, 3),
         "wall_clock_from": clock,
         "peak_rss_mb": peak_rss_mb(),
+        "cpu_seconds": cpu_seconds(),
         "finished_at": time.strftime("%Y-%m-%dT%H:%M:%S%z", time.localtime(now)),
     }
     if run_start is not None:

@@ -66,8 +66,9 @@ the same: the built-in `movie-reviews` split (10,201 train, 1,275 validation,
 1,276 test) and `recipes/finetune.py` defaults unless a flag is shown in
 `scripts/compare_sources.py`. Each row runs in its own process; its
 `results.json` (in `{root}/<row>/`) records every figure below, including the
-row's wall time from its process start, its peak RSS and the 1-minute load
-average when it ended.
+row's wall time from its process start, its peak RSS, the CPU cores it had on
+average (CPU time over wall time: below the torch threads when other work
+shared the machine) and the 1-minute load average when it ended.
 
 This page is the output of the command below, written by it (`--page`), not
 edited by hand:
@@ -116,23 +117,28 @@ def _seconds(r: dict[str, Any], key: str) -> str:
 def table(names: list[str], results: dict[str, dict[str, Any]], failed: dict[str, str]) -> str:
     lines = [
         "| source | strategy | test accuracy | test macro-F1 | feature seconds | train seconds "
-        "| wall seconds | peak RSS (MB) | load (1 min) | trainable |",
-        "|---|---|---:|---:|---:|---:|---:|---:|---:|---:|",
+        "| wall seconds | CPU cores used | peak RSS (MB) | load (1 min) | trainable |",
+        "|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|",
     ]
     for name in names:
         description = ROWS[name][0]
         if name in failed:
-            lines.append(f"| {description} | failed: see below |" + " |" * 8)
+            lines.append(f"| {description} | failed: see below |" + " |" * 9)
             continue
         r = results[name]
         test, machine = r["test"], r.get("hardware", {})
         lines.append(
             f"| {description} | {r['strategy']} | {test['accuracy']:.4f} | {test['f1_macro']:.4f} "
             f"| {_seconds(r, 'feature_extraction_seconds')} | {r['train_seconds']:.0f} "
-            f"| {_fmt(r.get('wall_seconds'), '.0f')} | {_fmt(r.get('peak_rss_mb'), ',.0f')} "
+            f"| {_fmt(r.get('wall_seconds'), '.0f')} | {_cores(r)} | {_fmt(r.get('peak_rss_mb'), ',.0f')} "
             f"| {_fmt(machine.get('load_average_1min'), '.2f')} | {r['trainable_parameters']:,} |"
         )
     return "\n".join(lines)
+
+
+def _cores(r: dict[str, Any]) -> str:
+    cpu, wall = r.get("cpu_seconds"), r.get("wall_seconds")
+    return "not recorded" if cpu is None or not wall else f"{cpu / wall:.2f}"
 
 
 def _fmt(value: float | None, spec: str) -> str:

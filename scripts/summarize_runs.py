@@ -6,6 +6,9 @@
 A folder without results.json is skipped (a compare or vision-demo folder: pass its runs/*). Wall
 time (from the run's process start), peak RSS and the 1-minute load average at the end are what
 the run recorded itself; runs of older releases did not record them and show "not recorded".
+CPU cores used on average (CPU seconds over wall seconds) well below the run's torch threads means
+other work shared the cores during the run; the load averages (1, 5, 15 minutes) at its end say
+how busy the machine was then.
 """
 
 from __future__ import annotations
@@ -66,13 +69,22 @@ def detail(folder: Path, results: dict[str, Any]) -> str:
         f"| {_num(results.get('wall_seconds'), '.1f')} |"
     )
     lines.append(f"| peak RSS (MB) | {_num(results.get('peak_rss_mb'), ',.0f')} |")
-    load = (results.get("hardware") or {}).get("load_average_1min")
-    lines.append(f"| load average (1 min) at the end | {_num(load, '.2f')} |")
+    lines.append(f"| CPU cores used on average (CPU seconds / wall seconds) | {cores_used(results)} |")
+    machine = results.get("hardware") or {}
+    loads = [machine.get(f"load_average_{m}min") for m in (1, 5, 15)]
+    lines.append(
+        f"| load average (1 / 5 / 15 min) at the end | {' / '.join(_num(x, '.2f') for x in loads)} |"
+    )
     lines.append(
         f"| trainable / total parameters | {results['trainable_parameters']:,} / "
         f"{results['total_parameters']:,} |"
     )
     return "\n".join(lines)
+
+
+def cores_used(results: dict[str, Any]) -> str:
+    cpu, wall = results.get("cpu_seconds"), results.get("wall_seconds")
+    return NOT_RECORDED if cpu is None or not wall else f"{cpu / wall:.2f}"
 
 
 def machine(results: dict[str, Any]) -> str:

@@ -87,14 +87,15 @@ def _tokens(part: str) -> list[str]:
         return part.split()
 
 
-def _command(doc: str, number: int, part: str) -> Command | None:
+def _commands(doc: str, number: int, part: str) -> list[Command]:
+    """The command in ``part``, and the one it wraps after ``--`` (scripts/recorded.py -- CMD)."""
     tokens = _tokens(part)
     if tokens[:1] == ["$"]:
         tokens = tokens[1:]
     while tokens and re.fullmatch(r"[A-Z_][A-Z0-9_]*=\S*", tokens[0]):  # HF_HUB_OFFLINE=1 ...
         tokens = tokens[1:]
     if not tokens:
-        return None
+        return []
     head, program, rest = tokens[0], None, []
     if head == "nlptransfer" and len(tokens) > 1 and not tokens[1].startswith("-"):
         program, rest = f"nlptransfer {tokens[1]}", tokens[2:]
@@ -107,18 +108,21 @@ def _command(doc: str, number: int, part: str) -> Command | None:
     elif head in ("bash", "sh") and len(tokens) > 1 and tokens[1].endswith(".sh"):
         program, rest = tokens[1], tokens[2:]
     if program is None or (" " not in program and not program.startswith(("scripts/", "recipes/"))):
-        return None
+        return []
+    wrapped: list[Command] = []
+    if "--" in rest:
+        at = rest.index("--")
+        wrapped = _commands(doc, number, shlex.join(rest[at + 1 :]))
+        rest = rest[:at]
     flags = tuple(t.split("=", 1)[0] for t in rest if FLAG.fullmatch(t.split("=", 1)[0]))
-    return Command(doc, number, program, flags, part.strip())
+    return [Command(doc, number, program, flags, part.strip()), *wrapped]
 
 
 def commands_in(text: str, doc: str = "<text>") -> list[Command]:
     found = []
     for number, snippet in _snippets(text):
         for part in re.split(r"&&|\|\||;|\|", _strip_comment(snippet)):
-            command = _command(doc, number, part)
-            if command is not None:
-                found.append(command)
+            found += _commands(doc, number, part)
     return found
 
 
@@ -223,6 +227,7 @@ accelerate launch recipes/finetune.py --strategy lora --no_such_flag 3
 nlptransfer fly --high
 HF_HUB_OFFLINE=1 python scripts/compare_sources.py --layer_sweep --not_an_option
 bash scripts/install_assets.sh --everything
+python scripts/recorded.py -- nlptransfer compare --budgetz 8
 ```
 
 Run `nlptransfer advise --no_such_advice` or see `recipes/missing.py` and `tests/test_nothing_here.py`.
@@ -234,6 +239,7 @@ accelerate launch --num_processes 2 recipes/finetune.py --strategy lora --no-fea
     --output_dir runs/x   # a comment --not_a_flag
 nlptransfer advise --samples_per_label 8 && python scripts/compare_sources.py --layer_sweep --page p.md
 bash scripts/install_assets.sh --all
+python scripts/recorded.py -- nlptransfer compare --budgets 8 all
 ```
 
 ```python
@@ -254,6 +260,7 @@ def test_planted_bad_names_and_flags_fail() -> None:
         "scripts/compare_sources.py has no option --not_an_option",
         "scripts/install_assets.sh has no option --everything",
         "nlptransfer advise has no option --no_such_advice",
+        "nlptransfer compare has no option --budgetz",
         "names recipes/missing.py, which does not exist",
         "names tests/test_nothing_here.py, which does not exist",
     ):
@@ -266,7 +273,7 @@ def test_real_names_and_flags_pass() -> None:
     commands = commands_in(GOOD, "good.md")
     assert {c.program for c in commands} == {
         "recipes/finetune.py", "nlptransfer advise", "scripts/compare_sources.py",
-        "scripts/install_assets.sh", "nlptransfer compare",
+        "scripts/install_assets.sh", "nlptransfer compare", "scripts/recorded.py",
     }  # fmt: skip
     finetune = next(c for c in commands if c.program == "recipes/finetune.py")
     assert finetune.flags == ("--strategy", "--no-feature_cache", "--output_dir")  # not accelerate's, nor #

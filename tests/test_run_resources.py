@@ -113,9 +113,12 @@ def test_finetune_results_record_wall_time_peak_rss_load_and_commit(tiny_bert: s
     assert results["train_seconds"] <= results["run_wall_seconds"] < results["wall_seconds"] <= elapsed + 0.05
     # Peak RSS of the recipe's own process: more than torch takes to import, at most any child's peak.
     assert 100 < results["peak_rss_mb"] <= _children_peak_mb() + 1
+    # CPU time of the process: some, and at most all cores for the whole wall time.
+    assert 0 < results["cpu_seconds"] <= results["wall_seconds"] * os.cpu_count() + 1
     machine = results["hardware"]
     assert machine["cpu_count"] == os.cpu_count() and machine["num_processes"] == "1"
     assert isinstance(machine["load_average_1min"], float)
+    assert isinstance(machine["load_average_15min"], float)
     head = _head_commit()
     if head is not None:
         assert results["source"]["commit"] == head
@@ -158,6 +161,7 @@ def test_compare_records_its_wall_time_peak_rss_and_reused_runs(tiny_bert: str, 
     report = (out / "report.md").read_text()
     assert f"{run['wall_seconds'] / 60:.1f} min wall time from the " in report
     assert f"peak RSS {run['peak_rss_mb']} MB" in report and "All 1 runs ran in it." in report
+    assert run["cpu_seconds"] > 0 and "CPU cores used on average" in report
     assert json.loads((out / "cells.json").read_text())[0]["reused"] is False
 
     assert main(argv) == 0  # the same command again reuses the finished run, and says so

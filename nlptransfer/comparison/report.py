@@ -93,12 +93,19 @@ def usage_lines(run: dict[str, Any]) -> list[str]:
         commit = "not known (not a git checkout)"
     return [
         f"- **Machine:** {machine['cpu_count']} × {machine['cpu']}{memory}, {machine['device']}; "
-        f"load average (1 min) at the end: {load if load is not None else 'not known'}{busy}.",
+        f"load average (1 / 5 / 15 min) at the end: {load if load is not None else 'not known'} / "
+        f"{machine.get('load_average_5min')} / {machine.get('load_average_15min')}{busy}.",
         f"- **This command:** {run['wall_seconds'] / 60:.1f} min wall time from the "
-        f"{run['wall_clock_from']}, peak RSS {rss if rss is not None else 'not known'} MB, finished "
-        f"{run['finished_at']}.{reused}",
+        f"{run['wall_clock_from']}, peak RSS {rss if rss is not None else 'not known'} MB, "
+        f"{_cores(run)} CPU cores used on average (CPU time / wall time), finished {run['finished_at']}."
+        f"{reused}",
         f"- **nlptransfer commit:** {commit}.",
     ]
+
+
+def _cores(run: dict[str, Any]) -> str:
+    cpu, wall = run.get("cpu_seconds"), run.get("wall_seconds")
+    return "not known" if cpu is None or not wall else f"{cpu / wall:.2f}"
 
 
 def _setup(config: CompareConfig, measured: Measurements, cells: list[Cell], run: dict[str, Any]) -> str:
