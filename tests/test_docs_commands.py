@@ -1,6 +1,6 @@
 """The docs (README.md, docs/**/*.md) name only scripts, recipes, commands and flags that exist.
 
-Commands are read from fenced code blocks (not Python, YAML or JSON ones) and inline code spans:
+Commands are read from fenced code blocks (not Python, YAML, JSON or text ones) and inline code spans:
 ``nlptransfer SUBCOMMAND ...``, ``python scripts/X.py ...``, ``python recipes/X.py ...``,
 ``accelerate launch [its flags] recipes/X.py ...``, ``torchrun ... recipes/X.py ...`` and
 ``bash scripts/X.sh ...``. Every ``--flag`` after the script or subcommand must be one that
@@ -28,7 +28,7 @@ from nlptransfer.cli import COMMANDS, main
 
 # Recipe -> the nlptransfer subcommand it runs (recipes/*.py call run_recipe(NAME, argv)).
 RECIPES = {"finetune": "train", "pretrain": "pretrain", "compare": "compare", "predict": "predict"}
-SKIPPED_LANGUAGES = {"python", "py", "yaml", "yml", "json", "toml", "jsonl"}
+SKIPPED_LANGUAGES = {"python", "py", "yaml", "yml", "json", "toml", "jsonl", "text", "output"}  # not commands
 PATH = re.compile(r"(?<![\w./~-])((?:scripts|recipes|tests)/[\w./*-]*[\w*])")
 FLAG = re.compile(r"(?<![\w-])--[A-Za-z][\w-]*")
 
@@ -50,9 +50,11 @@ def _snippets(text: str) -> list[tuple[int, str]]:
     """(line number, command line) of every fenced shell block line and every inline code span."""
     found, fence, language = [], None, ""
     lines = text.splitlines()
+    prose = []  # the text outside fences, line for line, for inline spans (which may wrap a line)
     pending, start = "", 0
     for number, line in enumerate(lines, 1):
         stripped = line.strip()
+        prose.append("" if fence is not None or stripped.startswith("```") else line)
         if stripped.startswith("```"):
             if fence is None:
                 fence, language = stripped[:3], stripped[3:].strip().lower()
@@ -70,9 +72,10 @@ def _snippets(text: str) -> list[tuple[int, str]]:
                 continue
             found.append((start, pending + code))
             pending = ""
-            continue
-        for span in re.findall(r"`([^`\n]+)`", line):
-            found.append((number, span))
+    joined = "\n".join(prose)
+    for match in re.finditer(r"`([^`]+)`", joined):
+        if "\n\n" not in match.group(1):  # a span never crosses a paragraph
+            found.append((joined.count("\n", 0, match.start()) + 1, " ".join(match.group(1).split())))
     return found
 
 
@@ -230,7 +233,9 @@ bash scripts/install_assets.sh --everything
 python scripts/recorded.py -- nlptransfer compare --budgetz 8
 ```
 
-Run `nlptransfer advise --no_such_advice` or see `recipes/missing.py` and `tests/test_nothing_here.py`.
+Run `nlptransfer advise --no_such_advice` or see `recipes/missing.py` and `tests/test_nothing_here.py`,
+or `nlptransfer compare --budgets 8
+--wrapped_bad_flag 2` (a code span may wrap a line).
 """
 
 GOOD = """\
@@ -261,6 +266,7 @@ def test_planted_bad_names_and_flags_fail() -> None:
         "scripts/install_assets.sh has no option --everything",
         "nlptransfer advise has no option --no_such_advice",
         "nlptransfer compare has no option --budgetz",
+        "nlptransfer compare has no option --wrapped_bad_flag",
         "names recipes/missing.py, which does not exist",
         "names tests/test_nothing_here.py, which does not exist",
     ):
