@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
@@ -248,36 +249,84 @@ def test_text_and_image_mismatches_are_refused(tiny_vision: dict[str, str], tiny
         )
 
 
+def _trains_all(name: str) -> bool:
+    return True
+
+
+def _trains_head(name: str) -> bool:
+    return name.startswith("head.")
+
+
+def _trains_top_stage(name: str) -> bool:
+    return _trains_head(name) or ".encoder.stages.1." in name
+
+
+def _trains_lora(name: str) -> bool:
+    return _trains_head(name) or ".lora_" in name
+
+
 @pytest.mark.parametrize(
-    ("family", "options"),
+    ("family", "options", "trains"),
     [
-        ("resnet", {"strategy": "feature-extraction"}),
-        ("resnet", {"strategy": "feature-extraction", "layers": [-2], "pooling": "max"}),
-        ("resnet", {"strategy": "finetune", "unfreeze_layers": 1, "augment": ["affine"]}),
-        ("resnet", {"strategy": "gradual-unfreezing"}),
-        ("resnet", {"strategy": "lora"}),
-        ("vit", {"strategy": "layerwise-lr-decay", "pooling": "cls"}),
-        ("vit", {"strategy": "lp-ft"}),
-        ("vit", {"strategy": "lora"}),
-        ("convnext", {"strategy": "finetune"}),
+        ("resnet", {"strategy": "feature-extraction"}, _trains_head),
+        ("resnet", {"strategy": "feature-extraction", "layers": [-2], "pooling": "max"}, _trains_head),
+        ("resnet", {"strategy": "finetune", "unfreeze_layers": 1, "augment": ["affine"]}, _trains_top_stage),
+        ("resnet", {"strategy": "gradual-unfreezing"}, _trains_top_stage),  # 2 epochs: head, then top stage
+        ("resnet", {"strategy": "lora"}, _trains_lora),
+        ("vit", {"strategy": "layerwise-lr-decay", "pooling": "cls"}, _trains_all),
+        ("vit", {"strategy": "lp-ft"}, _trains_all),
+        ("vit", {"strategy": "lora"}, _trains_lora),
+        ("convnext", {"strategy": "finetune"}, _trains_all),
     ],
 )
 def test_strategies_train_save_and_reload_image_models(
-    tiny_vision: dict[str, str], bars_folder: Path, tmp_path: Path, family: str, options: dict
-) -> None:
+    tiny_vision: dict[str, str], bars_folder: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+    family: str, options: dict, trains: Callable[[str], bool],
+) -> None:  # fmt: skip
+    import nlptransfer.runner
+    import nlptransfer.training
+
+    weights: dict[str, dict[str, torch.Tensor]] = {}
+
+    def params(model: torch.nn.Module) -> dict[str, torch.Tensor]:
+        return {n: p.detach().clone() for n, p in model.named_parameters()}
+
+    def fit_spy(model: TransferModel, *args, **kwargs):
+        weights["before"] = params(model)
+        return real_fit(model, *args, **kwargs)
+
+    def restore_spy(self: nlptransfer.training.BestWeights) -> None:
+        weights["after"] = params(self.model)  # where training ended, before the best epoch is restored
+        real_restore(self)
+
+    real_fit, real_restore = nlptransfer.runner.fit, nlptransfer.training.BestWeights.restore
+    monkeypatch.setattr(nlptransfer.runner, "fit", fit_spy)
+    monkeypatch.setattr(nlptransfer.training.BestWeights, "restore", restore_spy)
     out = tmp_path / "run"
     config = quiet_config(
         model=tiny_vision[family], train_file=str(bars_folder), output_dir=str(out), **options
     )
     results = train(config)
-    assert results["test"] is None and results["validation"]["accuracy"] >= 0
+    # Exactly the weights the strategy trains moved; every other one is bit-identical to the source.
+    before, after = weights["before"], weights["after"]
+    assert set(before) == set(after)
+    changed = {n for n in before if not torch.equal(before[n], after[n])}
+    assert changed == {n for n in before if trains(n)}
     saved = json.loads((out / "results.json").read_text())
     assert saved["strategy"] == options["strategy"] and saved["labels"] == ["horizontal", "vertical"]
+    assert results["test"] is None
     model = TransferModel.from_pretrained(out)
+    for name, value in model.named_parameters():
+        if not trains(name):
+            assert torch.equal(value, before[name]), name
+    # The reported validation accuracy is the saved model's, recomputed here from the folder names.
+    validation = load_data(config).validation.texts
+    predicted = model.predict(validation).labels
+    correct = [label == Path(path).parent.name for label, path in zip(predicted, validation, strict=True)]
+    assert results["validation"]["accuracy"] == pytest.approx(sum(correct) / len(correct))
     files = sorted(str(p) for p in bars_folder.rglob("*.png"))[:5]
     first = model.predict(files).probabilities
     np.testing.assert_array_equal(first, TransferModel.from_pretrained(out).predict(files).probabilities)
-    assert model.predict(files[0]).labels[0] in ("horizontal", "vertical")
     if options["strategy"] == "lora":
         names = [n for n, _ in model.backbone.named_parameters() if "lora_" in n]
         wanted = ("q_proj", "v_proj", "query", "value") if family == "vit" else ("convolution",)
