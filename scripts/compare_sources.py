@@ -220,8 +220,9 @@ def machine_lines(results: dict[str, dict[str, Any]], cores: int | None) -> list
             commits["not recorded"] += 1
         if r.get("finished_at"):
             dates.append(r["finished_at"][:10])
-        load = m.get("load_average_1min")
-        if load is not None and cores and load > cores:
+        load, cpu, wall = m.get("load_average_1min"), r.get("cpu_seconds"), r.get("wall_seconds")
+        starved = cpu is not None and wall and cpu / wall < 0.75 * m.get("torch_threads", 1)
+        if starved or (load is not None and cores and load > cores):
             loaded.append(ROWS[name][0])
         if "(cached)" in _seconds(r, "feature_extraction_seconds"):
             cached.append(ROWS[name][0])
@@ -234,12 +235,16 @@ def machine_lines(results: dict[str, dict[str, Any]], cores: int | None) -> list
     ]
     if loaded:
         lines.append(
-            f"- **Busy machine.** {len(loaded)} of {len(results)} rows ended with a 1-minute load average "
-            f"above the {cores} cores (other work shared them), so their seconds are upper bounds: "
+            f"- **Busy machine.** {len(loaded)} of {len(results)} rows had less than three quarters of "
+            "their torch threads' cores on average, or ended with a 1-minute load average above the "
+            f"{cores} cores: other work shared the machine, so their seconds are upper bounds: "
             f"{'; '.join(loaded)}."
         )
     else:
-        lines.append("- **Load.** Every row ended with a 1-minute load average at or below the core count.")
+        lines.append(
+            "- **Load.** Every row had at least three quarters of its threads' cores on average and ended "
+            "with a 1-minute load average at or below the core count."
+        )
     if cached:
         lines.append(
             f"- **Cached features.** These rows read their features from the cache: {'; '.join(cached)}."
@@ -256,8 +261,15 @@ def page(args: argparse.Namespace, names: list[str], results: dict[str, dict[str
     command = ["python", "scripts/compare_sources.py", *sys.argv[1:]]
     sweep_rows = [n for n in names if n in LAYER_SWEEP or (n == "minilm-mix" and args.layer_sweep)]
     main_rows = [n for n in names if n in SOURCES and n not in sweep_rows]
+    standard = [*SOURCES, *(LAYER_SWEEP if args.layer_sweep else [])]
+    absent = [ROWS[n][0] for n in standard if n not in names]
     parts = [
         INTRO.format(root=args.output_root, command=shlex.join(command)),
+        *(
+            [f"**Not run by this command** (left out with `--only`): {'; '.join(absent)}.", ""]
+            if absent
+            else []
+        ),
         f"**Reference point.** The majority class scores **{baseline:.4f}** test accuracy.",
         "",
         *machine_lines(results, os.cpu_count()),
