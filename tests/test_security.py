@@ -143,8 +143,9 @@ def _plant_metric(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> tuple[Path
     """A local metric folder whose script writes a marker; returns (folder, marker)."""
     import evaluate.config
 
+    # A cache an earlier evaluate.load put on sys.path would shadow the new one's evaluate_modules.
+    monkeypatch.setattr(sys, "path", [p for p in sys.path if p != str(evaluate.config.HF_MODULES_CACHE)])
     monkeypatch.setattr(evaluate.config, "HF_MODULES_CACHE", tmp_path / "hf_modules")
-    monkeypatch.setattr(sys, "path", list(sys.path))
     for name in [m for m in sys.modules if m.startswith("evaluate_modules")]:
         monkeypatch.delitem(sys.modules, name)  # evaluate imports its modules cache as a package
     folder, marker = tmp_path / "some_folder", tmp_path / "metric-ran.txt"
