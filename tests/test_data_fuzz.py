@@ -126,7 +126,8 @@ def _in_temp_file(suffix: str, write: Callable[[Path], None], check: Callable[[P
         check(path)
 
 
-def _check_consistent(data: TextClassificationData, rows_read: int, options: dict[str, Any]) -> None:
+def _check_consistent(data: TextClassificationData, rows: int, dropped: int, options: dict[str, Any]) -> None:
+    """``rows`` were written, of which ``dropped`` (counted by the caller, not by the package) must go."""
     names = data.label_names
     assert len(names) >= 2 and len(set(names)) == len(names)
     assert all(isinstance(n, str) for n in names)
@@ -138,7 +139,51 @@ def _check_consistent(data: TextClassificationData, rows_read: int, options: dic
         if split.pairs is not None:
             assert len(split.pairs) == len(split.texts)
             assert all(isinstance(p, str) and p.strip() for p in split.pairs)
-    _check_sizes(data, rows_read - sum(data.report["dropped_rows"].values()), options)
+    assert sum(data.report["dropped_rows"].values()) == dropped
+    _check_sizes(data, rows - dropped, options)
+
+
+# docs/reliability.md row 3: a row goes when its text (or pair) is missing, empty or only whitespace,
+# or its label is missing; "NA", "None" or "null" are texts and labels like any other.
+
+
+def _written_cells(names: list[str], row: list[Any], suffix: str, encoding: str) -> dict[str, Any]:
+    """Each column's cell as the file holds it: None where it holds nothing (an empty CSV field,
+    a JSON null or NaN), else the string a CSV field holds, or the JSON value.
+
+    A CSV header that repeats a name gives the repeat as ``name.1`` (as pandas reads it); a JSON
+    object keeps the last value of a repeated key.
+    """
+    if suffix in (".json", ".jsonl"):
+        return {
+            n: None if isinstance(v, float) and math.isnan(v) else v for n, v in zip(names, row, strict=True)
+        }
+    cells: dict[str, Any] = {}
+    seen: Counter[str] = Counter()
+    for name, value in zip(names, row, strict=True):
+        field = _cell(value).encode(encoding, errors="replace").decode(encoding)
+        cells[f"{name}.{seen[name]}" if seen[name] else name] = field or None
+        seen[name] += 1
+    return cells
+
+
+def _drops(cells: dict[str, Any], text: str, label: str, pair: str | None) -> bool:
+    inputs = [cells[text]] + ([cells[pair]] if pair is not None else [])
+    return cells[label] is None or any(v is None or not str(v).strip() for v in inputs)
+
+
+def _dropped_in_table(
+    names: list[str], rows: list[list[Any]], suffix: str, encoding: str, options: dict[str, Any]
+) -> int:
+    text, label = options.get("text_column", "text"), options.get("label_column", "label")
+    pair = options.get("text_pair_column")
+    return sum(_drops(_written_cells(names, row, suffix, encoding), text, label, pair) for row in rows)
+
+
+def _dropped_in_frame(frame: pd.DataFrame) -> int:
+    """For random bytes, which have no table of their own: the same rule on the cells as read."""
+    cells = frame.astype(object).where(frame.notna(), None)
+    return sum(_drops(row, "text", "label", None) for row in cells.to_dict("records"))
 
 
 def _check_sizes(data: TextClassificationData, kept: int, options: dict[str, Any]) -> None:
@@ -156,8 +201,14 @@ def _check_sizes(data: TextClassificationData, kept: int, options: dict[str, Any
         assert len(data.train) == min(limit, kept - held)
 
 
-def _load_or_documented_error(path: Path, **options: Any) -> TextClassificationData | None:
-    """load_data's result, or None when it refused the input with a documented error."""
+def _load_or_documented_error(
+    path: Path, written: list[tuple[list[str], list[list[Any]], str]] | None = None, **options: Any
+) -> TextClassificationData | None:
+    """load_data's result, or None when it refused the input with a documented error.
+
+    ``written``: the column names, rows and encoding of the training file (and of the test file)
+    this test wrote, from which the rows to drop are counted.
+    """
     try:
         config = FinetuneConfig(train_file=str(path), **options)
         data = load_data(config)
@@ -166,9 +217,14 @@ def _load_or_documented_error(path: Path, **options: Any) -> TextClassificationD
         event(f"refused: {str(err).replace(str(path), 'FILE')[:140]}")
         return None
     event("loaded")
-    # read_table's rows are the reference: every one is kept or counted as dropped.
-    files = [str(path)] + ([options["test_file"]] if "test_file" in options else [])
-    _check_consistent(data, sum(len(read_table(f)["data"]) for f in files), options)
+    if written is None:  # random bytes: read_table's rows are the reference
+        files = [str(path)] + ([options["test_file"]] if "test_file" in options else [])
+        frames = [read_table(f, text_columns=["text"])["data"] for f in files]
+        rows, dropped = sum(map(len, frames)), sum(map(_dropped_in_frame, frames))
+    else:
+        rows = sum(len(table_rows) for _, table_rows, _ in written)
+        dropped = sum(_dropped_in_table(n, r, path.suffix, e, options) for n, r, e in written)
+    _check_consistent(data, rows, dropped, options)
     return data
 
 
@@ -245,13 +301,15 @@ def test_random_tables_load_consistently_or_fail_clearly(
     test_rows = None if test_labels is None else data.draw(table_rows(len(names), test_labels))
     options = dict(options)  # gains test_file below; the drawn dict stays as drawn
 
+    written = [(names, rows, encoding)] + ([] if test_rows is None else [(names, test_rows, encoding)])
+
     def write(path: Path) -> None:
         _write_table(path, names, rows, encoding)
         if test_rows is not None:
             _write_table(path.with_name(f"test{suffix}"), names, test_rows, encoding)
             options["test_file"] = str(path.with_name(f"test{suffix}"))
 
-    _in_temp_file(suffix, write, lambda p: _load_or_documented_error(p, **columns, **options))
+    _in_temp_file(suffix, write, lambda p: _load_or_documented_error(p, written, **columns, **options))
 
 
 # --------------------------------------------------------------------------- reading some columns
@@ -333,7 +391,7 @@ def test_texts_and_labels_survive_loading_unchanged(
 
     def check(path: Path) -> None:
         data = load_data(FinetuneConfig(train_file=str(path)))
-        _check_consistent(data, len(rows), {})
+        _check_consistent(data, len(rows), sum(_blank(t) for t, _ in rows), {})
         got = Counter()
         for split in (data.train, data.validation):
             got.update((t, data.label_names[y]) for t, y in zip(split.texts, split.labels, strict=True))

