@@ -1,6 +1,6 @@
 """nlptransfer: transfer learning for NLP (and images) in one command."""
 
-from nlptransfer.backbones import Backbone, load_backbone
+from nlptransfer.backbones import Backbone
 from nlptransfer.config import FinetuneConfig
 from nlptransfer.errors import (
     ConfigError,
@@ -13,10 +13,10 @@ from nlptransfer.errors import (
     TrainingInterrupted,
     UnknownNameError,
 )
-from nlptransfer.layers import format_table, trainable_rows
-from nlptransfer.model import Predictions, TransferModel
-from nlptransfer.pretrain import PretrainConfig  # not `pretrain`: it would hide the module
-from nlptransfer.runner import train
+from nlptransfer.model.layers import format_table, trainable_rows
+from nlptransfer.model.transfer import Predictions, TransferModel, load_backbone
+from nlptransfer.runs.finetune import train
+from nlptransfer.runs.pretrain import PretrainConfig
 from nlptransfer.strategies import STRATEGIES, get_strategy
 from nlptransfer.version import __version__
 

@@ -51,7 +51,7 @@ def setup_logging() -> None:
 def _train(argv: Sequence[str]) -> int:
     from accelerate import PartialState
 
-    from nlptransfer.runner import train
+    from nlptransfer.runs.finetune import train
 
     config = parse_config(FinetuneConfig, argv, description="Train a text classifier by transfer learning.")
     setup_logging()
@@ -65,7 +65,7 @@ def _train(argv: Sequence[str]) -> int:
 def _pretrain(argv: Sequence[str]) -> int:
     from accelerate import PartialState
 
-    from nlptransfer.pretrain import PretrainConfig, pretrain
+    from nlptransfer.runs.pretrain import PretrainConfig, pretrain
 
     config = parse_config(
         PretrainConfig, argv, description="Continue pretraining a model on unlabelled in-domain text."
@@ -104,8 +104,8 @@ def _compare(argv: Sequence[str]) -> int:
 
 
 def _layers(argv: Sequence[str]) -> int:
-    from nlptransfer.layers import phase_tables
-    from nlptransfer.runner import build_model
+    from nlptransfer.model.layers import phase_tables
+    from nlptransfer.runs.finetune import build_model
     from nlptransfer.strategies import get_strategy
 
     config = parse_config(
@@ -131,7 +131,7 @@ def _predict(argv: Sequence[str]) -> int:
     import pandas as pd
 
     from nlptransfer.data import read_table
-    from nlptransfer.model import TransferModel
+    from nlptransfer.model.transfer import TransferModel
 
     parser = argparse.ArgumentParser(prog="nlptransfer predict", description="Predict with a saved model.")
     parser.add_argument("--model", required=True, help="Output folder of a training run.")
@@ -187,8 +187,8 @@ def _merge_adapter(argv: Sequence[str]) -> int:
     from pathlib import Path
 
     from nlptransfer.errors import ConfigError
-    from nlptransfer.model import TransferModel
-    from nlptransfer.outputs import check_output_dir
+    from nlptransfer.model.transfer import TransferModel
+    from nlptransfer.runs.outputs import check_output_dir
 
     parser = argparse.ArgumentParser(
         prog="nlptransfer merge-adapter",

@@ -45,7 +45,7 @@ def main() -> int:
     load_after = round(os.getloadavg()[0], 2)
     peak = children_peak_rss_mb()
     sys.path.insert(0, str(REPO))
-    from nlptransfer.outputs import cpu_name, memory_gb, source_commit
+    from nlptransfer.runs.outputs import cpu_name, memory_gb, source_commit
 
     source = source_commit()
     if source:

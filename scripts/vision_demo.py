@@ -32,7 +32,7 @@ from typing import Any
 from transformers import ConvNextImageProcessorPil, ResNetConfig
 
 from nlptransfer import FinetuneConfig, TransferModel
-from nlptransfer.runner import train
+from nlptransfer.runs.finetune import train
 
 METHODS = ("feature-extraction", "finetune", "lp-ft", "from-scratch")
 IMAGE_SIZE = 32

@@ -18,11 +18,11 @@ from conftest import sentiment_frame
 from gensim.models import KeyedVectors
 from test_elmo import write_elmo
 
-from nlptransfer import ConfigError, FinetuneConfig, TransferModel, get_strategy, train
-from nlptransfer.backbones import VocabOptions, load_backbone
+from nlptransfer import ConfigError, FinetuneConfig, TransferModel, get_strategy, load_backbone, train
+from nlptransfer.backbones import VocabOptions
 from nlptransfer.backbones.peft_adapter import adapter_parameters
 from nlptransfer.cli import main as cli_main
-from nlptransfer.layers import count_parameters, format_table, trainable_rows
+from nlptransfer.model.layers import count_parameters, format_table, trainable_rows
 
 ADAPTERS = ("lora", "loha", "ia3", "prefix-tuning", "prompt-tuning")
 TEXTS = ["good movie", "the plot was awful and the acting was boring", "a", "superb film and great acting"]

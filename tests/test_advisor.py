@@ -308,7 +308,7 @@ def test_compare_writes_a_report_and_resumes_without_rerunning(tiny_bert, tmp_pa
     def no_training(*args, **kwargs):
         raise AssertionError("a finished run was trained again")
 
-    monkeypatch.setattr("nlptransfer.runner.train", no_training)
+    monkeypatch.setattr("nlptransfer.runs.finetune.train", no_training)
     assert main(argv) == 0  # every run is reused from its folder
     again = json.loads((out / "cells.json").read_text())
     assert {(c["arm"], c["budget"], c["seed"]): c["accuracy"] for c in again} == first
@@ -331,7 +331,7 @@ def test_compare_refuses_an_arm_the_model_cannot_run_before_training(tiny_bert, 
     def no_training(*args, **kwargs):
         raise AssertionError("nothing may train when an arm cannot run")
 
-    monkeypatch.setattr("nlptransfer.runner.train", no_training)
+    monkeypatch.setattr("nlptransfer.runs.finetune.train", no_training)
     code = main(["compare", "--model", tiny_bert, "--train_file", str(sentiment_csv), "--output_dir",
                  str(tmp_path / "cmp"), "--arms", "feature-extraction", "finetune-top5", "--budgets", "4",
                  "--probe_steps", "1", "--familiarity_examples", "5"])  # fmt: skip

@@ -19,8 +19,8 @@ from conftest import POSITIVE, sentiment_frame
 from gensim.models import KeyedVectors
 from test_elmo import write_elmo
 
-from nlptransfer import TransferModel
-from nlptransfer.backbones import Backbone, VocabOptions, load_backbone
+from nlptransfer import TransferModel, load_backbone
+from nlptransfer.backbones import Backbone, VocabOptions
 from nlptransfer.cli import main as cli_main
 
 ODD_TEXTS = ["", "   ", "😀🎬 crème brûlée 東京", "good " * 500, "\t\n"]

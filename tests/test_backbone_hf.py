@@ -42,7 +42,7 @@ def test_tokenize_truncates_and_collate_pads(backbone: HFTextBackbone) -> None:
 
 def test_gpu_batches_are_padded_to_a_multiple_of_8(backbone: HFTextBackbone) -> None:
     """On a GPU every batch width is a multiple of 8: cuDNN attention plans each new shape once."""
-    from nlptransfer.model import TransferModel, align_padding
+    from nlptransfer.model.transfer import TransferModel, align_padding
 
     model = TransferModel.from_backbone(backbone, ["a", "b"]).eval()
     encoded = backbone.tokenize(["good movie", "the plot was fine"], None, max_length=64)

@@ -14,14 +14,14 @@ import torch
 from accelerate import Accelerator
 from conftest import REPO, free_port, run_script, sentiment_frame
 
-import nlptransfer.cache as cache_module
+import nlptransfer.engine.cache as cache_module
 from nlptransfer import ConfigError, FinetuneConfig, TransferModel, get_strategy, train
-from nlptransfer.cache import CACHE_ENV, FEATURES_FILE, META_FILE, TMP_PREFIX, CacheKey, FeatureCache
-from nlptransfer.context import RunContext
 from nlptransfer.data import FeatureDataset, Split
-from nlptransfer.features import extract_features
-from nlptransfer.inference import encode_split
-from nlptransfer.metrics import MetricSet
+from nlptransfer.engine.cache import CACHE_ENV, FEATURES_FILE, META_FILE, TMP_PREFIX, CacheKey, FeatureCache
+from nlptransfer.engine.context import RunContext
+from nlptransfer.engine.features import extract_features
+from nlptransfer.engine.inference import encode_split
+from nlptransfer.tasks.metrics import MetricSet
 
 LABELS = ["neg", "pos"]
 
@@ -83,7 +83,7 @@ def test_a_hit_gives_identical_features_without_running_the_body(
 ) -> None:
     model = _model(tiny_bert)
     first, first_calls = _extract(model, cache_dir=str(cache_dir))
-    with caplog.at_level(logging.INFO, logger="nlptransfer.features"):
+    with caplog.at_level(logging.INFO, logger="nlptransfer.engine.features"):
         second, second_calls = _extract(model, cache_dir=str(cache_dir))
     assert first_calls > 0 and second_calls == 0
     assert "feature cache hit for train" in caplog.text

@@ -10,8 +10,9 @@ from pathlib import Path
 import pytest
 import torch
 
-import nlptransfer.checkpoint
-from nlptransfer.checkpoint import (
+import nlptransfer.engine.checkpoint
+from nlptransfer.config import FinetuneConfig
+from nlptransfer.engine.checkpoint import (
     CHECKPOINTS_DIR,
     STATE_NAME,
     Checkpointer,
@@ -20,10 +21,9 @@ from nlptransfer.checkpoint import (
     read_checkpoint,
     resolve_checkpoint,
 )
-from nlptransfer.config import FinetuneConfig
+from nlptransfer.engine.session import check_resumable
 from nlptransfer.errors import ConfigError, ModelLoadError, OutputDirExistsError, SaveError
-from nlptransfer.outputs import RESULTS_NAME, check_output_dir
-from nlptransfer.session import check_resumable
+from nlptransfer.runs.outputs import RESULTS_NAME, check_output_dir
 
 
 @pytest.fixture
@@ -177,7 +177,7 @@ def test_a_failed_save_removes_its_folder_and_keeps_the_earlier_checkpoints(
     checkpointer = Checkpointer(prepared[0], tmp_path, total_limit=2)
     root = tmp_path / CHECKPOINTS_DIR
     with monkeypatch.context() as patch:
-        patch.setattr(nlptransfer.checkpoint, "save_file", _full_disk)
+        patch.setattr(nlptransfer.engine.checkpoint, "save_file", _full_disk)
         with pytest.raises(SaveError) as info:
             _save(checkpointer, 3)
     assert str(info.value) == (
@@ -186,7 +186,7 @@ def test_a_failed_save_removes_its_folder_and_keeps_the_earlier_checkpoints(
         "--save_total_limit keeps fewer checkpoints)."
     )
     earlier = _save(checkpointer, 4, {"v": 1})
-    monkeypatch.setattr(nlptransfer.checkpoint, "save_file", _full_disk)
+    monkeypatch.setattr(nlptransfer.engine.checkpoint, "save_file", _full_disk)
     for step in (5, 4):  # a new step, and one whose checkpoint the save would replace
         with pytest.raises(SaveError) as info:
             _save(checkpointer, step, {"v": 2})
@@ -296,6 +296,6 @@ def test_a_failure_that_is_not_damage_is_not_reported_as_damage(
     def no_memory(*args: object, **kwargs: object) -> None:
         raise MemoryError
 
-    monkeypatch.setattr(nlptransfer.checkpoint, "load_file", no_memory)
+    monkeypatch.setattr(nlptransfer.engine.checkpoint, "load_file", no_memory)
     with pytest.raises(MemoryError):
         read_checkpoint(path)

@@ -13,8 +13,7 @@ import numpy as np
 import pytest
 import torch
 
-from nlptransfer import ModelLoadError
-from nlptransfer.backbones import load_backbone
+from nlptransfer import ModelLoadError, load_backbone
 from nlptransfer.backbones.elmo import word_char_ids
 
 OPTIONS = {

@@ -24,14 +24,19 @@ import pytest
 import torch
 from conftest import run_script, sentiment_frame
 
-import nlptransfer.checkpoint
-import nlptransfer.training
-from nlptransfer.checkpoint import CHECKPOINTS_DIR, Checkpointer, complete_checkpoints, resolve_checkpoint
+import nlptransfer.engine.checkpoint
+import nlptransfer.engine.fit
 from nlptransfer.config import FinetuneConfig
+from nlptransfer.engine.checkpoint import (
+    CHECKPOINTS_DIR,
+    Checkpointer,
+    complete_checkpoints,
+    resolve_checkpoint,
+)
+from nlptransfer.engine.loop import TrainSession, optimizer_step
 from nlptransfer.errors import SaveError, TrainingError, TrainingInterrupted
-from nlptransfer.loop import TrainSession, optimizer_step
-from nlptransfer.outputs import RESULTS_NAME, RUN_CONFIG_NAME, TABLE_NAME, write_run
-from nlptransfer.runner import train
+from nlptransfer.runs.finetune import train
+from nlptransfer.runs.outputs import RESULTS_NAME, RUN_CONFIG_NAME, TABLE_NAME, write_run
 
 FULL_DISK = OSError(errno.ENOSPC, "No space left on device")
 
@@ -66,7 +71,7 @@ def config(tiny_bert: str, tmp_path: Path) -> FinetuneConfig:
 
 
 def _resumes_from(config: FinetuneConfig, checkpoint: Path, caplog: pytest.LogCaptureFixture) -> None:
-    caplog.set_level(logging.INFO, logger="nlptransfer.loop")
+    caplog.set_level(logging.INFO, logger="nlptransfer.engine.loop")
     results = train(replace(config, resume_from_checkpoint="latest"))
     assert f"resumed from {checkpoint}" in caplog.text
     assert results["epochs_run"] == 1
@@ -78,7 +83,7 @@ def _resumes_from(config: FinetuneConfig, checkpoint: Path, caplog: pytest.LogCa
 
 @pytest.mark.parametrize(
     ("owner", "name"),
-    [(accelerate.Accelerator, "save_state"), (nlptransfer.checkpoint, "save_file")],
+    [(accelerate.Accelerator, "save_state"), (nlptransfer.engine.checkpoint, "save_file")],
     ids=["accelerate-state", "best-epoch-weights"],
 )
 def test_a_full_disk_at_the_second_checkpoint_keeps_the_first_and_resumes(
@@ -240,7 +245,7 @@ def test_a_nan_loss_stops_at_its_step_and_names_the_last_good_checkpoint(
     good = out / CHECKPOINTS_DIR / "checkpoint-5"
     with pytest.MonkeyPatch.context() as patch:
         # One training batch per call: the 7th call is the loss of optimizer step 7.
-        patch.setattr(nlptransfer.training, "F", SimpleNamespace(cross_entropy=_nan_at_call(7)))
+        patch.setattr(nlptransfer.engine.fit, "F", SimpleNamespace(cross_entropy=_nan_at_call(7)))
         with pytest.raises(TrainingError) as info:
             train(config)
     message = str(info.value)
@@ -302,7 +307,7 @@ def test_non_finite_gradients_without_a_scaler_stop_before_the_step(session: Tra
 def test_pretraining_on_a_full_disk_keeps_the_earlier_run(
     tiny_bert: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    from nlptransfer.pretrain import PretrainConfig, pretrain
+    from nlptransfer.runs.pretrain import PretrainConfig, pretrain
 
     texts = tmp_path / "texts.txt"
     texts.write_text("\n".join(sentiment_frame(60)["text"]) + "\n")

@@ -6,7 +6,7 @@ import pytest
 from sklearn.metrics import accuracy_score, f1_score, precision_score, recall_score
 
 from nlptransfer.errors import ConfigError, UnknownNameError
-from nlptransfer.metrics import DEFAULT_METRICS, LOCAL_METRICS, compute_metrics, load_metric
+from nlptransfer.tasks.metrics import DEFAULT_METRICS, LOCAL_METRICS, compute_metrics, load_metric
 
 # Three classes, class 2 never predicted (precision zero_division path), uneven errors.
 REFERENCES = [0, 0, 0, 1, 1, 1, 1, 2, 2, 0]

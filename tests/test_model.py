@@ -13,7 +13,7 @@ import torch
 
 from nlptransfer import ModelLoadError, TransferModel
 from nlptransfer.errors import SaveError
-from nlptransfer.model import CONFIG_NAME, WEIGHTS_NAME
+from nlptransfer.model.transfer import CONFIG_NAME, WEIGHTS_NAME
 
 TEXTS = ["good great movie", "awful boring plot", "", "😀 wonderful film " * 30]
 
@@ -164,7 +164,7 @@ def test_a_full_disk_while_saving_keeps_the_model_saved_before(
         Path(filename).write_bytes(b"\0" * 100)  # a partial file, as a real ENOSPC leaves
         raise OSError(errno.ENOSPC, "No space left on device", filename)
 
-    monkeypatch.setattr("nlptransfer.model.save_model", full_disk)
+    monkeypatch.setattr("nlptransfer.model.transfer.save_model", full_disk)
     with pytest.raises(SaveError, match="No space left on device") as caught:
         other.save_pretrained(tmp_path)
     assert isinstance(caught.value, OSError) and "unchanged" in str(caught.value)

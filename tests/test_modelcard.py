@@ -9,7 +9,14 @@ from typing import Any
 import pytest
 
 from nlptransfer.config import FinetuneConfig, parse_config
-from nlptransfer.modelcard import HUB_IGNORE, CardInfo, PushToHubError, command_line, push_to_hub, render_card
+from nlptransfer.runs.modelcard import (
+    HUB_IGNORE,
+    CardInfo,
+    PushToHubError,
+    command_line,
+    push_to_hub,
+    render_card,
+)
 
 MINILM_HUB_ID = "sentence-transformers/all-MiniLM-L6-v2"
 
@@ -138,7 +145,7 @@ def test_command_line_leaves_out_run_control_options() -> None:
 
 
 def test_pretrain_command_line_parses_back() -> None:
-    from nlptransfer.pretrain import PretrainConfig
+    from nlptransfer.runs.pretrain import PretrainConfig
 
     config = PretrainConfig(
         objective="span", mean_span_length=2.5, heldout_split=0.1, save_every_epoch=False, model="t5-small"
@@ -258,7 +265,7 @@ def test_push_to_hub_failure_names_the_saved_folder(tmp_path: Path, fake_hub: ty
 def test_a_card_that_cannot_be_written_leaves_no_temporary_file(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    import nlptransfer.modelcard as modelcard
+    import nlptransfer.runs.modelcard as modelcard
 
     original = Path.write_text
 

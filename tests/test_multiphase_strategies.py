@@ -13,14 +13,14 @@ from accelerate import Accelerator
 from conftest import sentiment_frame
 
 from nlptransfer import ConfigError, FinetuneConfig, TransferModel, get_strategy, train
-from nlptransfer.context import RunContext
-from nlptransfer.contrastive import sample_pairs
 from nlptransfer.data import Split, TextClassificationData
-from nlptransfer.heads import LinearHead, fit_logistic_head
-from nlptransfer.layers import phase_tables
-from nlptransfer.metrics import MetricSet
-from nlptransfer.runner import build_model
-from nlptransfer.training import LOOPS, BestWeights, fit
+from nlptransfer.engine.context import RunContext
+from nlptransfer.engine.contrastive import sample_pairs
+from nlptransfer.engine.fit import LOOPS, BestWeights, fit
+from nlptransfer.model.heads import LinearHead, fit_logistic_head
+from nlptransfer.model.layers import phase_tables
+from nlptransfer.runs.finetune import build_model
+from nlptransfer.tasks.metrics import MetricSet
 
 
 def _data(n: int = 48) -> TextClassificationData:
@@ -322,8 +322,8 @@ def test_each_strategy_runs_end_to_end(
 
 
 def test_non_finite_gradients_stop_training_with_a_clear_error() -> None:
+    from nlptransfer.engine.loop import optimizer_step
     from nlptransfer.errors import TrainingError
-    from nlptransfer.loop import optimizer_step
 
     param = torch.nn.Parameter(torch.ones(2))
     param.grad = torch.tensor([float("nan"), 1.0])

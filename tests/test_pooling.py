@@ -7,7 +7,7 @@ import torch
 
 from nlptransfer.backbones import BackboneOutput
 from nlptransfer.errors import ConfigError, UnknownNameError
-from nlptransfer.pooling import Pooling
+from nlptransfer.model.pooling import Pooling
 
 HIDDEN = torch.tensor([[[1.0, 2.0], [3.0, 4.0], [100.0, -100.0]]])  # last token is padding
 MASK = torch.tensor([[1, 1, 0]])

@@ -19,12 +19,12 @@ from conftest import (
 )
 from transformers import AutoModel
 
-from nlptransfer.backbones import load_backbone
+from nlptransfer import load_backbone
 from nlptransfer.config import FinetuneConfig
 from nlptransfer.errors import ConfigError
-from nlptransfer.model import TransferModel
-from nlptransfer.pretrain import PretrainConfig, pretrain
-from nlptransfer.runner import train
+from nlptransfer.model.transfer import TransferModel
+from nlptransfer.runs.finetune import train
+from nlptransfer.runs.pretrain import PretrainConfig, pretrain
 
 
 @pytest.fixture(scope="module")

@@ -10,7 +10,7 @@ import torch
 from conftest import FILLER, NEGATIVE, POSITIVE, _tiny_tokenizer
 
 from nlptransfer.errors import ConfigError, ModelLoadError
-from nlptransfer.pretrain import (
+from nlptransfer.runs.pretrain import (
     CLMCollator,
     MLMCollator,
     PretrainConfig,

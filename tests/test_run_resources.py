@@ -14,10 +14,10 @@ from pathlib import Path
 import pytest
 from conftest import REPO, recipe, run_script, sentiment_frame
 
-from nlptransfer import outputs
 from nlptransfer.cli import main
-from nlptransfer.modelcard import run_details
-from nlptransfer.pretrain import PretrainConfig, pretrain
+from nlptransfer.runs import outputs
+from nlptransfer.runs.modelcard import run_details
+from nlptransfer.runs.pretrain import PretrainConfig, pretrain
 
 
 def _children_peak_mb() -> float:
@@ -40,7 +40,7 @@ def test_process_start_is_before_now_and_counts_the_interpreter_start() -> None:
     assert started <= now
     if Path("/proc/self/stat").exists():
         assert clock == "process start"
-        # This test process started before nlptransfer.outputs was imported.
+        # This test process started before nlptransfer.runs.outputs was imported.
         assert started <= outputs._IMPORTED_AT + 0.05
     usage = outputs.resource_usage(run_start=now - 1.0)
     assert usage["wall_seconds"] >= usage["run_wall_seconds"] - 0.05 >= 0.9
@@ -95,7 +95,7 @@ def test_source_commit_is_the_checkouts_head() -> None:
 
 
 def test_source_commit_is_none_outside_a_checkout(tmp_path: Path) -> None:
-    assert outputs.source_commit(tmp_path / "nlptransfer" / "outputs.py") is None
+    assert outputs.source_commit(tmp_path / "nlptransfer") is None
 
 
 def test_finetune_results_record_wall_time_peak_rss_load_and_commit(tiny_bert: str, tmp_path: Path) -> None:

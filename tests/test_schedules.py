@@ -9,8 +9,8 @@ import pytest
 import torch
 
 from nlptransfer.config import LR_SCHEDULERS, FinetuneConfig, parse_config
+from nlptransfer.engine.schedules import SCHEDULES, build_schedule
 from nlptransfer.errors import ConfigError, UnknownNameError
-from nlptransfer.schedules import SCHEDULES, build_schedule
 
 PEAK = 0.1
 

@@ -16,10 +16,9 @@ from pathlib import Path
 import pytest
 import torch
 
-from nlptransfer import ModelLoadError, TransferModel
-from nlptransfer.backbones import load_backbone
+from nlptransfer import ModelLoadError, TransferModel, load_backbone
 from nlptransfer.cli import main as cli_main
-from nlptransfer.model import BACKBONE_DIR, CONFIG_NAME
+from nlptransfer.model.transfer import BACKBONE_DIR, CONFIG_NAME
 
 PACKAGE = Path(__file__).resolve().parents[1] / "nlptransfer"
 
@@ -185,7 +184,7 @@ def test_a_bare_metric_name_never_imports_a_folder_of_that_name(
 ) -> None:
     """evaluate.load('some_folder') also finds ./some_folder in the working directory."""
     from nlptransfer.errors import UnknownNameError
-    from nlptransfer.metrics import MetricSet
+    from nlptransfer.tasks.metrics import MetricSet
 
     _, marker = _plant_metric(tmp_path, monkeypatch)
     monkeypatch.chdir(tmp_path)
@@ -342,7 +341,7 @@ def test_a_checkpoint_with_a_planted_pickle_or_a_missing_state_is_refused_on_res
     from conftest import sentiment_frame
 
     from nlptransfer.config import FinetuneConfig
-    from nlptransfer.runner import train
+    from nlptransfer.runs.finetune import train
 
     sentiment_frame(40).to_csv(tmp_path / "train.csv", index=False)
     config = FinetuneConfig(
@@ -376,7 +375,7 @@ def test_a_model_trained_with_remote_code_asks_for_the_same_opt_in_to_load(
     from conftest import sentiment_frame
 
     from nlptransfer.config import FinetuneConfig
-    from nlptransfer.runner import train
+    from nlptransfer.runs.finetune import train
 
     sentiment_frame(40).to_csv(tmp_path / "train.csv", index=False)
     out = tmp_path / "out"

@@ -8,11 +8,11 @@ from accelerate import Accelerator
 from conftest import sentiment_frame
 
 from nlptransfer import ConfigError, FinetuneConfig, TransferModel, get_strategy
-from nlptransfer.context import RunContext
 from nlptransfer.data import Split, TextClassificationData
-from nlptransfer.layers import format_table, trainable_rows
-from nlptransfer.metrics import MetricSet
-from nlptransfer.training import fit
+from nlptransfer.engine.context import RunContext
+from nlptransfer.engine.fit import fit
+from nlptransfer.model.layers import format_table, trainable_rows
+from nlptransfer.tasks.metrics import MetricSet
 
 
 def _data(n: int = 64) -> TextClassificationData:

@@ -7,9 +7,16 @@ from pathlib import Path
 
 import pytest
 
-import nlptransfer.tracking as tracking
+import nlptransfer.engine.tracking as tracking
+from nlptransfer.engine.tracking import (
+    LOG_NAME,
+    JSONLTracker,
+    build_trackers,
+    flat_config,
+    plot_curves,
+    read_log,
+)
 from nlptransfer.errors import ConfigError
-from nlptransfer.tracking import LOG_NAME, JSONLTracker, build_trackers, flat_config, plot_curves, read_log
 
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
 

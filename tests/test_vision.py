@@ -13,12 +13,12 @@ import torch
 from conftest import VISION_FAMILIES, bar_images, build_tiny_vision_model
 from PIL import Image
 
-from nlptransfer import FinetuneConfig, TransferModel
-from nlptransfer.backbones import HFVisionBackbone, ImageOptions, load_backbone
+from nlptransfer import FinetuneConfig, TransferModel, load_backbone
+from nlptransfer.backbones import HFVisionBackbone, ImageOptions
 from nlptransfer.data import load_data
 from nlptransfer.errors import ConfigError, DataError, DataFileNotFoundError, ModelLoadError
 from nlptransfer.registry import UnknownNameError
-from nlptransfer.runner import train
+from nlptransfer.runs.finetune import train
 from nlptransfer.strategies import get_strategy
 
 
@@ -283,8 +283,8 @@ def test_strategies_train_save_and_reload_image_models(
     tiny_vision: dict[str, str], bars_folder: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
     family: str, options: dict, trains: Callable[[str], bool],
 ) -> None:  # fmt: skip
-    import nlptransfer.runner
-    import nlptransfer.training
+    import nlptransfer.engine.fit
+    import nlptransfer.runs.finetune
 
     weights: dict[str, dict[str, torch.Tensor]] = {}
 
@@ -295,13 +295,13 @@ def test_strategies_train_save_and_reload_image_models(
         weights["before"] = params(model)
         return real_fit(model, *args, **kwargs)
 
-    def restore_spy(self: nlptransfer.training.BestWeights) -> None:
+    def restore_spy(self: nlptransfer.engine.fit.BestWeights) -> None:
         weights["after"] = params(self.model)  # where training ended, before the best epoch is restored
         real_restore(self)
 
-    real_fit, real_restore = nlptransfer.runner.fit, nlptransfer.training.BestWeights.restore
-    monkeypatch.setattr(nlptransfer.runner, "fit", fit_spy)
-    monkeypatch.setattr(nlptransfer.training.BestWeights, "restore", restore_spy)
+    real_fit, real_restore = nlptransfer.runs.finetune.fit, nlptransfer.engine.fit.BestWeights.restore
+    monkeypatch.setattr(nlptransfer.runs.finetune, "fit", fit_spy)
+    monkeypatch.setattr(nlptransfer.engine.fit.BestWeights, "restore", restore_spy)
     out = tmp_path / "run"
     config = quiet_config(
         model=tiny_vision[family], train_file=str(bars_folder), output_dir=str(out), **options
@@ -382,7 +382,7 @@ def test_predict_accepts_arrays_paths_and_pil_images(tiny_vision: dict[str, str]
 
 
 def test_best_epoch_weights_come_with_their_batchnorm_statistics(tiny_vision: dict[str, str]) -> None:
-    from nlptransfer.training import BestWeights
+    from nlptransfer.engine.fit import BestWeights
 
     model = TransferModel.from_backbone(load_backbone(tiny_vision["resnet"]), ["a", "b"])
     best = BestWeights(model)

@@ -13,8 +13,8 @@ from conftest import NEGATIVE, POSITIVE, sentiment_frame
 from gensim.models import FastText, KeyedVectors
 from gensim.models.fasttext import save_facebook_model
 
-from nlptransfer import ConfigError, ModelLoadError, TransferModel
-from nlptransfer.backbones import VocabOptions, WordVectorBackbone, load_backbone
+from nlptransfer import ConfigError, ModelLoadError, TransferModel, load_backbone
+from nlptransfer.backbones import VocabOptions, WordVectorBackbone
 from nlptransfer.backbones.word_vectors import load_vectors, train_word_vectors
 from nlptransfer.cli import main as cli_main
 

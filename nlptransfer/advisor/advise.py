@@ -18,7 +18,7 @@ from nlptransfer.advisor.rules import Recommendation, recommend
 from nlptransfer.config import FinetuneConfig, _opt
 from nlptransfer.data import TextClassificationData, load_data
 from nlptransfer.errors import ConfigError
-from nlptransfer.model import TransferModel
+from nlptransfer.model.transfer import TransferModel
 
 logger = logging.getLogger(__name__)
 
@@ -75,7 +75,7 @@ def measure(
     data: TextClassificationData | None = None,
 ) -> Measurements:  # fmt: skip
     """Profile the data, measure the source's familiarity with it, and time each probed arm."""
-    from nlptransfer.runner import build_model
+    from nlptransfer.runs.finetune import build_model
     from nlptransfer.strategies import get_strategy
 
     start = time.perf_counter()

@@ -14,12 +14,12 @@ import torch
 
 from nlptransfer.advisor.arms import Arm
 from nlptransfer.config import FinetuneConfig
-from nlptransfer.context import set_cpu_threads
 from nlptransfer.data import TextClassificationData
 from nlptransfer.data.loaders import Collator, example_length
-from nlptransfer.inference import encode_split
-from nlptransfer.layers import count_parameters
-from nlptransfer.model import TransferModel
+from nlptransfer.engine.context import set_cpu_threads
+from nlptransfer.engine.inference import encode_split
+from nlptransfer.model.layers import count_parameters
+from nlptransfer.model.transfer import TransferModel
 from nlptransfer.strategies import get_strategy
 
 logger = logging.getLogger(__name__)

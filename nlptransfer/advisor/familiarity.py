@@ -144,7 +144,7 @@ def _language_model(source: Any, result: Familiarity) -> tuple[torch.nn.Module |
     """The model with its LM head when the checkpoint holds a trained one, its tokenizer, the objective."""
     import transformers
 
-    from nlptransfer.pretrain import default_objective
+    from nlptransfer.runs.pretrain import default_objective
 
     objective = default_objective(source.config)
     tokenizer = transformers.AutoTokenizer.from_pretrained(source.path, **source.kwargs)

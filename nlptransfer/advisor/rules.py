@@ -25,7 +25,7 @@ from nlptransfer.advisor.compute import ComputeProfile
 from nlptransfer.advisor.familiarity import Familiarity
 from nlptransfer.advisor.profile import DataProfile
 from nlptransfer.config import FinetuneConfig
-from nlptransfer.modelcard import command_line
+from nlptransfer.runs.modelcard import command_line
 
 SMALL, LARGE = 100, 1000  # examples of the smallest class
 MATRIX = {

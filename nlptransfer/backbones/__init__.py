@@ -1,8 +1,5 @@
 """Source models behind one :class:`Backbone` contract."""
 
-import logging
-from pathlib import Path
-
 from nlptransfer.backbones.base import BACKBONES, Backbone, BackboneOutput, LayerGroup
 from nlptransfer.backbones.elmo import ElmoBackbone
 from nlptransfer.backbones.hf_base import HFBackbone, load_hf_config
@@ -14,12 +11,8 @@ from nlptransfer.backbones.vision import ImageBackbone, ImageOptions
 from nlptransfer.backbones.word_vectors import VocabOptions, WordVectorBackbone, is_word_vector_source
 from nlptransfer.errors import ModelLoadError
 
-logger = logging.getLogger(__name__)
-# The config file of a saved TransferModel (nlptransfer.model.CONFIG_NAME).
-TRANSFER_CONFIG = "transfer_config.json"
 
-
-def load_backbone(
+def load_source(
     name_or_path: str,
     trust_remote_code: bool = False,
     train_texts: list[str] | None = None,
@@ -28,10 +21,10 @@ def load_backbone(
     from_scratch: bool = False,
     image_options: ImageOptions | None = None,
 ) -> Backbone:
-    """Load a pretrained backbone: HF short name / folder / hub id, word vectors, or a saved run.
+    """Load a source model's backbone: HF short name / folder / hub id, word vectors, ELMo, torchvision.
 
-    Word-vector backbones align their vocabulary to ``train_texts``. A folder written by
-    ``TransferModel.save_pretrained`` (any run's output) gives its trained body.
+    Word-vector backbones align their vocabulary to ``train_texts``. (A folder a run wrote is
+    loaded by ``nlptransfer.load_backbone``, which sits above the model that folder holds.)
     ``from_scratch`` keeps a Hugging Face model's architecture with random weights.
     """
     if from_scratch and (name_or_path.startswith("elmo:") or is_word_vector_source(name_or_path)):
@@ -48,29 +41,10 @@ def load_backbone(
         )
     if is_torch_vision_source(name_or_path):
         return TorchVisionBackbone.from_pretrained(name_or_path, from_scratch, image_options)
-    if (Path(name_or_path).expanduser() / TRANSFER_CONFIG).is_file():
-        return _trained_body(name_or_path, from_scratch, image_options, trust_remote_code)
     source = load_hf_config(name_or_path, trust_remote_code)
     if is_vision_config(source.config):
         return HFVisionBackbone.from_source(source, from_scratch, image_options)
     return HFTextBackbone.from_source(source, from_scratch)
-
-
-def _trained_body(
-    folder: str, from_scratch: bool, image_options: ImageOptions | None, trust_remote_code: bool
-) -> Backbone:
-    from nlptransfer.model import TransferModel  # the model module imports this one
-
-    if from_scratch:
-        raise ModelLoadError(
-            f"'{folder}' is a trained nlptransfer model; --from_scratch would discard its weights. "
-            "Pass the original source model with --from_scratch instead."
-        )
-    backbone = TransferModel.from_pretrained(folder, trust_remote_code).backbone
-    if isinstance(backbone, ImageBackbone) and image_options is not None:
-        backbone.set_options(image_options)
-    logger.info("Starting from the trained body in %s (its head is dropped).", folder)
-    return backbone
 
 
 __all__ = [
@@ -89,6 +63,6 @@ __all__ = [
     "VocabOptions",
     "WordVectorBackbone",
     "is_word_vector_source",
-    "load_backbone",
+    "load_source",
     "resolve_model",
 ]

@@ -57,7 +57,7 @@ class HFTextBackbone(HFBackbone):
         self.source = source
         self.hidden_size = int(config.hidden_size)
         # Batch widths rounded up to this multiple (None: the longest text). Set on GPUs: see
-        # align_padding in nlptransfer.training.
+        # align_padding in nlptransfer.engine.fit.
         self.pad_to_multiple_of: int | None = None
         accepted = inspect.signature(model.forward).parameters
         self._input_keys = tuple(k for k in _TOKEN_KEYS if k in accepted)

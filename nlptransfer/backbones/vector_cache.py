@@ -21,7 +21,7 @@ from pathlib import Path
 
 import numpy as np
 
-from nlptransfer.cache import TMP_PREFIX, resolve_cache_dir
+from nlptransfer.engine.cache import TMP_PREFIX, resolve_cache_dir
 
 logger = logging.getLogger(__name__)
 

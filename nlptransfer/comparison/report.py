@@ -9,8 +9,8 @@ from typing import Any
 
 from nlptransfer.advisor import Measurements, Recommendation
 from nlptransfer.comparison.sweep import ALL, Cell, CompareConfig, budget_name, summarise
-from nlptransfer.modelcard import command_line
-from nlptransfer.outputs import hardware, resource_usage, source_commit, versions
+from nlptransfer.runs.modelcard import command_line
+from nlptransfer.runs.outputs import hardware, resource_usage, source_commit, versions
 
 # The advisor's pick is "right" at a budget when it scores within this many points of the best arm.
 TOLERANCE_POINTS = 1.0

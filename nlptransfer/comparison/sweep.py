@@ -17,7 +17,6 @@ from nlptransfer.advisor import (
     Measurements,
     Recommendation,
     get_arm,
-    measure,
     recommend,
     schedule,
 )
@@ -119,30 +118,7 @@ def budget_name(value: int | None) -> str:
     return ALL if value is None else str(value)
 
 
-def run_comparison(config: CompareConfig) -> Path:
-    """Run (or resume) the sweep, then write the report; returns the report's path.
-
-    The report and ``run.json`` record this command's wall time (from the process start), its peak
-    RSS, the machine with its load average at the end, and the nlptransfer commit.
-    """
-    from nlptransfer.comparison.report import write_report
-
-    out = Path(config.output_dir or "runs/compare")
-    out.mkdir(parents=True, exist_ok=True)
-    run, data = _data(config)
-    check_arms(config, run, data)
-    measured = measure(run, config.familiarity_examples, config.probe_steps, data)
-    (out / "measurements.json").write_text(json.dumps(measured.to_dict(), indent=2))
-    picks = advisor_picks(config, run, measured)
-    if config.advice_file:
-        advice = {name: pick.to_dict() for name, pick in picks.items()}
-        Path(config.advice_file).write_text(json.dumps({**measured.to_dict(), "picks": advice}, indent=2))
-    cells = _sweep(config, run, measured, out)
-    (out / "cells.json").write_text(json.dumps([dataclasses.asdict(c) for c in cells], indent=2))
-    return write_report(out, config, measured, picks, cells)
-
-
-def _data(config: CompareConfig) -> tuple[FinetuneConfig, TextClassificationData]:
+def sweep_data(config: CompareConfig) -> tuple[FinetuneConfig, TextClassificationData]:
     """The training options and the whole data; with a test split held out when the data has none."""
     run = config.run_config()
     data = load_data(run)
@@ -156,7 +132,7 @@ def _data(config: CompareConfig) -> tuple[FinetuneConfig, TextClassificationData
 
 def check_arms(config: CompareConfig, run: FinetuneConfig, data: TextClassificationData) -> None:
     """Configure every arm on the model once, so one that cannot run fails now, not an hour in."""
-    from nlptransfer.runner import build_model
+    from nlptransfer.runs.finetune import build_model
     from nlptransfer.strategies import get_strategy
 
     texts = data.train.texts if data.modality == "text" else None
@@ -194,8 +170,8 @@ def plan(config: CompareConfig) -> list[tuple[Arm, int | None, int]]:
     return cells
 
 
-def _sweep(config: CompareConfig, run: FinetuneConfig, measured: Measurements, out: Path) -> list[Cell]:
-    from nlptransfer.runner import train
+def run_sweep(config: CompareConfig, run: FinetuneConfig, measured: Measurements, out: Path) -> list[Cell]:
+    from nlptransfer.runs.finetune import train
 
     cells = []
     for arm, k, seed in tqdm(plan(config), desc="compare", unit="run"):

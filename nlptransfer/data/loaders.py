@@ -2,13 +2,14 @@
 
 from __future__ import annotations
 
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import torch
 from torch.utils.data import Dataset, Sampler
 
-from nlptransfer.backbones import Backbone
+if TYPE_CHECKING:  # data sits below backbones; only the annotation needs it
+    from nlptransfer.backbones import Backbone
 
 
 class EncodedDataset(Dataset):
@@ -38,7 +39,7 @@ class FeatureDataset(Dataset):
 
     ``features`` is a tensor, or a numpy array such as a read-only memory map from
     the feature cache, whose rows are read only when an item is asked for.
-    ``cache_info`` says where the features came from (see ``nlptransfer.features``).
+    ``cache_info`` says where the features came from (see ``nlptransfer.engine.features``).
     """
 
     def __init__(

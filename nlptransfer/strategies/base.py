@@ -16,7 +16,7 @@ from nlptransfer.registry import Registry
 
 ParamGroups = list[dict[str, Any]]
 
-# Training loops a phase can ask for (implemented in nlptransfer.training and friends).
+# Training loops a phase can ask for (implemented in nlptransfer.engine.fit and friends).
 LOOPS = ("gradient", "logistic-cv", "contrastive")
 
 

@@ -25,8 +25,8 @@ TARGET = 1.2
 
 def ours(texts: list[str], batch_size: int, max_length: int, repeats: int) -> list[float]:
     from nlptransfer.data import Split
-    from nlptransfer.inference import encode_split, inference_loader
-    from nlptransfer.model import TransferModel
+    from nlptransfer.engine.inference import encode_split, inference_loader
+    from nlptransfer.model.transfer import TransferModel
 
     model = TransferModel.from_backbone(
         "minilm", ["a", "b"], pooling="mean", layers=[-1], max_length=max_length

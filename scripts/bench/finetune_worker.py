@@ -62,8 +62,8 @@ def warm_up(model: Any, o: dict[str, Any]) -> None:
 
 def ours(o: dict[str, Any]) -> dict[str, Any]:
     from nlptransfer import FinetuneConfig
-    from nlptransfer.model import TransferModel
-    from nlptransfer.runner import train
+    from nlptransfer.model.transfer import TransferModel
+    from nlptransfer.runs.finetune import train
 
     warm_up(TransferModel.from_backbone("minilm", ["a", "b"], max_length=o["max_length"]), o)
 

@@ -105,7 +105,7 @@ def main() -> int:
         rows = rows if isinstance(rows, list) else [rows]
         results += rows
         print(table(rows), flush=True)
-    from nlptransfer.outputs import versions
+    from nlptransfer.runs.outputs import versions
 
     record = {"machine": platform.platform(), "versions": versions(), "args": vars(args),
               "results": [{**asdict(r), "met": r.met} for r in results]}  # fmt: skip

@@ -7,12 +7,19 @@ import shutil
 from pathlib import Path
 from typing import Any
 
-from nlptransfer.checkpoint import CHECKPOINTS_DIR, Checkpointer, read_checkpoint, resolve_checkpoint
 from nlptransfer.config import TrainingOptions
-from nlptransfer.context import build_accelerator
+from nlptransfer.engine.checkpoint import CHECKPOINTS_DIR, Checkpointer, read_checkpoint, resolve_checkpoint
+from nlptransfer.engine.context import build_accelerator
+from nlptransfer.engine.loop import TrainSession
+from nlptransfer.engine.tracking import (
+    LOG_NAME,
+    LOGS_DIR,
+    PLOT_NAME,
+    build_trackers,
+    flat_config,
+    plot_curves,
+)
 from nlptransfer.errors import ConfigError
-from nlptransfer.loop import TrainSession
-from nlptransfer.tracking import LOG_NAME, LOGS_DIR, PLOT_NAME, build_trackers, flat_config, plot_curves
 
 logger = logging.getLogger(__name__)
 

@@ -16,11 +16,11 @@ from typing import Any
 import torch
 from accelerate import PartialState
 
-from nlptransfer.checkpoint import CHECKPOINTS_DIR
+from nlptransfer.engine.checkpoint import CHECKPOINTS_DIR
 from nlptransfer.config import FinetuneConfig
 from nlptransfer.errors import OutputDirExistsError, SaveError, write_errors
-from nlptransfer.model import CONFIG_NAME, TransferModel
-from nlptransfer.tracking import LOG_NAME
+from nlptransfer.model.transfer import CONFIG_NAME, TransferModel
+from nlptransfer.engine.tracking import LOG_NAME
 from nlptransfer.version import __version__
 
 # Fallback start of the wall clock where /proc is missing (macOS, Windows): when this module was
@@ -194,14 +194,14 @@ def resource_usage(run_start: float | None = None) -> dict[str, Any]:
     return usage
 
 
-def source_commit(path: Path | None = None) -> dict[str, Any] | None:
+def source_commit(package: Path | None = None) -> dict[str, Any] | None:
     """The git commit of the nlptransfer checkout that ran, and whether its code differed from it.
 
     ``modified`` lists the tracked files under nlptransfer/, recipes/ and scripts/ that differ from
     the commit (uncommitted edits that the run used; new untracked files are not listed). None
     when nlptransfer is not in a git checkout (an installed wheel) or git is missing.
     """
-    root = (path or Path(__file__)).resolve().parent.parent
+    root = (package or Path(__file__).resolve().parents[1]).resolve().parent  # package: nlptransfer/
 
     def git(*args: str) -> str:
         done = subprocess.run(

@@ -2,7 +2,7 @@
 
 A split's features are ``model.layer_features`` (pooled per layer, before the layer
 mix and the head), so runs that change only the head, the mix, the learning rate
-or the epochs reuse them from the :class:`~nlptransfer.cache.FeatureCache`.
+or the epochs reuse them from the :class:`~nlptransfer.engine.cache.FeatureCache`.
 """
 
 from __future__ import annotations
@@ -15,17 +15,17 @@ from typing import Any
 import torch
 from torch.utils.data import Dataset
 
-from nlptransfer.cache import (
+from nlptransfer.data import EncodedDataset, FeatureDataset
+from nlptransfer.engine.cache import (
     CacheKey,
     FeatureCache,
     examples_fingerprint,
     resolve_cache_dir,
     weights_fingerprint,
 )
-from nlptransfer.context import RunContext
-from nlptransfer.data import EncodedDataset, FeatureDataset
-from nlptransfer.inference import run_inference
-from nlptransfer.model import TransferModel
+from nlptransfer.engine.context import RunContext
+from nlptransfer.engine.inference import run_inference
+from nlptransfer.model.transfer import TransferModel
 from nlptransfer.version import __version__
 
 logger = logging.getLogger(__name__)

@@ -9,9 +9,9 @@ import torch
 from torch.utils.data import DataLoader, Dataset
 from tqdm.auto import tqdm
 
-from nlptransfer.context import RunContext
 from nlptransfer.data import Collator, EncodedDataset, Split
-from nlptransfer.model import TransferModel
+from nlptransfer.engine.context import RunContext
+from nlptransfer.model.transfer import TransferModel
 
 
 def encode_split(model: TransferModel, split: Split) -> EncodedDataset:

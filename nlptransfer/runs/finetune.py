@@ -10,18 +10,18 @@ from typing import Any
 
 from accelerate.utils import set_seed
 
-from nlptransfer.backbones import Backbone, ImageOptions, VocabOptions, is_word_vector_source, load_backbone
+from nlptransfer.backbones import Backbone, ImageOptions, VocabOptions, is_word_vector_source
 from nlptransfer.config import FinetuneConfig
-from nlptransfer.context import RunContext
+from nlptransfer.engine.context import RunContext
 from nlptransfer.data import TextClassificationData, load_data
 from nlptransfer.errors import ConfigError, SaveError
-from nlptransfer.features import feature_cache_report
-from nlptransfer.inference import evaluate_split
-from nlptransfer.layers import count_parameters, phase_tables
-from nlptransfer.metrics import MetricSet
-from nlptransfer.model import TransferModel
-from nlptransfer.modelcard import CARD_NAME, CardInfo, command_line, push_to_hub, run_details, write_card
-from nlptransfer.outputs import (
+from nlptransfer.engine.features import feature_cache_report
+from nlptransfer.engine.inference import evaluate_split
+from nlptransfer.model.layers import count_parameters, phase_tables
+from nlptransfer.tasks.metrics import MetricSet
+from nlptransfer.model.transfer import TransferModel, load_backbone
+from nlptransfer.runs.modelcard import CARD_NAME, CardInfo, command_line, push_to_hub, run_details, write_card
+from nlptransfer.runs.outputs import (
     check_output_dir,
     hardware,
     resolve_output_dir,
@@ -30,9 +30,9 @@ from nlptransfer.outputs import (
     versions,
     write_run,
 )
-from nlptransfer.session import finish_session, start_session
+from nlptransfer.engine.session import finish_session, start_session
 from nlptransfer.strategies import Strategy, get_strategy
-from nlptransfer.training import FitResult, distributed_report, fit
+from nlptransfer.engine.fit import FitResult, distributed_report, fit
 
 logger = logging.getLogger(__name__)
 

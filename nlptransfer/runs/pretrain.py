@@ -28,9 +28,9 @@ from nlptransfer.backbones import is_word_vector_source
 from nlptransfer.config import TrainingOptions, _opt
 from nlptransfer.data import BUILTIN_DATASETS, LengthGroupedSampler, read_texts
 from nlptransfer.errors import ConfigError, DataError, ModelLoadError, SaveError, write_errors
-from nlptransfer.loop import EpochPlan, TrainSession, prepare_phase, run_epochs
-from nlptransfer.modelcard import CardInfo, command_line, push_to_hub, run_details, write_card
-from nlptransfer.outputs import (
+from nlptransfer.engine.loop import EpochPlan, TrainSession, prepare_phase, run_epochs
+from nlptransfer.runs.modelcard import CardInfo, command_line, push_to_hub, run_details, write_card
+from nlptransfer.runs.outputs import (
     RESULTS_NAME,
     RUN_CONFIG_NAME,
     check_output_dir,
@@ -39,7 +39,7 @@ from nlptransfer.outputs import (
     source_commit,
     versions,
 )
-from nlptransfer.session import finish_session, start_session
+from nlptransfer.engine.session import finish_session, start_session
 
 logger = logging.getLogger(__name__)
 

@@ -23,11 +23,11 @@ from accelerate.utils import load as accelerate_load
 from torch.utils.data import DataLoader
 from tqdm.auto import tqdm
 
-from nlptransfer.checkpoint import NOT_DAMAGE, Checkpoint, Checkpointer, Progress, damaged_checkpoint
 from nlptransfer.config import TrainingOptions
+from nlptransfer.engine.checkpoint import NOT_DAMAGE, Checkpoint, Checkpointer, Progress, damaged_checkpoint
+from nlptransfer.engine.interrupt import InterruptGuard
+from nlptransfer.engine.schedules import build_schedule
 from nlptransfer.errors import SaveError, TrainingError, TrainingInterrupted
-from nlptransfer.interrupt import InterruptGuard
-from nlptransfer.schedules import build_schedule
 
 logger = logging.getLogger(__name__)
 

@@ -13,10 +13,10 @@ from accelerate import Accelerator
 from accelerate.utils import ProjectConfiguration
 
 from nlptransfer.config import FinetuneConfig, TrainingOptions
-from nlptransfer.loop import TrainSession
-from nlptransfer.metrics import MetricSet
+from nlptransfer.engine.loop import TrainSession
+from nlptransfer.engine.tracking import LOGS_DIR
 from nlptransfer.strategies import Strategy
-from nlptransfer.tracking import LOGS_DIR
+from nlptransfer.tasks.metrics import MetricSet
 
 logger = logging.getLogger(__name__)
 

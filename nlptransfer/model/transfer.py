@@ -17,11 +17,19 @@ from packaging.version import InvalidVersion, Version
 from safetensors.torch import load_model, save_model
 from torch import nn
 
-from nlptransfer.backbones import BACKBONES, Backbone, load_backbone, peft_adapter
+from nlptransfer.backbones import (
+    BACKBONES,
+    Backbone,
+    ImageBackbone,
+    ImageOptions,
+    VocabOptions,
+    load_source,
+    peft_adapter,
+)
 from nlptransfer.data.loaders import example_length
 from nlptransfer.errors import ConfigError, ModelLoadError, SaveError, write_errors
-from nlptransfer.heads import LinearHead, build_head
-from nlptransfer.pooling import Pooling
+from nlptransfer.model.heads import LinearHead, build_head
+from nlptransfer.model.pooling import Pooling
 from nlptransfer.version import __version__
 
 logger = logging.getLogger(__name__)
@@ -266,6 +274,40 @@ class TransferModel(nn.Module):
                 "truncated or does not match the saved config; save the model again."
             ) from err
         return model.eval()
+
+
+def load_backbone(
+    name_or_path: str,
+    trust_remote_code: bool = False,
+    train_texts: list[str] | None = None,
+    word_options: VocabOptions | None = None,
+    allow_pickle: bool = False,
+    from_scratch: bool = False,
+    image_options: ImageOptions | None = None,
+) -> Backbone:
+    """A pretrained backbone from a source model (``backbones.load_source``: HF short name, folder
+    or hub id, word vectors, ELMo, torchvision), or the trained body of a folder a run wrote (its
+    head is dropped)."""
+    if not (Path(name_or_path).expanduser() / CONFIG_NAME).is_file():
+        return load_source(
+            name_or_path,
+            trust_remote_code,
+            train_texts,
+            word_options,
+            allow_pickle,
+            from_scratch,
+            image_options,
+        )
+    if from_scratch:
+        raise ModelLoadError(
+            f"'{name_or_path}' is a trained nlptransfer model; --from_scratch would discard its weights. "
+            "Pass the original source model with --from_scratch instead."
+        )
+    backbone = TransferModel.from_pretrained(name_or_path, trust_remote_code).backbone
+    if isinstance(backbone, ImageBackbone) and image_options is not None:
+        backbone.set_options(image_options)
+    logger.info("Starting from the trained body in %s (its head is dropped).", name_or_path)
+    return backbone
 
 
 def align_padding(model: TransferModel, device: torch.device) -> None:

@@ -19,11 +19,11 @@ import torch.nn.functional as F
 from torch.utils.data import DataLoader, Dataset
 
 from nlptransfer.data import EncodedDataset, EpochSampler
+from nlptransfer.engine.loop import EpochPlan, prepare_phase, run_epochs
 from nlptransfer.errors import ConfigError
-from nlptransfer.loop import EpochPlan, prepare_phase, run_epochs
 
 if TYPE_CHECKING:
-    from nlptransfer.training import PhaseRun
+    from nlptransfer.engine.fit import PhaseRun
 
 logger = logging.getLogger(__name__)
 

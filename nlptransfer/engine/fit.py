@@ -16,10 +16,7 @@ from accelerate.utils import gather_object
 from safetensors.torch import load_file
 from torch.utils.data import DataLoader, Dataset
 
-from nlptransfer.checkpoint import Checkpoint
 from nlptransfer.config import FinetuneConfig
-from nlptransfer.context import RunContext
-from nlptransfer.contrastive import contrastive_loop
 from nlptransfer.data import (
     Collator,
     EncodedDataset,
@@ -28,13 +25,16 @@ from nlptransfer.data import (
     LengthGroupedSampler,
     TextClassificationData,
 )
+from nlptransfer.engine.checkpoint import Checkpoint
+from nlptransfer.engine.context import RunContext
+from nlptransfer.engine.contrastive import contrastive_loop
+from nlptransfer.engine.features import extract_features
+from nlptransfer.engine.inference import encode_split, evaluate_split
+from nlptransfer.engine.loop import EpochPlan, Snapshot, prepare_phase, run_epochs
 from nlptransfer.errors import ConfigError
-from nlptransfer.features import extract_features
-from nlptransfer.heads import fit_logistic_head
-from nlptransfer.inference import encode_split, evaluate_split
-from nlptransfer.layers import count_parameters
-from nlptransfer.loop import EpochPlan, Snapshot, prepare_phase, run_epochs
-from nlptransfer.model import TransferModel, align_padding
+from nlptransfer.model.heads import fit_logistic_head
+from nlptransfer.model.layers import count_parameters
+from nlptransfer.model.transfer import TransferModel, align_padding
 from nlptransfer.strategies.base import ParamGroups, Phase
 
 logger = logging.getLogger(__name__)

@@ -1,0 +1,1 @@
+"""What a model predicts and how it is scored: metrics, and the task contract."""
