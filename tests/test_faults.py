@@ -16,7 +16,6 @@ import sys
 from collections.abc import Callable
 from dataclasses import replace
 from pathlib import Path
-from types import SimpleNamespace
 from typing import Any
 
 import accelerate
@@ -25,7 +24,6 @@ import torch
 from conftest import run_script, sentiment_frame
 
 import nlptransfer.engine.checkpoint
-import nlptransfer.engine.fit
 from nlptransfer.config import FinetuneConfig
 from nlptransfer.engine.checkpoint import (
     CHECKPOINTS_DIR,
@@ -37,6 +35,7 @@ from nlptransfer.engine.loop import TrainSession, optimizer_step
 from nlptransfer.errors import SaveError, TrainingError, TrainingInterrupted
 from nlptransfer.runs.finetune import train
 from nlptransfer.runs.outputs import RESULTS_NAME, RUN_CONFIG_NAME, TABLE_NAME, write_run
+from nlptransfer.tasks.base import SingleLabelClassification
 
 FULL_DISK = OSError(errno.ENOSPC, "No space left on device")
 
@@ -245,7 +244,10 @@ def test_a_nan_loss_stops_at_its_step_and_names_the_last_good_checkpoint(
     good = out / CHECKPOINTS_DIR / "checkpoint-5"
     with pytest.MonkeyPatch.context() as patch:
         # One training batch per call: the 7th call is the loss of optimizer step 7.
-        patch.setattr(nlptransfer.engine.fit, "F", SimpleNamespace(cross_entropy=_nan_at_call(7)))
+        loss = _nan_at_call(7)
+        patch.setattr(
+            SingleLabelClassification, "loss", lambda self, outputs, targets: loss(outputs, targets)
+        )
         with pytest.raises(TrainingError) as info:
             train(config)
     message = str(info.value)

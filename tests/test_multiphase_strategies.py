@@ -12,11 +12,13 @@ import torch
 from accelerate import Accelerator
 from conftest import sentiment_frame
 
+import nlptransfer.engine.fit as fit_module
 from nlptransfer import ConfigError, FinetuneConfig, TransferModel, get_strategy, train
 from nlptransfer.data import Split, TextClassificationData
 from nlptransfer.engine.context import RunContext
-from nlptransfer.engine.contrastive import sample_pairs
-from nlptransfer.engine.fit import LOOPS, BestWeights, fit
+from nlptransfer.engine.fit import BestWeights, fit
+from nlptransfer.engine.loop import run_phase
+from nlptransfer.engine.objectives.contrastive import sample_pairs
 from nlptransfer.model.heads import LinearHead, fit_logistic_head
 from nlptransfer.model.layers import phase_tables
 from nlptransfer.runs.finetune import build_model
@@ -43,21 +45,16 @@ def _fit(tiny_bert: str, **options) -> tuple[TransferModel, object, list[dict[st
     model = _model(tiny_bert, config)
     snapshots: list[dict[str, torch.Tensor]] = []
 
-    def recording(loop):
-        def run(phase_run):
-            snapshots.append({n: p.detach().clone() for n, p in model.named_parameters()})
-            return loop(phase_run)
-
-        return run
+    def recording(*args, **kwargs):
+        snapshots.append({n: p.detach().clone() for n, p in model.named_parameters()})
+        return run_phase(*args, **kwargs)
 
     ctx = RunContext(config, strategy, Accelerator(cpu=True), MetricSet(config.metrics))
-    loops = dict(LOOPS)
+    fit_module.run_phase = recording
     try:
-        for name, loop in loops.items():
-            LOOPS[name] = recording(loop)
         result = fit(model, _data(), strategy.phases(model, config), ctx)
     finally:
-        LOOPS.update(loops)
+        fit_module.run_phase = run_phase
     return model, result, snapshots
 
 

@@ -9,15 +9,9 @@ import pytest
 import torch
 from conftest import FILLER, NEGATIVE, POSITIVE, _tiny_tokenizer
 
+from nlptransfer.engine.objectives.language_model import CLMCollator, MLMCollator, SpanCollator
 from nlptransfer.errors import ConfigError, ModelLoadError
-from nlptransfer.runs.pretrain import (
-    CLMCollator,
-    MLMCollator,
-    PretrainConfig,
-    SpanCollator,
-    default_objective,
-    split_heldout,
-)
+from nlptransfer.runs.pretrain import PretrainConfig, default_objective, split_heldout
 
 WORDS = POSITIVE + NEGATIVE + FILLER
 SENTINELS = [f"<extra_id_{i}>" for i in range(10)]

@@ -16,7 +16,7 @@ import re
 import shutil
 from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, NamedTuple, Protocol
 
 import torch
 from accelerate import Accelerator
@@ -64,6 +64,22 @@ class Checkpoint:
     state: dict[str, Any]
     tensors: dict[str, torch.Tensor]
     process_state: dict[str, Any]
+
+
+class Snapshot(NamedTuple):
+    """What a run's owner adds to a checkpoint besides accelerate's state."""
+
+    state: dict[str, Any]  # JSON: history, best epoch, options
+    tensors: dict[str, torch.Tensor]  # e.g. the best epoch's weights
+    process_state: dict[str, Any]  # JSON, one per process: e.g. the examples it has seen
+
+
+class Checkpointable(Protocol):
+    """Fit state that a checkpoint saves and a resumed run gets back (as torch modules do)."""
+
+    def state_dict(self) -> Snapshot: ...
+
+    def load_state_dict(self, checkpoint: Checkpoint) -> None: ...
 
 
 def checkpoint_root(output_dir: Path) -> Path:

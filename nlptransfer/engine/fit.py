@@ -1,38 +1,29 @@
-"""The training loop on accelerate: one CPU, one GPU, many GPUs or nodes."""
+"""Fitting a model phase by phase: each phase's objective, validation, best weights and early stopping."""
 
 from __future__ import annotations
 
 import logging
 import time
-from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
-import numpy as np
 import torch
-import torch.nn.functional as F
 from accelerate import Accelerator
 from accelerate.utils import gather_object
 from safetensors.torch import load_file
-from torch.utils.data import DataLoader, Dataset
+from torch.utils.data import Dataset
 
 from nlptransfer.config import FinetuneConfig
 from nlptransfer.data import (
-    Collator,
     EncodedDataset,
-    EpochSampler,
-    FeatureDataset,
-    LengthGroupedSampler,
     TextClassificationData,
 )
-from nlptransfer.engine.checkpoint import Checkpoint
+from nlptransfer.engine.checkpoint import Checkpoint, Snapshot
 from nlptransfer.engine.context import RunContext
-from nlptransfer.engine.contrastive import contrastive_loop
 from nlptransfer.engine.features import extract_features
 from nlptransfer.engine.inference import encode_split, evaluate_split
-from nlptransfer.engine.loop import EpochPlan, Snapshot, prepare_phase, run_epochs
-from nlptransfer.errors import ConfigError
-from nlptransfer.model.heads import fit_logistic_head
+from nlptransfer.engine.loop import run_phase
+from nlptransfer.engine.objectives import OBJECTIVES
 from nlptransfer.model.layers import count_parameters
 from nlptransfer.model.transfer import TransferModel, align_padding
 from nlptransfer.strategies.base import ParamGroups, Phase
@@ -104,7 +95,6 @@ class PhaseRun:
     datasets: dict[str, Dataset]
     groups: ParamGroups
     ctx: RunContext
-    end_epoch: Callable[[float], bool]  # records an epoch; True means stop early
     seen: list[int] | None = None  # filled with the example indices of the first epoch
 
 
@@ -113,28 +103,6 @@ def encode_splits(model: TransferModel, data: TextClassificationData) -> dict[st
     if data.test is not None:
         splits["test"] = data.test
     return {name: encode_split(model, split) for name, split in splits.items()}
-
-
-def train_loader(
-    dataset: Dataset, model: TransferModel, config: FinetuneConfig, seed: int
-) -> tuple[DataLoader, EpochSampler]:
-    """A loader whose order depends only on (seed, epoch), and the sampler to set the epoch on."""
-    # The loader's own generator: iterating it must not draw from the global RNG,
-    # or a resumed run's dropout masks would differ from an uninterrupted one's.
-    generator = torch.Generator().manual_seed(seed)
-    if not isinstance(dataset, EncodedDataset):  # fixed-size features: nothing to pad
-        sampler = EpochSampler(len(dataset), seed)
-        loader = DataLoader(dataset, batch_size=config.batch_size, sampler=sampler, generator=generator)
-        return loader, sampler
-    if model.backbone.variable_length:
-        sampler = LengthGroupedSampler(dataset.lengths(), config.batch_size, seed)
-    else:  # images: every example has the same size
-        sampler = EpochSampler(len(dataset), seed)
-    collate = Collator(model.backbone)
-    loader = DataLoader(
-        dataset, batch_size=config.batch_size, sampler=sampler, collate_fn=collate, generator=generator
-    )
-    return loader, sampler
 
 
 class BestWeights:
@@ -183,11 +151,10 @@ def fit(
     align_padding(model, ctx.accelerator.device)
     start = time.perf_counter()
     encoded = encode_splits(model, data)
-    result, best = FitResult(eval_datasets=encoded), BestWeights(model)
+    state = FitState(model, ctx.config, FitResult(eval_datasets=encoded), BestWeights(model))
+    result, best = state.result, state.best
     result.tokenize_seconds = time.perf_counter() - start
-    if session.resume is not None:
-        _restore(session.resume, model, result, best)
-    session.snapshot = lambda: _snapshot(ctx, result, best)
+    session.register_for_checkpointing(state)
     features: dict[str, Dataset] | None = None
     for index, phase in enumerate(phases):
         if index < session.progress.phase:
@@ -203,11 +170,11 @@ def fit(
         assert datasets is not None
         if result.eval_phase == index:
             result.eval_datasets = datasets
-        recorder = _epoch_recorder(model, phase, index, datasets, ctx, result, best)
-        run = PhaseRun(model, phase, index, datasets, groups, ctx, recorder)
+        run = PhaseRun(model, phase, index, datasets, groups, ctx)
         if index == 0 or not result.seen_indices:
             run.seen = result.seen_indices
-        LOOPS[phase.loop](run)
+        objective = OBJECTIVES.get(phase.loop).from_phase(run)
+        run_phase(session, model, groups, objective, phase.epochs, Validation(run, state))
         ctx.accelerator.free_memory()
         epochs_run = len(result.history) - result.epochs_before_phase()
         result.phases.append(_phase_log(model, phase, groups, epochs_run))
@@ -218,70 +185,82 @@ def fit(
     return result
 
 
-def _snapshot(ctx: RunContext, result: FitResult, best: BestWeights) -> Snapshot:
+@dataclass
+class FitState:
     """What a checkpoint holds besides accelerate's state: history, best epoch and its weights."""
-    state = {
-        "history": [asdict(h) for h in result.history],
-        "phases": [asdict(p) for p in result.phases],
-        "best_epoch": result.best_epoch,
-        "best_score": result.best_score,
-        "eval_phase": result.eval_phase,
-        "body_trained": result.body_trained,
-        "feature_extraction_seconds": result.feature_extraction_seconds,
-        "feature_extraction_seconds_by_split": result.feature_extraction_seconds_by_split,
-        "best_weights": sorted(best.state),
-        "config": ctx.config.to_dict(),
-    }
-    return state, dict(best.state), {"seen_indices": result.seen_indices}
+
+    model: TransferModel
+    config: FinetuneConfig
+    result: FitResult
+    best: BestWeights
+
+    def state_dict(self) -> Snapshot:
+        result = self.result
+        state = {
+            "history": [asdict(h) for h in result.history],
+            "phases": [asdict(p) for p in result.phases],
+            "best_epoch": result.best_epoch,
+            "best_score": result.best_score,
+            "eval_phase": result.eval_phase,
+            "body_trained": result.body_trained,
+            "feature_extraction_seconds": result.feature_extraction_seconds,
+            "feature_extraction_seconds_by_split": result.feature_extraction_seconds_by_split,
+            "best_weights": sorted(self.best.state),
+            "config": self.config.to_dict(),
+        }
+        return Snapshot(state, dict(self.best.state), {"seen_indices": result.seen_indices})
+
+    def load_state_dict(self, checkpoint: Checkpoint) -> None:
+        """Put back what the checkpoint's run had done, before its phase configures the model."""
+        state, result = checkpoint.state, self.result
+        result.history = [EpochLog(**h) for h in state["history"]]
+        result.phases = [PhaseLog(**p) for p in state["phases"]]
+        result.best_epoch, result.best_score = state["best_epoch"], state["best_score"]
+        result.eval_phase, result.body_trained = state["eval_phase"], state["body_trained"]
+        result.feature_extraction_seconds = state["feature_extraction_seconds"]
+        result.feature_extraction_seconds_by_split = state.get("feature_extraction_seconds_by_split", {})
+        result.seen_indices[:] = checkpoint.process_state.get("seen_indices", [])
+        self.best.state = {name: checkpoint.tensors[name] for name in state["best_weights"]}
+        # The phase may extract features from the body before accelerate loads its state.
+        weights = load_file(str(checkpoint.path / "model.safetensors"))
+        self.model.load_state_dict({k.removeprefix("module."): v for k, v in weights.items()}, strict=False)
 
 
-def _restore(checkpoint: Checkpoint, model: TransferModel, result: FitResult, best: BestWeights) -> None:
-    """Put back what the checkpoint's run had done, before its phase configures the model."""
-    state = checkpoint.state
-    result.history = [EpochLog(**h) for h in state["history"]]
-    result.phases = [PhaseLog(**p) for p in state["phases"]]
-    result.best_epoch, result.best_score = state["best_epoch"], state["best_score"]
-    result.eval_phase, result.body_trained = state["eval_phase"], state["body_trained"]
-    result.feature_extraction_seconds = state["feature_extraction_seconds"]
-    result.feature_extraction_seconds_by_split = state.get("feature_extraction_seconds_by_split", {})
-    result.seen_indices[:] = checkpoint.process_state.get("seen_indices", [])
-    best.state = {name: checkpoint.tensors[name] for name in state["best_weights"]}
-    # The phase may extract features from the body before accelerate loads its state.
-    weights = load_file(str(checkpoint.path / "model.safetensors"))
-    model.load_state_dict({k.removeprefix("module."): v for k, v in weights.items()}, strict=False)
+class Validation:
+    """The end of an epoch in a fitting phase: validate, log, keep the best, decide on early stopping."""
 
+    def __init__(self, run: PhaseRun, state: FitState) -> None:
+        self.run, self.result, self.best = run, state.result, state.best
+        self.phase_start = self.result.epochs_before_phase()
 
-def _epoch_recorder(
-    model: TransferModel, phase: Phase, index: int, datasets: dict[str, Dataset], ctx: RunContext,
-    result: FitResult, best: BestWeights,
-) -> Callable[[float], bool]:  # fmt: skip
-    """The end-of-epoch step of one phase: validate, log, keep the best, decide on early stopping."""
-    config = ctx.config
-    phase_start = result.epochs_before_phase()
-
-    def end_epoch(loss: float) -> bool:
+    def on_epoch_end(self, train_loss: float) -> bool:
+        run, result, phase = self.run, self.result, self.run.phase
         # Derived, not remembered: a resumed run gets the same answer.
-        phase_best = max(phase_start, result.best_epoch)
+        phase_best = max(self.phase_start, result.best_epoch)
         epoch = len(result.history) + 1
-        scores = evaluate_split(model, datasets["validation"], ctx, "validation") if phase.evaluate else {}
-        result.history.append(EpochLog(epoch, phase.name, loss, scores))
-        logger.info("epoch %d (%s): train_loss=%.4f validation %s", epoch, phase.name, loss, _fmt(scores))
-        ctx.session.log({"train/epoch_loss": loss, **{f"validation/{k}": v for k, v in scores.items()}})
+        scores = (
+            evaluate_split(run.model, run.datasets["validation"], run.ctx, "validation")
+            if phase.evaluate
+            else {}
+        )
+        result.history.append(EpochLog(epoch, phase.name, train_loss, scores))
+        logger.info(
+            "epoch %d (%s): train_loss=%.4f validation %s", epoch, phase.name, train_loss, _fmt(scores)
+        )
+        run.ctx.session.log(
+            {"train/epoch_loss": train_loss, **{f"validation/{k}": v for k, v in scores.items()}}
+        )
         if not phase.evaluate:
             return False
-        score = scores[config.metric_for_best_model]
-        if score > result.best_score:
-            result.best_epoch, result.best_score = epoch, score
-            result.eval_datasets, result.eval_phase = datasets, index
-            best.update()
+        metric = run.ctx.config.metric_for_best_model
+        if scores[metric] > result.best_score:
+            result.best_epoch, result.best_score = epoch, scores[metric]
+            result.eval_datasets, result.eval_phase = run.datasets, run.index
+            self.best.update()
         elif phase.patience is not None and epoch - phase_best >= phase.patience:
-            logger.info(
-                "early stopping: no %s gain for %d epochs", config.metric_for_best_model, phase.patience
-            )
+            logger.info("early stopping: no %s gain for %d epochs", metric, phase.patience)
             return True
         return False
-
-    return end_epoch
 
 
 def _phase_log(model: TransferModel, phase: Phase, groups: ParamGroups, epochs_run: int) -> PhaseLog:
@@ -297,43 +276,6 @@ def _phase_log(model: TransferModel, phase: Phase, groups: ParamGroups, epochs_r
     return PhaseLog(
         phase.name, phase.loop, epochs_run, trainable, trained, learning_rate, phase.epochs, phase.patience
     )
-
-
-def gradient_loop(run: PhaseRun) -> None:
-    """Minibatch AdamW with warmup and a learning-rate schedule, on tokens or cached features."""
-    session, config = run.ctx.session, run.ctx.config
-    loader, sampler = train_loader(run.datasets["train"], run.model, config, config.seed + run.index)
-    prepared, optimizer, loader, scheduler = prepare_phase(
-        session, run.model, run.groups, loader, run.phase.epochs
-    )
-
-    def loss(model: torch.nn.Module, batch: dict[str, Any]) -> torch.Tensor:
-        labels, idx = batch.pop("labels"), batch.pop("idx")
-        if run.seen is not None and session.progress.epoch == 1:
-            run.seen.extend(idx.tolist())
-        return F.cross_entropy(model(**batch), labels)
-
-    plan = EpochPlan(prepared, loader, sampler, optimizer, scheduler, run.phase.epochs, loss, run.end_epoch)
-    run_epochs(session, plan)
-
-
-def logistic_loop(run: PhaseRun) -> None:
-    """Fit the head by scikit-learn logistic regression (regularisation by cross-validation)."""
-    model, config = run.model, run.ctx.config
-    train = run.datasets["train"]
-    if not isinstance(train, FeatureDataset):
-        raise ConfigError("--head logistic-cv fits on frozen features; this phase trains the body.")
-    with torch.no_grad():
-        features = model.pooling.combine(torch.as_tensor(np.asarray(train.features), dtype=torch.float32))
-    loss = fit_logistic_head(model.head, features.numpy(), train.labels.numpy(), config.seed)
-    run.end_epoch(loss)
-
-
-LOOPS: dict[str, Callable[[PhaseRun], None]] = {
-    "gradient": gradient_loop,
-    "logistic-cv": logistic_loop,
-    "contrastive": contrastive_loop,
-}
 
 
 def _fmt(scores: dict[str, float]) -> str:

@@ -56,6 +56,7 @@ def run_inference(
 
 def evaluate_split(model: torch.nn.Module, dataset: Dataset, ctx: RunContext, desc: str) -> dict[str, float]:
     model.eval()
-    logits = run_inference(model, dataset, ctx.accelerator.unwrap_model(model), ctx, desc)
+    unwrapped = ctx.accelerator.unwrap_model(model)
+    logits = run_inference(model, dataset, unwrapped, ctx, desc)
     labels = dataset.labels.tolist() if isinstance(dataset.labels, torch.Tensor) else dataset.labels
-    return ctx.metrics.compute(logits.argmax(-1).tolist(), labels)
+    return ctx.metrics.compute(unwrapped.task.predictions(logits), labels)

@@ -11,10 +11,9 @@ from __future__ import annotations
 import logging
 import math
 import time
-from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any, Protocol
 
 import torch
 from accelerate import Accelerator
@@ -24,15 +23,31 @@ from torch.utils.data import DataLoader
 from tqdm.auto import tqdm
 
 from nlptransfer.config import TrainingOptions
-from nlptransfer.engine.checkpoint import NOT_DAMAGE, Checkpoint, Checkpointer, Progress, damaged_checkpoint
+from nlptransfer.engine.checkpoint import (
+    NOT_DAMAGE,
+    Checkpoint,
+    Checkpointable,
+    Checkpointer,
+    Progress,
+    Snapshot,
+    damaged_checkpoint,
+)
 from nlptransfer.engine.interrupt import InterruptGuard
 from nlptransfer.engine.schedules import build_schedule
 from nlptransfer.errors import SaveError, TrainingError, TrainingInterrupted
 
+if TYPE_CHECKING:
+    from nlptransfer.engine.objectives import Objective
+
 logger = logging.getLogger(__name__)
 
-# What a session's owner adds to each checkpoint: (JSON state, tensors, this process's JSON state).
-Snapshot = tuple[dict[str, Any], dict[str, torch.Tensor], dict[str, Any]]
+
+class EpochEnd(Protocol):
+    """The hook that ends each epoch of a phase: validate and record it."""
+
+    def on_epoch_end(self, train_loss: float) -> bool:
+        """Record the epoch (mean training loss given); True stops the phase early."""
+        ...
 
 
 @dataclass
@@ -46,7 +61,8 @@ class TrainSession:
     progress: Progress = field(default_factory=Progress)
     # Set when resuming, until the phase it was saved in has loaded its accelerator state.
     resume: Checkpoint | None = None
-    snapshot: Callable[[], Snapshot] = lambda: ({}, {}, {})
+    # The fit state each checkpoint saves besides accelerate's (see register_for_checkpointing).
+    state: Checkpointable | None = None
     last_checkpoint: Path | None = None
     # Parameters that have trained so far (None: all). The others still hold the
     # values a rebuilt model gets (source weights, seeded initialisation), so
@@ -72,10 +88,16 @@ class TrainSession:
     def log(self, values: dict[str, float]) -> None:
         self.accelerator.log(values, step=self.progress.global_step)
 
+    def register_for_checkpointing(self, state: Checkpointable) -> None:
+        """Save ``state`` in every checkpoint; a resumed session loads it back right away."""
+        self.state = state
+        if self.resume is not None:
+            state.load_state_dict(self.resume)
+
     def save_checkpoint(self) -> Path | None:
         if self.checkpointer is None:
             return None
-        state, tensors, process_state = self.snapshot()
+        state, tensors, process_state = self.state.state_dict() if self.state else Snapshot({}, {}, {})
         self.progress.num_processes = self.accelerator.num_processes
         self.last_checkpoint = self.checkpointer.save(self.progress, state, tensors, process_state)
         return self.last_checkpoint
@@ -139,17 +161,31 @@ class TrainSession:
 
 @dataclass
 class EpochPlan:
-    """One phase's training: prepared objects, how many epochs, and the loss of a batch."""
+    """One phase's training: prepared objects, how many epochs, the objective and the epoch-end hook."""
 
     model: Any
     loader: DataLoader
-    sampler: Any  # has set_epoch(epoch)
+    objective: Objective
     optimizer: Any
     scheduler: Any
     epochs: int
-    loss: Callable[[Any, dict[str, Any]], torch.Tensor]
-    end_epoch: Callable[[float], bool]  # validate/record an epoch; True stops the phase early
-    desc: str = "epoch"
+    hook: EpochEnd
+
+
+def run_phase(
+    session: TrainSession, model: torch.nn.Module, groups: Any, objective: Objective, epochs: int,
+    hook: EpochEnd,
+) -> None:  # fmt: skip
+    """Train one phase: the objective's batches and loss, with AdamW over ``groups``.
+
+    A closed-form objective is solved once instead (one "epoch" for the hook).
+    """
+    if objective.closed_form:
+        hook.on_epoch_end(objective.solve(model))
+        return
+    loader = objective.loader()
+    prepared, optimizer, loader, scheduler = prepare_phase(session, model, groups, loader, epochs)
+    run_epochs(session, EpochPlan(prepared, loader, objective, optimizer, scheduler, epochs, hook))
 
 
 def prepare_phase(
@@ -181,7 +217,7 @@ def run_epochs(session: TrainSession, plan: EpochPlan) -> None:
     for epoch in range(progress.epoch, plan.epochs + 1):
         progress.epoch = epoch
         mean_loss = _train_one_epoch(session, plan)
-        stop = plan.end_epoch(mean_loss)
+        stop = plan.hook.on_epoch_end(mean_loss)
         progress.epoch, progress.batch, progress.epoch_loss_sum = epoch + 1, 0, 0.0
         progress.phase_done = stop or epoch == plan.epochs
         if session.options.save_every_epoch:
@@ -198,9 +234,9 @@ def _train_one_epoch(session: TrainSession, plan: EpochPlan) -> float:
     # a resumed run (fresh loader, then a skipping copy) would get wrong: set both.
     if hasattr(plan.loader, "set_epoch"):
         plan.loader.set_epoch(progress.epoch)
-    plan.sampler.set_epoch(progress.epoch)
+    plan.objective.set_epoch(progress.epoch)
     skip = progress.batch
-    if not skip and getattr(plan.sampler, "draws_global_seed", False):
+    if not skip and plan.objective.draws_global_seed:
         # Earlier releases' token loaders drew their worker seed from the global RNG at each
         # epoch start; drawing it here keeps their dropout masks, hence their results. A
         # resumed epoch skips it: the checkpoint's RNG state already follows that draw.
@@ -211,7 +247,7 @@ def _train_one_epoch(session: TrainSession, plan: EpochPlan) -> float:
     params = [p for p in plan.model.parameters() if p.requires_grad]
     window = _Window()
     bar = tqdm(
-        batches, desc=f"{plan.desc} {progress.epoch}", total=len(plan.loader), initial=skip,
+        batches, desc=f"{plan.objective.desc} {progress.epoch}", total=len(plan.loader), initial=skip,
         disable=not session.show_progress, leave=False,
     )  # fmt: skip
     session.guard.in_training = True
@@ -219,7 +255,7 @@ def _train_one_epoch(session: TrainSession, plan: EpochPlan) -> float:
         for batch in bar:
             window.add(batch)
             with accelerator.accumulate(plan.model):
-                loss = plan.loss(plan.model, batch)
+                loss = plan.objective.loss(plan.model, batch)
                 accelerator.backward(loss)
                 value = optimizer_step(session, params, plan.optimizer, plan.scheduler, loss)
             assert value is not None  # given a loss, optimizer_step returns its value
@@ -324,4 +360,12 @@ def _non_finite(session: TrainSession, name: str, value: float) -> TrainingError
     )
 
 
-__all__ = ["EpochPlan", "TrainSession", "optimizer_step", "prepare_phase", "run_epochs"]
+__all__ = [
+    "EpochEnd",
+    "EpochPlan",
+    "TrainSession",
+    "optimizer_step",
+    "prepare_phase",
+    "run_epochs",
+    "run_phase",
+]

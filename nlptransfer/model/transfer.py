@@ -30,6 +30,7 @@ from nlptransfer.data.loaders import example_length
 from nlptransfer.errors import ConfigError, ModelLoadError, SaveError, write_errors
 from nlptransfer.model.heads import LinearHead, build_head
 from nlptransfer.model.pooling import Pooling
+from nlptransfer.tasks.base import DEFAULT_TASK, build_task
 from nlptransfer.version import __version__
 
 logger = logging.getLogger(__name__)
@@ -37,7 +38,7 @@ logger = logging.getLogger(__name__)
 CONFIG_NAME = "transfer_config.json"
 WEIGHTS_NAME = "model.safetensors"
 BACKBONE_DIR = "backbone"
-_CONFIG_KEYS = {"nlptransfer_version", "backbone", "pooling", "head", "labels", "max_length"}
+_CONFIG_KEYS = {"nlptransfer_version", "backbone", "pooling", "head", "labels", "max_length", "task"}
 
 
 @dataclass
@@ -78,6 +79,7 @@ class TransferModel(nn.Module):
         head: nn.Module,
         labels: list[str],
         max_length: int = 128,
+        task: str = DEFAULT_TASK,
     ) -> None:
         super().__init__()
         if len(labels) != head.num_labels:
@@ -87,6 +89,7 @@ class TransferModel(nn.Module):
         self.head = head
         self.labels = list(labels)
         self.max_length = max_length
+        self.task = build_task(task)  # the loss, the activation and how outputs become answers
 
     @classmethod
     def from_backbone(
@@ -178,9 +181,9 @@ class TransferModel(nn.Module):
             idx = order[start : start + batch_size]
             batch = self.backbone.collate([examples[i] for i in idx])
             logits = self(**{k: v.to(device) for k, v in batch.items()})
-            probs[idx] = torch.softmax(logits.float(), dim=-1).cpu().numpy()
+            probs[idx] = self.task.activate(logits).cpu().numpy()
         self.train(was_training)
-        return Predictions([self.labels[i] for i in probs.argmax(1)], probs, list(self.labels))
+        return Predictions(self.task.decode(probs, self.labels), probs, list(self.labels))
 
     def merge_adapter(self) -> TransferModel:
         """Fold a LoRA-like adapter into the body's weights: a plain model that loads without peft.
@@ -202,6 +205,7 @@ class TransferModel(nn.Module):
             "head": self.head.get_config(),
             "labels": self.labels,
             "max_length": self.max_length,
+            "task": self.task.name,
         }
 
     def save_pretrained(self, directory: str | os.PathLike[str]) -> None:
@@ -265,7 +269,8 @@ class TransferModel(nn.Module):
             )
         saved = config["pooling"]
         pooling = Pooling(saved["type"], saved.get("layers", [-1]), mix=saved.get("mix", "concat"))
-        model = cls(backbone, pooling, head, config["labels"], config["max_length"])
+        task = config.get("task", DEFAULT_TASK)  # models saved before tasks existed are single-label
+        model = cls(backbone, pooling, head, config["labels"], config["max_length"], task)
         try:
             load_model(model, str(path / WEIGHTS_NAME), strict=True)
         except Exception as err:  # safetensors raises several unrelated types

@@ -16,7 +16,7 @@ import os
 import random
 import tempfile
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -28,7 +28,10 @@ from nlptransfer.backbones import is_word_vector_source
 from nlptransfer.config import TrainingOptions, _opt
 from nlptransfer.data import BUILTIN_DATASETS, LengthGroupedSampler, read_texts
 from nlptransfer.errors import ConfigError, DataError, ModelLoadError, SaveError, write_errors
-from nlptransfer.engine.loop import EpochPlan, TrainSession, prepare_phase, run_epochs
+from nlptransfer.engine.checkpoint import Checkpoint, Snapshot
+from nlptransfer.engine.loop import TrainSession, run_phase
+from nlptransfer.engine.objectives import OBJECTIVES
+from nlptransfer.engine.objectives.language_model import LANGUAGE_MODELING, LanguageModeling, TokenDataset
 from nlptransfer.runs.modelcard import CardInfo, command_line, push_to_hub, run_details, write_card
 from nlptransfer.runs.outputs import (
     RESULTS_NAME,
@@ -43,11 +46,7 @@ from nlptransfer.engine.session import finish_session, start_session
 
 logger = logging.getLogger(__name__)
 
-OBJECTIVES = ("mlm", "clm", "span")
 _PIPELINE_TAGS = {"mlm": "fill-mask", "clm": "text-generation", "span": "text2text-generation"}
-# Example i of epoch e is masked with the seed (seed, e, i): the same masks on any
-# number of processes and after a resume; the held-out set always uses epoch -1.
-_HELDOUT_EPOCH = -1
 
 
 @dataclass
@@ -79,8 +78,8 @@ class PretrainConfig(TrainingOptions):
 
     def __post_init__(self) -> None:
         super().__post_init__()
-        if self.objective is not None and self.objective not in OBJECTIVES:
-            raise ConfigError(f"--objective must be one of {', '.join(OBJECTIVES)}, got '{self.objective}'.")
+        if self.objective is not None and self.objective not in LANGUAGE_MODELING:
+            raise ConfigError(f"--objective must be one of {', '.join(LANGUAGE_MODELING)}, got '{self.objective}'.")
         for name in ("heldout_split", "mlm_probability", "noise_density"):
             self._check_range(name, 0.01, 0.9)
         if self.mean_span_length < 1:
@@ -112,172 +111,6 @@ def split_heldout(texts: list[str], fraction: float, seed: int) -> tuple[list[st
     random.Random(seed).shuffle(order)
     n = min(max(1, round(len(texts) * fraction)), len(texts) - 1)  # keep a text to train on
     return [texts[i] for i in order[n:]], [texts[i] for i in order[:n]]
-
-
-class TokenDataset(Dataset):
-    def __init__(self, ids: list[list[int]]) -> None:
-        self.ids = ids
-
-    def __len__(self) -> int:
-        return len(self.ids)
-
-    def __getitem__(self, i: int) -> dict[str, Any]:
-        return {"input_ids": self.ids[i], "idx": i}
-
-
-class _Collator:
-    """Pads, and draws each example's noise from (seed, epoch, example index)."""
-
-    def __init__(self, tokenizer: Any, seed: int) -> None:
-        self.tokenizer = tokenizer
-        self.seed = seed
-        self.epoch = 0
-
-    def set_epoch(self, epoch: int) -> None:
-        self.epoch = epoch
-
-    def generator(self, idx: int) -> torch.Generator:
-        return torch.Generator().manual_seed(hash((self.seed, self.epoch, idx)) & 0x7FFF_FFFF_FFFF)
-
-    def pad(self, rows: list[list[int]], value: int) -> torch.Tensor:
-        width = max(len(r) for r in rows)
-        return torch.tensor([r + [value] * (width - len(r)) for r in rows], dtype=torch.long)
-
-
-class MLMCollator(_Collator):
-    """BERT's masking: of the chosen tokens, 80% become [MASK], 10% a random token, 10% stay."""
-
-    def __init__(self, tokenizer: Any, seed: int, probability: float) -> None:
-        super().__init__(tokenizer, seed)
-        if tokenizer.mask_token_id is None:
-            raise ModelLoadError("Masked-LM needs a tokenizer with a mask token; use --objective clm.")
-        self.probability = probability
-        self.special = set(tokenizer.all_special_ids)
-
-    def __call__(self, items: list[dict[str, Any]]) -> dict[str, torch.Tensor]:
-        inputs, labels = [], []
-        for item in items:
-            ids, target = self._mask(item["input_ids"], self.generator(item["idx"]))
-            inputs.append(ids)
-            labels.append(target)
-        input_ids = self.pad(inputs, self.tokenizer.pad_token_id)
-        attention = self.pad([[1] * len(r) for r in inputs], 0)
-        return {"input_ids": input_ids, "attention_mask": attention, "labels": self.pad(labels, -100)}
-
-    def _mask(self, ids: list[int], generator: torch.Generator) -> tuple[list[int], list[int]]:
-        tokens = torch.tensor(ids)
-        candidates = torch.tensor([i not in self.special for i in ids])
-        chosen = (torch.rand(len(ids), generator=generator) < self.probability) & candidates
-        if not chosen.any() and candidates.any():  # every text teaches something
-            chosen[torch.nonzero(candidates)[0]] = True
-        roll = torch.rand(len(ids), generator=generator)
-        random_ids = torch.randint(len(self.tokenizer), (len(ids),), generator=generator)
-        masked = tokens.clone()
-        masked[chosen & (roll < 0.8)] = self.tokenizer.mask_token_id
-        swap = chosen & (roll >= 0.8) & (roll < 0.9)
-        masked[swap] = random_ids[swap]
-        labels = torch.where(chosen, tokens, torch.full_like(tokens, -100))
-        return masked.tolist(), labels.tolist()
-
-
-class CLMCollator(_Collator):
-    """Next-token prediction; padding (which may be the EOS token) is never a target."""
-
-    def __call__(self, items: list[dict[str, Any]]) -> dict[str, torch.Tensor]:
-        rows = [item["input_ids"] for item in items]
-        input_ids = self.pad(rows, self.tokenizer.pad_token_id)
-        attention = self.pad([[1] * len(r) for r in rows], 0)
-        labels = input_ids.masked_fill(attention == 0, -100)
-        return {"input_ids": input_ids, "attention_mask": attention, "labels": labels}
-
-
-class SpanCollator(_Collator):
-    """T5's span corruption: noise spans become sentinels in the input; the target spells them out."""
-
-    def __init__(self, tokenizer: Any, seed: int, density: float, mean_span: float) -> None:
-        super().__init__(tokenizer, seed)
-        self.sentinels = _sentinel_ids(tokenizer)
-        self.density, self.mean_span = density, mean_span
-        self.eos = tokenizer.eos_token_id if tokenizer.eos_token_id is not None else tokenizer.sep_token_id
-
-    def __call__(self, items: list[dict[str, Any]]) -> dict[str, torch.Tensor]:
-        pairs = [self._corrupt(item["input_ids"], self.generator(item["idx"])) for item in items]
-        inputs = [p[0] for p in pairs]
-        input_ids = self.pad(inputs, self.tokenizer.pad_token_id)
-        attention = self.pad([[1] * len(r) for r in inputs], 0)
-        return {
-            "input_ids": input_ids,
-            "attention_mask": attention,
-            "labels": self.pad([p[1] for p in pairs], -100),
-        }
-
-    def _corrupt(self, ids: list[int], generator: torch.Generator) -> tuple[list[int], list[int]]:
-        body = ids[:-1] if ids and ids[-1] == self.eos else list(ids)
-        n = len(body)
-        noise = min(max(1, round(n * self.density)), max(n - 1, 1))
-        spans = min(max(1, round(noise / self.mean_span)), len(self.sentinels), max(n - noise, 1))
-        mask = _span_mask(n, noise, spans, generator)
-        source, target, span = [], [], -1
-        for token, is_noise in zip(body, mask, strict=True):
-            if is_noise:
-                if span < 0 or not source or source[-1] != self.sentinels[span]:
-                    span += 1
-                    source.append(self.sentinels[span])
-                    target.append(self.sentinels[span])
-                target.append(token)
-            else:
-                source.append(token)
-        return [*source, self.eos], [*target, self.eos]
-
-
-def _span_mask(n: int, noise: int, spans: int, generator: torch.Generator) -> list[bool]:
-    """Interleave ``spans`` noise segments with ``spans`` kept segments, lengths drawn at random."""
-    noise_lengths = _segments(noise, spans, generator)
-    kept_lengths = _segments(n - noise, spans, generator) if n > noise else [0] * spans
-    mask: list[bool] = []
-    for kept, noisy in zip(kept_lengths, noise_lengths, strict=True):
-        mask += [False] * kept + [True] * noisy
-    return mask[:n] + [False] * (n - len(mask))
-
-
-def _segments(total: int, count: int, generator: torch.Generator) -> list[int]:
-    """``count`` lengths summing to ``total``, each at least 1 when ``total >= count``."""
-    if total < count:
-        return _even(total, count)
-    cuts = sorted((torch.randperm(total - 1, generator=generator)[: count - 1] + 1).tolist())
-    bounds = [0, *cuts, total]
-    return [b - a for a, b in itertools.pairwise(bounds)]
-
-
-def _even(total: int, count: int) -> list[int]:
-    return [total // count + (1 if i < total % count else 0) for i in range(count)]
-
-
-def _sentinel_ids(tokenizer: Any) -> list[int]:
-    ids = []
-    for i in range(100):
-        token = f"<extra_id_{i}>"
-        token_id = tokenizer.convert_tokens_to_ids(token)
-        if token_id is None or token_id == tokenizer.unk_token_id:
-            break
-        ids.append(token_id)
-    if not ids:
-        raise ModelLoadError(
-            "Span corruption needs T5's sentinel tokens (<extra_id_0>, ...) in the tokenizer; this one has "
-            "none. Use a T5 tokenizer, or --objective clm."
-        )
-    return ids
-
-
-class _Epochs:
-    """Sets the epoch on the sampler and the collator together (fresh order, fresh masks)."""
-
-    def __init__(self, *targets: Any) -> None:
-        self.targets = targets
-
-    def set_epoch(self, epoch: int) -> None:
-        for target in self.targets:
-            target.set_epoch(epoch)
 
 
 # ---------------------------------------------------------------- model
@@ -356,41 +189,6 @@ def _max_length(requested: int, model: torch.nn.Module, tokenizer: Any) -> int:
     return requested
 
 
-def build_collator(objective: str, tokenizer: Any, config: PretrainConfig) -> _Collator:
-    if objective == "mlm":
-        return MLMCollator(tokenizer, config.seed, config.mlm_probability)
-    if objective == "span":
-        return SpanCollator(tokenizer, config.seed, config.noise_density, config.mean_span_length)
-    return CLMCollator(tokenizer, config.seed)
-
-
-@torch.no_grad()
-def heldout_loss(
-    model: torch.nn.Module, dataset: TokenDataset, collator: _Collator, batch_size: int
-) -> float:
-    """Mean loss per predicted token over the held-out texts, with fixed masks (epoch -1).
-
-    Every process computes it on all held-out texts: the number is exact and the
-    same everywhere, and the held-out set is small.
-    """
-    was_training = model.training
-    model.eval()
-    collator.set_epoch(_HELDOUT_EPOCH)
-    total, count = 0.0, 0
-    device = next(model.parameters()).device
-    causal = isinstance(collator, CLMCollator)
-    for start in range(0, len(dataset), batch_size):
-        batch = collator([dataset[i] for i in range(start, min(start + batch_size, len(dataset)))])
-        batch = {k: v.to(device) for k, v in batch.items()}
-        loss = model(**batch).loss
-        labels = batch["labels"]
-        # Causal LMs shift labels inside the model: the first position is never predicted.
-        targets = int((labels[:, 1:] != -100).sum()) if causal else int((labels != -100).sum())
-        total, count = total + float(loss) * targets, count + targets
-    model.train(was_training)
-    return total / max(count, 1)
-
-
 # ---------------------------------------------------------------- run
 
 
@@ -409,28 +207,23 @@ def pretrain(config: PretrainConfig) -> dict[str, Any]:
         check_output_dir(output_dir, config.overwrite_output_dir)
     texts = load_texts(config)
     set_seed(config.seed)  # a head the checkpoint lacks (MiniLM has no MLM head) is drawn at load
-    model, tokenizer, objective = load_lm(config)
-    collator = build_collator(objective, tokenizer, config)
+    model, tokenizer, name = load_lm(config)
+    train, heldout = _token_splits(texts, model, tokenizer, config)
+    objective = build_objective(name, tokenizer, train, config)
     session = start_session(config, output_dir, "nlptransfer-pretrain")
-    train_texts, heldout_texts = split_heldout(texts, config.heldout_split, config.seed)
-    length = _max_length(config.max_length, model, tokenizer)
-    train, heldout = (
-        TokenDataset(tokenizer(part, truncation=True, max_length=length)["input_ids"])
-        for part in (train_texts, heldout_texts)
-    )
-    logger.info("%s on %d texts (%d held out) with %s", objective, len(train), len(heldout), config.model)
-    device = session.accelerator.device
-    model.to(device)
-    state = _resume_state(session) or {
-        "history": [],
-        "loss_before": heldout_loss(model, heldout, collator, config.eval_batch_size),
-    }
-    logger.info("held-out %s loss before: %.4f", objective, state["loss_before"])
-    session.snapshot = lambda: ({**state, "config": config.to_dict()}, {}, {})
+    logger.info("%s on %d texts (%d held out) with %s", name, len(train), len(heldout), config.model)
+    model.to(session.accelerator.device)
+    state = PretrainState(config)
+    session.register_for_checkpointing(state)
+    if state.loss_before is None:
+        state.loss_before = objective.heldout_loss(model, heldout, config.eval_batch_size)
+    logger.info("held-out %s loss before: %.4f", name, state.loss_before)
     start = time.perf_counter()
-    _train(session, model, train, heldout, collator, config, state)
+    hook = HeldoutLoss(session, model, objective, heldout, config.eval_batch_size, state)
+    with session.guard:
+        run_phase(session, model, lm_param_groups(model, config), objective, config.epochs or 1, hook)
     seconds = time.perf_counter() - start
-    results = _results(config, objective, state, len(train), len(heldout), seconds)
+    results = _results(config, name, state, len(train), len(heldout), seconds)
     finish_session(session, output_dir)
     if session.accelerator.is_main_process:
         # Measured last, just before saving (the save itself is the one step not counted).
@@ -443,49 +236,76 @@ def pretrain(config: PretrainConfig) -> dict[str, Any]:
     return results
 
 
-def _resume_state(session: TrainSession) -> dict[str, Any] | None:
-    if session.resume is None:
-        return None
-    saved = dict(session.resume.state)
-    saved.pop("config", None)
-    return saved
+def _token_splits(
+    texts: list[str], model: torch.nn.Module, tokenizer: Any, config: PretrainConfig
+) -> tuple[TokenDataset, TokenDataset]:
+    train_texts, heldout_texts = split_heldout(texts, config.heldout_split, config.seed)
+    length = _max_length(config.max_length, model, tokenizer)
+    train, heldout = (
+        TokenDataset(tokenizer(part, truncation=True, max_length=length)["input_ids"])
+        for part in (train_texts, heldout_texts)
+    )
+    return train, heldout
 
 
-def _train(
-    session: TrainSession, model: torch.nn.Module, train: TokenDataset, heldout: TokenDataset,
-    collator: _Collator, config: PretrainConfig, state: dict[str, Any],
-) -> None:  # fmt: skip
-    epochs = config.epochs or 1
+def build_objective(name: str, tokenizer: Any, train: TokenDataset, config: PretrainConfig) -> LanguageModeling:
+    options = {
+        "mlm": {"probability": config.mlm_probability},
+        "span": {"density": config.noise_density, "mean_span": config.mean_span_length},
+    }
+    objective = OBJECTIVES.get(name)(tokenizer, train, config.batch_size, config.seed, **options.get(name, {}))
+    assert isinstance(objective, LanguageModeling)
+    return objective
+
+
+def lm_param_groups(model: torch.nn.Module, config: PretrainConfig) -> list[dict[str, Any]]:
+    """Every weight trains; biases and norms without weight decay."""
     lr = config.learning_rate or 5e-5
-    sampler = LengthGroupedSampler([len(ids) for ids in train.ids], config.batch_size, config.seed)
-    loader = DataLoader(
-        train, batch_size=config.batch_size, sampler=sampler, collate_fn=collator,
-        generator=torch.Generator().manual_seed(config.seed),
-    )  # fmt: skip
-    decay = [p for n, p in model.named_parameters() if p.ndim > 1]
-    no_decay = [p for n, p in model.named_parameters() if p.ndim <= 1]
-    groups = [
+    decay = [p for p in model.parameters() if p.ndim > 1]
+    no_decay = [p for p in model.parameters() if p.ndim <= 1]
+    return [
         {"params": decay, "lr": lr, "weight_decay": config.weight_decay},
         {"params": no_decay, "lr": lr, "weight_decay": 0.0},
     ]
-    prepared, optimizer, loader, scheduler = prepare_phase(session, model, groups, loader, epochs)
-    unwrapped = session.accelerator.unwrap_model(prepared)
 
-    def end_epoch(train_loss: float) -> bool:
-        loss = heldout_loss(unwrapped, heldout, collator, config.eval_batch_size)
-        state["history"].append(
-            {"epoch": len(state["history"]) + 1, "train_loss": train_loss, "heldout_loss": loss}
-        )
-        logger.info("epoch %d: train_loss=%.4f held-out loss=%.4f", len(state["history"]), train_loss, loss)
-        session.log(
+
+@dataclass
+class PretrainState:
+    """What a pretraining checkpoint holds besides accelerate's state: the held-out losses so far."""
+
+    config: PretrainConfig
+    history: list[dict[str, float]] = field(default_factory=list)
+    loss_before: float | None = None
+
+    def state_dict(self) -> Snapshot:
+        state = {"history": self.history, "loss_before": self.loss_before, "config": self.config.to_dict()}
+        return Snapshot(state, {}, {})
+
+    def load_state_dict(self, checkpoint: Checkpoint) -> None:
+        self.history = list(checkpoint.state["history"])
+        self.loss_before = checkpoint.state["loss_before"]
+
+
+@dataclass
+class HeldoutLoss:
+    """The end of a pretraining epoch: the held-out loss, logged and kept in the history."""
+
+    session: TrainSession
+    model: torch.nn.Module
+    objective: LanguageModeling
+    heldout: TokenDataset
+    batch_size: int
+    state: PretrainState
+
+    def on_epoch_end(self, train_loss: float) -> bool:
+        loss = self.objective.heldout_loss(self.model, self.heldout, self.batch_size)
+        history = self.state.history
+        history.append({"epoch": len(history) + 1, "train_loss": train_loss, "heldout_loss": loss})
+        logger.info("epoch %d: train_loss=%.4f held-out loss=%.4f", len(history), train_loss, loss)
+        self.session.log(
             {"train/epoch_loss": train_loss, "validation/loss": loss, "validation/perplexity": _ppl(loss)}
         )
-        return False
-
-    plan = EpochPlan(prepared, loader, _Epochs(sampler, collator), optimizer, scheduler, epochs,
-                     lambda m, b: m(**b).loss, end_epoch, "pretrain epoch")  # fmt: skip
-    with session.guard:
-        run_epochs(session, plan)
+        return False  # no early stopping: every epoch runs
 
 
 def _ppl(loss: float) -> float:
@@ -495,13 +315,14 @@ def _ppl(loss: float) -> float:
 def _results(
     config: PretrainConfig,
     objective: str,
-    state: dict[str, Any],
+    state: PretrainState,
     n_train: int,
     n_heldout: int,
     seconds: float,
 ) -> dict[str, Any]:
-    before = state["loss_before"]
-    after = state["history"][-1]["heldout_loss"] if state["history"] else before
+    before = state.loss_before
+    assert before is not None  # measured before training
+    after = state.history[-1]["heldout_loss"] if state.history else before
     return {
         "model": config.model,
         "objective": objective,
@@ -509,7 +330,7 @@ def _results(
         "heldout_loss_after": after,
         "heldout_perplexity_before": _ppl(before),
         "heldout_perplexity_after": _ppl(after),
-        "history": state["history"],
+        "history": state.history,
         "num_train_texts": n_train,
         "num_heldout_texts": n_heldout,
         "train_seconds": round(seconds, 3),
@@ -589,4 +410,4 @@ def _card(config: PretrainConfig, results: dict[str, Any], out: Path) -> CardInf
     )
 
 
-__all__ = ["PretrainConfig", "default_objective", "heldout_loss", "pretrain"]
+__all__ = ["PretrainConfig", "default_objective", "pretrain"]

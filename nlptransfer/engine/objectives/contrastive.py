@@ -19,7 +19,7 @@ import torch.nn.functional as F
 from torch.utils.data import DataLoader, Dataset
 
 from nlptransfer.data import EncodedDataset, EpochSampler
-from nlptransfer.engine.loop import EpochPlan, prepare_phase, run_epochs
+from nlptransfer.engine.objectives.base import OBJECTIVES, Objective
 from nlptransfer.errors import ConfigError
 
 if TYPE_CHECKING:
@@ -84,37 +84,46 @@ class PairCollator:
         return batch
 
 
-def contrastive_loop(run: PhaseRun) -> None:
-    """Train the body on sampled pairs with SetFit's cosine-similarity loss."""
-    session, config, model = run.ctx.session, run.ctx.config, run.model
-    train = run.datasets["train"]
-    if not isinstance(train, EncodedDataset):
-        raise ConfigError("The contrastive phase trains the body and needs tokenised inputs.")
-    pairs = sample_pairs(train.labels, config.contrastive_iterations, config.max_pairs, config.seed)
-    logger.info(
-        "contrastive: %d pairs (%d positive) from %d examples", len(pairs), pairs[:, 2].sum(), len(train)
-    )
-    seed = config.seed + run.index
-    sampler = EpochSampler(len(pairs), seed)
-    loader = DataLoader(
-        PairDataset(train, pairs), batch_size=config.batch_size, sampler=sampler,
-        generator=torch.Generator().manual_seed(seed), collate_fn=PairCollator(model.backbone),
-    )  # fmt: skip
-    prepared, optimizer, loader, scheduler = prepare_phase(
-        session, model, run.groups, loader, run.phase.epochs
-    )
-    plan = EpochPlan(
-        prepared,
-        loader,
-        sampler,
-        optimizer,
-        scheduler,
-        run.phase.epochs,
-        pair_loss,
-        run.end_epoch,
-        "pairs epoch",
-    )
-    run_epochs(session, plan)
+@OBJECTIVES.register("contrastive")
+class ContrastivePairs(Objective):
+    """The body trained on sampled pairs with SetFit's cosine-similarity loss."""
+
+    desc = "pairs epoch"
+
+    def __init__(
+        self, train: EncodedDataset, backbone: Any, batch_size: int, seed: int, pairs: np.ndarray
+    ) -> None:
+        self.train, self.backbone, self.batch_size, self.seed, self.pairs = (
+            train,
+            backbone,
+            batch_size,
+            seed,
+            pairs,
+        )
+        self.sampler = EpochSampler(len(pairs), seed)
+
+    @classmethod
+    def from_phase(cls, run: PhaseRun) -> ContrastivePairs:
+        config, train = run.ctx.config, run.datasets["train"]
+        if not isinstance(train, EncodedDataset):
+            raise ConfigError("The contrastive phase trains the body and needs tokenised inputs.")
+        pairs = sample_pairs(train.labels, config.contrastive_iterations, config.max_pairs, config.seed)
+        logger.info(
+            "contrastive: %d pairs (%d positive) from %d examples", len(pairs), pairs[:, 2].sum(), len(train)
+        )
+        return cls(train, run.model.backbone, config.batch_size, config.seed + run.index, pairs)
+
+    def loader(self) -> DataLoader:
+        return DataLoader(
+            PairDataset(self.train, self.pairs), batch_size=self.batch_size, sampler=self.sampler,
+            generator=torch.Generator().manual_seed(self.seed), collate_fn=PairCollator(self.backbone),
+        )  # fmt: skip
+
+    def set_epoch(self, epoch: int) -> None:
+        self.sampler.set_epoch(epoch)
+
+    def loss(self, model: Any, batch: dict[str, torch.Tensor]) -> torch.Tensor:
+        return pair_loss(model, batch)
 
 
 def pair_loss(model: Any, batch: dict[str, torch.Tensor]) -> torch.Tensor:

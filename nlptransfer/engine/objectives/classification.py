@@ -1,0 +1,105 @@
+"""Classification objectives: a task's loss over minibatches, or logistic regression in closed form."""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+import torch
+from torch.utils.data import DataLoader, Dataset
+
+from nlptransfer.data import Collator, EncodedDataset, EpochSampler, FeatureDataset, LengthGroupedSampler
+from nlptransfer.engine.objectives.base import OBJECTIVES, Objective
+from nlptransfer.errors import ConfigError
+from nlptransfer.model.heads import fit_logistic_head
+
+if TYPE_CHECKING:
+    from nlptransfer.backbones import Backbone
+    from nlptransfer.engine.fit import PhaseRun
+    from nlptransfer.tasks.base import Task
+
+
+def train_loader(
+    dataset: Dataset, backbone: Backbone, batch_size: int, seed: int
+) -> tuple[DataLoader, EpochSampler]:
+    """A loader whose order depends only on (seed, epoch), and the sampler to set the epoch on."""
+    # The loader's own generator: iterating it must not draw from the global RNG,
+    # or a resumed run's dropout masks would differ from an uninterrupted one's.
+    generator = torch.Generator().manual_seed(seed)
+    if not isinstance(dataset, EncodedDataset):  # fixed-size features: nothing to pad
+        sampler = EpochSampler(len(dataset), seed)
+        return DataLoader(dataset, batch_size=batch_size, sampler=sampler, generator=generator), sampler
+    if backbone.variable_length:
+        sampler = LengthGroupedSampler(dataset.lengths(), batch_size, seed)
+    else:  # images: every example has the same size
+        sampler = EpochSampler(len(dataset), seed)
+    loader = DataLoader(
+        dataset, batch_size=batch_size, sampler=sampler, collate_fn=Collator(backbone), generator=generator
+    )
+    return loader, sampler
+
+
+@OBJECTIVES.register("gradient")
+class Classification(Objective):
+    """The task's loss (cross-entropy for single labels), batch by batch, on tokens or body features.
+
+    ``seen`` (when given) collects the example indices this process trains on in the first
+    epoch: results.json reports how the processes shared the data.
+    """
+
+    def __init__(
+        self, train: Dataset, backbone: Backbone, task: Task, batch_size: int, seed: int,
+        seen: list[int] | None = None,
+    ) -> None:  # fmt: skip
+        self.train, self.backbone, self.task = train, backbone, task
+        self.batch_size, self.seed = batch_size, seed
+        self.seen = seen
+        self.epoch = 1
+        self.sampler: EpochSampler | None = None
+
+    @classmethod
+    def from_phase(cls, run: PhaseRun) -> Classification:
+        config = run.ctx.config
+        model, seed = run.model, config.seed + run.index
+        return cls(run.datasets["train"], model.backbone, model.task, config.batch_size, seed, run.seen)
+
+    def loader(self) -> DataLoader:
+        loader, self.sampler = train_loader(self.train, self.backbone, self.batch_size, self.seed)
+        return loader
+
+    def set_epoch(self, epoch: int) -> None:
+        self.epoch = epoch
+        if self.sampler is not None:
+            self.sampler.set_epoch(epoch)
+
+    @property
+    def draws_global_seed(self) -> bool:
+        return getattr(self.sampler, "draws_global_seed", False)
+
+    def loss(self, model: torch.nn.Module, batch: dict[str, Any]) -> torch.Tensor:
+        labels, idx = batch.pop("labels"), batch.pop("idx")
+        if self.seen is not None and self.epoch == 1:
+            self.seen.extend(idx.tolist())
+        return self.task.loss(model(**batch), labels)
+
+
+@OBJECTIVES.register("logistic-cv")
+class LogisticRegression(Objective):
+    """The head fitted by scikit-learn logistic regression on frozen features (regularisation by CV)."""
+
+    closed_form = True
+
+    def __init__(self, train: Dataset, seed: int) -> None:
+        if not isinstance(train, FeatureDataset):
+            raise ConfigError("--head logistic-cv fits on frozen features; this phase trains the body.")
+        self.train, self.seed = train, seed
+
+    @classmethod
+    def from_phase(cls, run: PhaseRun) -> LogisticRegression:
+        return cls(run.datasets["train"], run.ctx.config.seed)
+
+    def solve(self, model: torch.nn.Module) -> float:
+        with torch.no_grad():
+            features = torch.as_tensor(np.asarray(self.train.features), dtype=torch.float32)
+            features = model.pooling.combine(features)
+        return fit_logistic_head(model.head, features.numpy(), self.train.labels.numpy(), self.seed)
