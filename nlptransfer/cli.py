@@ -104,8 +104,7 @@ def _compare(argv: Sequence[str]) -> int:
 
 
 def _layers(argv: Sequence[str]) -> int:
-    from nlptransfer.model.layers import phase_tables
-    from nlptransfer.runs.finetune import build_model
+    from nlptransfer.runs.finetune import plan_run
     from nlptransfer.strategies import get_strategy
 
     config = parse_config(
@@ -113,9 +112,7 @@ def _layers(argv: Sequence[str]) -> int:
         argv,
         description="Print which layers a run with these options would train (same flags as train).",
     )
-    strategy = get_strategy(config.strategy)
-    model = build_model(config, ["label_0", "label_1"], strategy)
-    print(phase_tables(model, strategy.phases(model, config)))
+    print(plan_run(config, get_strategy(config.strategy), ["label_0", "label_1"]).table)
     return 0
 
 

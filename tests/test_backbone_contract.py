@@ -40,7 +40,7 @@ class BackboneContract:
         return tiny_models[self.family]
 
     def load(self, spec: str) -> Backbone:
-        return load_backbone(spec, train_texts=TRAIN_TEXTS, word_options=self.word_options())
+        return load_backbone(spec, vocabulary_texts=TRAIN_TEXTS, word_options=self.word_options())
 
     def word_options(self) -> VocabOptions | None:
         return None

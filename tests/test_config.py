@@ -227,3 +227,68 @@ def test_to_dict_and_save(tmp_path: Path) -> None:
     # The saved options (minus the version) rebuild the same config.
     saved.pop("nlptransfer_version")
     assert FinetuneConfig(**saved) == config
+
+
+# ---------------------------------------------------------------- sections
+
+
+@pytest.mark.parametrize(
+    ("section", "options", "pattern"),
+    [
+        ("DataOptions", {"validation_split": 0.95}, "--validation_split must be between"),
+        ("DataOptions", {"samples_per_label": 8, "max_train_examples": 100}, "pass one"),
+        ("AdapterOptions", {"lora_r": 0}, "--lora_r must be at least 1"),
+        ("AdapterOptions", {"lora_dropout": 1.0}, r"--lora_dropout must be in \[0, 1\)"),
+        ("AdapterOptions", {"num_virtual_tokens": 0}, "--num_virtual_tokens must be at least 1"),
+        ("VocabularyOptions", {"oov": "guess"}, "--oov must be one of zero, random, subword"),
+        ("TrainingOptions", {"batch_size": 0}, "--batch_size must be at least 1"),
+    ],
+)
+def test_each_section_validates_itself_and_so_does_the_flat_config(
+    section: str, options: dict, pattern: str
+) -> None:
+    import nlptransfer.config as config_module
+
+    with pytest.raises(ConfigError, match=pattern):
+        getattr(config_module, section)(**options)
+    with pytest.raises(ConfigError, match=pattern):  # the command line's front door checks the same
+        FinetuneConfig(**options)
+
+
+def test_the_flat_config_is_its_sections_and_inner_code_gets_one() -> None:
+    from nlptransfer.config import AdapterOptions, DataOptions, TextSource, TrainingOptions, VocabularyOptions
+    from nlptransfer.runs.pretrain import PretrainConfig
+
+    names = {f.name for f in dataclasses.fields(FinetuneConfig)}
+    sections = (TrainingOptions, DataOptions, AdapterOptions, VocabularyOptions)
+    for section in sections:
+        assert {f.name for f in dataclasses.fields(section)} <= names
+    config = FinetuneConfig(dataset="movie-reviews", lora_r=4, oov="random", seed=7, samples_per_label=8)
+    assert config.data == DataOptions(dataset="movie-reviews", seed=7, samples_per_label=8)
+    assert config.adapter == AdapterOptions(lora_r=4)
+    assert config.vocabulary == VocabularyOptions(oov="random")
+    # Pretraining reads its texts through the same section: the same fields, not copies.
+    source = {f.name: f for f in dataclasses.fields(TextSource)}
+    pretrain = {f.name: f for f in dataclasses.fields(PretrainConfig)}
+    assert all(pretrain[name].metadata is source[name].metadata for name in source)
+    # run_config.json keeps one flat set of keys, as before sections existed.
+    assert set(config.to_dict()) == names | {"nlptransfer_version"}
+
+
+def test_load_data_needs_only_the_data_section() -> None:
+    from nlptransfer.config import DataOptions
+    from nlptransfer.data import load_data
+
+    section = load_data(DataOptions(max_train_examples=60, seed=3))
+    whole = load_data(FinetuneConfig(max_train_examples=60, seed=3, strategy="finetune", lora_r=2))
+    assert section.train.inputs == whole.train.inputs and section.validation.labels == whole.validation.labels
+
+
+def test_help_groups_the_flags_by_section() -> None:
+    from nlptransfer.config import build_parser
+
+    text = build_parser(FinetuneConfig).format_help()
+    for title in ("AdapterOptions:", "DataOptions:", "VocabularyOptions:", "TrainingOptions:"):
+        assert title in text
+    adapter = text.split("AdapterOptions:")[1].split("VocabularyOptions:")[0]
+    assert "--lora_r" in adapter and "--num_virtual_tokens" in adapter and "--seed" not in adapter

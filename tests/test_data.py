@@ -33,7 +33,7 @@ def _expected_pairs(frame: pd.DataFrame) -> set[tuple[str, str]]:
 
 
 def _loaded_pairs(data, split) -> set[tuple[str, str]]:
-    return {(t, data.label_names[y]) for t, y in zip(split.texts, split.labels, strict=True)}
+    return {(t, data.label_names[y]) for t, y in zip(split.inputs, split.labels, strict=True)}
 
 
 def _all_pairs(data) -> set[tuple[str, str]]:
@@ -127,9 +127,9 @@ def test_saved_dataset_dict_splits_are_used_as_given(tmp_path: Path) -> None:
 
     data = load_data(_config(folder, validation_split=0.5, test_split=0.3))
     assert (len(data.train), len(data.validation), len(data.test)) == (30, 8, 6)
-    assert data.train.texts == frames["train"]["text"].tolist()
-    assert data.validation.texts == frames["validation"]["text"].tolist()
-    assert data.test.texts == frames["test"]["text"].tolist()
+    assert data.train.inputs == frames["train"]["text"].tolist()
+    assert data.validation.inputs == frames["validation"]["text"].tolist()
+    assert data.test.inputs == frames["test"]["text"].tolist()
     assert data.test.labels == [data.label_names.index(x) for x in frames["test"]["label"]]
 
 
@@ -192,7 +192,7 @@ def test_separate_validation_and_test_files(tmp_path: Path) -> None:
         )
     )
     assert (len(data.train), len(data.validation), len(data.test)) == (30, 10, 12)
-    assert data.validation.texts == sentiment_frame(10, seed=2)["text"].tolist()
+    assert data.validation.inputs == sentiment_frame(10, seed=2)["text"].tolist()
 
 
 # --------------------------------------------------------------------------- bad input
@@ -252,7 +252,7 @@ def test_empty_texts_are_dropped_counted_and_logged(tmp_path: Path, caplog: pyte
         data = load_data(_config(path))
     assert data.report["dropped_rows"] == {"train": 5}
     assert len(data.train) + len(data.validation) == 25
-    all_texts = data.train.texts + data.validation.texts
+    all_texts = data.train.inputs + data.validation.inputs
     assert all(t.strip() for t in all_texts)
     assert "None" not in all_texts and "nan" not in all_texts
     warnings = [r for r in caplog.records if r.levelno == logging.WARNING and "Dropped" in r.getMessage()]
@@ -377,7 +377,7 @@ def test_texts_that_look_like_numbers_or_dates_stay_texts(
     path = tmp_path / f"train{suffix}"
     _write(frame, path)
     data = load_data(_config(path, text_column="date"))
-    assert sorted(data.train.texts + data.validation.texts) == sorted(texts)
+    assert sorted(data.train.inputs + data.validation.inputs) == sorted(texts)
 
 
 def test_one_column_in_two_roles_is_refused(sentiment_csv: Path) -> None:
@@ -534,7 +534,7 @@ def test_a_text_cell_past_the_csv_modules_limit_loads(tmp_path: Path) -> None:
     path = tmp_path / "train.csv"
     frame.to_csv(path, index=False)
     data = load_data(_config(path))
-    assert max(map(len, data.train.texts + data.validation.texts)) == 300_000
+    assert max(map(len, data.train.inputs + data.validation.inputs)) == 300_000
     assert csv.field_size_limit() == limit
 
 
@@ -563,7 +563,7 @@ def test_image_column_from_a_csv_without_a_text_column(tmp_path: Path) -> None:
     pd.DataFrame(rows).to_csv(tmp_path / "train.csv", index=False)
     data = load_data(_config(tmp_path / "train.csv", validation_split=0.25))
     assert data.modality == "image"
-    assert sorted(data.train.texts + data.validation.texts) == sorted(
+    assert sorted(data.train.inputs + data.validation.inputs) == sorted(
         str(tmp_path / r["image"]) for r in rows
     )
     with pytest.raises(DataError, match=r"no column 'img'.*exist: 'image', 'label', 'notes'.*--image_column"):
@@ -595,7 +595,7 @@ def test_integer_labels_in_numeric_order(tmp_path: Path, suffix: str) -> None:
     data = load_data(_config(path))
     assert data.label_names == ["1", "2", "10"]
     # Label ids follow the names: the id of text "... 10" is 2.
-    for text, label in zip(data.train.texts, data.train.labels, strict=True):
+    for text, label in zip(data.train.inputs, data.train.labels, strict=True):
         assert data.label_names[label] == text.split()[-1]
 
 
@@ -648,7 +648,7 @@ def test_mixed_label_types_warn_and_become_strings(tmp_path: Path, caplog: pytes
     assert data.label_names == ["1", "pos"]
     written = {row["text"]: row["label"] for row in rows}
     for split in (data.train, data.validation):
-        for text, label in zip(split.texts, split.labels, strict=True):
+        for text, label in zip(split.inputs, split.labels, strict=True):
             assert data.label_names[label] == ("pos" if written[text] == "pos" else "1")  # 1.0 is 1
 
 
@@ -682,7 +682,7 @@ def test_true_and_1_are_different_labels(tmp_path: Path, caplog: pytest.LogCaptu
     assert _mix_warnings(caplog) == [
         "Labels mix booleans and numbers and strings; treating them all as strings."
     ]
-    for text, label in zip(data.train.texts, data.train.labels, strict=True):
+    for text, label in zip(data.train.inputs, data.train.labels, strict=True):
         assert label == int(text.split()[-1])  # the column order above is the sorted name order
 
 
@@ -695,9 +695,9 @@ def test_validation_split_is_seeded_and_stratified(tmp_path: Path) -> None:
     first = load_data(_config(path, validation_split=0.2, seed=7))
     again = load_data(_config(path, validation_split=0.2, seed=7))
     other = load_data(_config(path, validation_split=0.2, seed=8))
-    assert first.validation.texts == again.validation.texts
-    assert first.train.texts == again.train.texts
-    assert set(first.validation.texts) != set(other.validation.texts)
+    assert first.validation.inputs == again.validation.inputs
+    assert first.train.inputs == again.train.inputs
+    assert set(first.validation.inputs) != set(other.validation.inputs)
     assert len(first.validation) == 20 and len(first.train) == 80
     assert Counter(first.validation.labels) == {0: 10, 1: 10}
     assert Counter(first.train.labels) == {0: 40, 1: 40}
@@ -721,16 +721,16 @@ def test_test_split(tmp_path: Path) -> None:
     # Both fractions are of the whole file: 70 / 10 / 20.
     assert (len(data.train), len(data.validation), len(data.test)) == (70, 10, 20)
     assert Counter(data.test.labels) == {0: 10, 1: 10}
-    train, val, test = set(data.train.texts), set(data.validation.texts), set(data.test.texts)
+    train, val, test = set(data.train.inputs), set(data.validation.inputs), set(data.test.inputs)
     assert not train & test and not train & val and not val & test
     assert train | val | test == set(frame["text"])
     assert "overlap_with_train" not in data.report
     again = load_data(_config(path, validation_split=0.1, test_split=0.2, seed=3))
-    assert again.test.texts == data.test.texts
-    assert again.validation.texts == data.validation.texts
+    assert again.test.inputs == data.test.inputs
+    assert again.validation.inputs == data.validation.inputs
     # The test set must not move when only the validation fraction changes.
     other = load_data(_config(path, validation_split=0.3, test_split=0.2, seed=3))
-    assert other.test.texts == data.test.texts
+    assert other.test.inputs == data.test.inputs
     assert (len(other.train), len(other.validation)) == (50, 30)
 
 
@@ -758,9 +758,9 @@ def test_max_train_examples_subsamples(sentiment_csv: Path) -> None:
     assert Counter(data.train.labels) == {0: 10, 1: 10}
     assert len(data.validation) == 16  # validation is split off before subsampling
     full = load_data(_config(sentiment_csv, seed=1))
-    assert set(data.train.texts) <= set(full.train.texts)
+    assert set(data.train.inputs) <= set(full.train.inputs)
     again = load_data(_config(sentiment_csv, max_train_examples=20, seed=1))
-    assert again.train.texts == data.train.texts
+    assert again.train.inputs == data.train.inputs
 
 
 def test_max_train_examples_larger_than_data(sentiment_csv: Path) -> None:
@@ -777,10 +777,10 @@ def test_text_pair_column(tmp_path: Path) -> None:
     data = load_data(_config(path, text_pair_column="hypothesis"))
     assert data.report["dropped_rows"] == {"train": 1}
     assert data.train.pairs is not None and data.validation.pairs is not None
-    assert len(data.train.pairs) == len(data.train.texts)
+    assert len(data.train.pairs) == len(data.train.inputs)
     expected = dict(zip(frame["text"], frame["hypothesis"], strict=True))
     for text, pair in zip(
-        data.train.texts + data.validation.texts, data.train.pairs + data.validation.pairs, strict=True
+        data.train.inputs + data.validation.inputs, data.train.pairs + data.validation.pairs, strict=True
     ):
         assert expected[text] == pair
     assert "pair 0" not in data.train.pairs + data.validation.pairs
@@ -841,8 +841,8 @@ def test_movie_reviews(movie_reviews) -> None:
     assert sum(sizes) == 12_752
     assert sizes == (10_201, 1_275, 1_276)
     assert data.report["dropped_rows"] == {}
-    assert not set(data.train.texts) & set(data.test.texts)
-    assert not set(data.train.texts) & set(data.validation.texts)
+    assert not set(data.train.inputs) & set(data.test.inputs)
+    assert not set(data.train.inputs) & set(data.validation.inputs)
     assert "overlap_with_train" not in data.report
     for split in (data.train, data.validation, data.test):
         counts = Counter(split.labels)
@@ -853,9 +853,9 @@ def test_movie_reviews(movie_reviews) -> None:
 def test_movie_reviews_split_is_stable(movie_reviews) -> None:
     # Seed and options for user data must not move the fixed built-in split.
     again = load_data(FinetuneConfig(dataset="movie-reviews", seed=1, validation_split=0.3, test_split=0.3))
-    assert again.test.texts == movie_reviews.test.texts
-    assert again.validation.texts == movie_reviews.validation.texts
-    assert again.train.texts == movie_reviews.train.texts
+    assert again.test.inputs == movie_reviews.test.inputs
+    assert again.validation.inputs == movie_reviews.validation.inputs
+    assert again.train.inputs == movie_reviews.train.inputs
 
 
 @pytest.mark.parametrize("packing", [".gz", ".bz2", ".xz", ".zip"])

@@ -30,7 +30,7 @@ from hypothesis import strategies as st
 
 from nlptransfer.config import FinetuneConfig
 from nlptransfer.data import read_table, read_texts, sources
-from nlptransfer.data.prepare import TextClassificationData, load_data
+from nlptransfer.data.prepare import LabelledData, load_data
 from nlptransfer.errors import NLPTransferError
 
 FORMATS = (".csv", ".tsv", ".json", ".jsonl")
@@ -126,18 +126,18 @@ def _in_temp_file(suffix: str, write: Callable[[Path], None], check: Callable[[P
         check(path)
 
 
-def _check_consistent(data: TextClassificationData, rows: int, dropped: int, options: dict[str, Any]) -> None:
+def _check_consistent(data: LabelledData, rows: int, dropped: int, options: dict[str, Any]) -> None:
     """``rows`` were written, of which ``dropped`` (counted by the caller, not by the package) must go."""
     names = data.label_names
     assert len(names) >= 2 and len(set(names)) == len(names)
     assert all(isinstance(n, str) for n in names)
     splits = [data.train, data.validation] + ([data.test] if data.test is not None else [])
     for split in splits:
-        assert len(split) > 0 and len(split.labels) == len(split.texts)
-        assert all(isinstance(t, str) and t.strip() for t in split.texts)
+        assert len(split) > 0 and len(split.labels) == len(split.inputs)
+        assert all(isinstance(t, str) and t.strip() for t in split.inputs)
         assert all(0 <= y < len(names) for y in split.labels)
         if split.pairs is not None:
-            assert len(split.pairs) == len(split.texts)
+            assert len(split.pairs) == len(split.inputs)
             assert all(isinstance(p, str) and p.strip() for p in split.pairs)
     assert sum(data.report["dropped_rows"].values()) == dropped
     _check_sizes(data, rows - dropped, options)
@@ -186,7 +186,7 @@ def _dropped_in_frame(frame: pd.DataFrame) -> int:
     return sum(_drops(row, "text", "label", None) for row in cells.to_dict("records"))
 
 
-def _check_sizes(data: TextClassificationData, kept: int, options: dict[str, Any]) -> None:
+def _check_sizes(data: LabelledData, kept: int, options: dict[str, Any]) -> None:
     """Every kept row is in one split, unless an option samples the training (or validation) rows."""
     held = len(data.validation) + (len(data.test) if data.test is not None else 0)
     per_label, val_per_label = options.get("samples_per_label"), options.get("validation_samples_per_label")
@@ -203,7 +203,7 @@ def _check_sizes(data: TextClassificationData, kept: int, options: dict[str, Any
 
 def _load_or_documented_error(
     path: Path, written: list[tuple[list[str], list[list[Any]], str]] | None = None, **options: Any
-) -> TextClassificationData | None:
+) -> LabelledData | None:
     """load_data's result, or None when it refused the input with a documented error.
 
     ``written``: the column names, rows and encoding of the training file (and of the test file)
@@ -394,7 +394,7 @@ def test_texts_and_labels_survive_loading_unchanged(
         _check_consistent(data, len(rows), sum(_blank(t) for t, _ in rows), {})
         got = Counter()
         for split in (data.train, data.validation):
-            got.update((t, data.label_names[y]) for t, y in zip(split.texts, split.labels, strict=True))
+            got.update((t, data.label_names[y]) for t, y in zip(split.inputs, split.labels, strict=True))
         assert got == expected
 
     _in_temp_file(

@@ -11,15 +11,15 @@ import pytest
 from conftest import sentiment_frame
 
 from nlptransfer.config import FinetuneConfig, parse_config
-from nlptransfer.data.prepare import TextClassificationData, load_data
+from nlptransfer.data.prepare import LabelledData, load_data
 from nlptransfer.errors import ConfigError
 
 
-def _load(train_csv: Path, **kwargs) -> TextClassificationData:
+def _load(train_csv: Path, **kwargs) -> LabelledData:
     return load_data(FinetuneConfig(train_file=str(train_csv), validation_split=0.2, **kwargs))
 
 
-def _label_counts(data: TextClassificationData) -> dict[str, int]:
+def _label_counts(data: LabelledData) -> dict[str, int]:
     return {data.label_names[y]: n for y, n in Counter(data.train.labels).items()}
 
 
@@ -47,9 +47,9 @@ def test_keeps_k_examples_per_label(sentiment_csv: Path) -> None:
 def test_sample_comes_from_the_training_split_only(sentiment_csv: Path) -> None:
     full = _load(sentiment_csv, seed=0)
     few = _load(sentiment_csv, samples_per_label=4, seed=0)
-    assert set(few.train.texts) <= set(full.train.texts)
+    assert set(few.train.inputs) <= set(full.train.inputs)
     # The held-out split is made before sampling: it does not change.
-    assert few.validation.texts == full.validation.texts
+    assert few.validation.inputs == full.validation.inputs
     assert few.validation.labels == full.validation.labels
 
 
@@ -62,12 +62,12 @@ def test_test_file_is_untouched(sentiment_csv: Path, tmp_path: Path) -> None:
 
 
 def test_same_seed_same_sample_other_seed_other_sample(sentiment_csv: Path) -> None:
-    first = _load(sentiment_csv, samples_per_label=4, seed=3).train.texts
-    again = _load(sentiment_csv, samples_per_label=4, seed=3).train.texts
+    first = _load(sentiment_csv, samples_per_label=4, seed=3).train.inputs
+    again = _load(sentiment_csv, samples_per_label=4, seed=3).train.inputs
     assert first == again
     # The validation split moves with the seed of user data too, so compare sampled sets of
     # several seeds: they must not all be the same.
-    samples = {tuple(_load(sentiment_csv, samples_per_label=4, seed=s).train.texts) for s in range(4)}
+    samples = {tuple(_load(sentiment_csv, samples_per_label=4, seed=s).train.inputs) for s in range(4)}
     assert len(samples) > 1
 
 
@@ -78,13 +78,13 @@ def test_other_seed_other_sample_on_a_fixed_split(sentiment_csv: Path, tmp_path:
     kwargs = {"validation_file": str(validation_csv), "samples_per_label": 4}
     a = load_data(FinetuneConfig(train_file=str(sentiment_csv), seed=0, **kwargs))
     b = load_data(FinetuneConfig(train_file=str(sentiment_csv), seed=1, **kwargs))
-    assert set(a.train.texts) != set(b.train.texts)
-    assert a.validation.texts == b.validation.texts
+    assert set(a.train.inputs) != set(b.train.inputs)
+    assert a.validation.inputs == b.validation.inputs
 
 
 def test_smaller_k_is_nested_in_larger_k(sentiment_csv: Path) -> None:
-    small = set(_load(sentiment_csv, samples_per_label=3, seed=2).train.texts)
-    large = set(_load(sentiment_csv, samples_per_label=6, seed=2).train.texts)
+    small = set(_load(sentiment_csv, samples_per_label=3, seed=2).train.inputs)
+    large = set(_load(sentiment_csv, samples_per_label=6, seed=2).train.inputs)
     assert small < large
 
 

@@ -14,7 +14,7 @@ from conftest import sentiment_frame
 
 import nlptransfer.engine.fit as fit_module
 from nlptransfer import ConfigError, FinetuneConfig, TransferModel, get_strategy, train
-from nlptransfer.data import Split, TextClassificationData
+from nlptransfer.data import LabelledData, Split
 from nlptransfer.engine.context import RunContext
 from nlptransfer.engine.fit import BestWeights, fit
 from nlptransfer.engine.loop import run_phase
@@ -25,11 +25,11 @@ from nlptransfer.runs.finetune import build_model
 from nlptransfer.tasks.metrics import MetricSet
 
 
-def _data(n: int = 48) -> TextClassificationData:
+def _data(n: int = 48) -> LabelledData:
     frame = sentiment_frame(n)
     labels = [int(v == "pos") for v in frame["label"]]
     split = Split(frame["text"].tolist(), labels)
-    return TextClassificationData(["neg", "pos"], train=split, validation=split, test=split)
+    return LabelledData(["neg", "pos"], train=split, validation=split, test=split)
 
 
 def _model(tiny_bert: str, config: FinetuneConfig) -> TransferModel:

@@ -133,7 +133,10 @@ def test_advisor_on_real_minilm_and_movie_reviews(tmp_path: Path) -> None:
     assert 1.0 < measured.familiarity.signals["subtokens_per_word"] < 1.4
     assert any("no trained language-model head" in n for n in measured.familiarity.notes)
     costs = measured.compute.costs
-    assert costs["finetune"].train_seconds_per_example > costs["finetune-top2"].train_seconds_per_example
+    # What each arm trains, not how long one probe step took: with one step per arm, the order of
+    # two timings flips when other jobs share the cores (it did in a CI run).
+    assert costs["finetune"].trainable_parameters > costs["finetune-top2"].trainable_parameters
+    assert all(c.train_seconds_per_example > 0 for c in costs.values())
     assert full.arm == "finetune" and "--strategy finetune" in full.command
     _, few = advise(AdviseConfig(samples_per_label=8, probe_steps=1, familiarity_examples=30))
     assert few.arm == "feature-extraction" and "--samples_per_label 8" in few.command

@@ -8,18 +8,18 @@ from accelerate import Accelerator
 from conftest import sentiment_frame
 
 from nlptransfer import ConfigError, FinetuneConfig, TransferModel, get_strategy
-from nlptransfer.data import Split, TextClassificationData
+from nlptransfer.data import LabelledData, Split
 from nlptransfer.engine.context import RunContext
 from nlptransfer.engine.fit import fit
 from nlptransfer.model.layers import format_table, trainable_rows
 from nlptransfer.tasks.metrics import MetricSet
 
 
-def _data(n: int = 64) -> TextClassificationData:
+def _data(n: int = 64) -> LabelledData:
     frame = sentiment_frame(n)
     labels = [int(v == "pos") for v in frame["label"]]
     split = Split(frame["text"].tolist(), labels)
-    return TextClassificationData(["neg", "pos"], train=split, validation=split)
+    return LabelledData(["neg", "pos"], train=split, validation=split)
 
 
 def _train(tiny_bert: str, **options) -> tuple[TransferModel, dict[str, torch.Tensor]]:

@@ -175,7 +175,7 @@ def test_image_folder_is_read_with_labels_from_subfolders(bars_folder: Path) -> 
     data = load_data(FinetuneConfig(train_file=str(bars_folder), validation_split=0.25))
     assert data.modality == "image" and data.label_names == ["horizontal", "vertical"]
     assert len(data.train) + len(data.validation) == 48
-    assert all(Path(p).is_file() for p in data.train.texts)
+    assert all(Path(p).is_file() for p in data.train.inputs)
 
 
 def test_split_folders_give_splits(tmp_path: Path) -> None:
@@ -194,13 +194,13 @@ def test_csv_paths_are_relative_to_the_csv(bars_folder: Path, tmp_path: Path) ->
     csv = bars_folder / "labels.csv"
     pd.DataFrame(rows).to_csv(csv, index=False)
     data = load_data(FinetuneConfig(train_file=str(csv), image_column="file", label_column="y"))
-    assert data.modality == "image" and all(Path(p).is_file() for p in data.validation.texts)
+    assert data.modality == "image" and all(Path(p).is_file() for p in data.validation.inputs)
     bad_rows = [{"file": "nowhere/missing.png", "y": "vertical"}, *rows]
     pd.DataFrame(bad_rows).to_csv(bars_folder / "bad.csv", index=False)
     bad = load_data(
         FinetuneConfig(train_file=str(bars_folder / "bad.csv"), image_column="file", label_column="y")
     )
-    missing = [t for t in bad.train.texts + bad.validation.texts if "missing" in str(t)]
+    missing = [t for t in bad.train.inputs + bad.validation.inputs if "missing" in str(t)]
     assert missing == [str(bars_folder / "nowhere" / "missing.png")]
     backbone = load_backbone(str(build_tiny_vision_model(tmp_path, "resnet")))
     with pytest.raises(DataFileNotFoundError, match="relative to that file's folder"):
@@ -219,7 +219,7 @@ def test_numpy_archive_and_saved_datasets_images(tmp_path: Path) -> None:
     images, labels = bar_images(30)
     np.savez(tmp_path / "bars.npz", image=np.stack(images), label=np.array(labels))
     data = load_data(FinetuneConfig(train_file=str(tmp_path / "bars.npz")))
-    assert data.modality == "image" and data.train.texts[0].shape == (20, 20)
+    assert data.modality == "image" and data.train.inputs[0].shape == (20, 20)
     features = datasets.Features(
         {"image": datasets.Image(), "label": datasets.ClassLabel(names=sorted(set(labels)))}
     )
@@ -234,7 +234,7 @@ def test_numpy_archive_and_saved_datasets_images(tmp_path: Path) -> None:
     data = load_data(FinetuneConfig(train_file=str(tmp_path / "saved")))
     assert data.modality == "image" and data.label_names == ["horizontal", "vertical"]
     backbone = load_backbone(str(build_tiny_vision_model(tmp_path / "m", "resnet")))
-    assert backbone.tokenize(data.train.texts[:2], None, 0)["pixel_values"][0].shape == (3, 32, 32)
+    assert backbone.tokenize(data.train.inputs[:2], None, 0)["pixel_values"][0].shape == (3, 32, 32)
 
 
 def test_text_and_image_mismatches_are_refused(tiny_vision: dict[str, str], tiny_bert: str, bars_folder: Path,
@@ -320,7 +320,7 @@ def test_strategies_train_save_and_reload_image_models(
         if not trains(name):
             assert torch.equal(value, before[name]), name
     # The reported validation accuracy is the saved model's, recomputed here from the folder names.
-    validation = load_data(config).validation.texts
+    validation = load_data(config).validation.inputs
     predicted = model.predict(validation).labels
     correct = [label == Path(path).parent.name for label, path in zip(predicted, validation, strict=True)]
     assert results["validation"]["accuracy"] == pytest.approx(sum(correct) / len(correct))

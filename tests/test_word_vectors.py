@@ -113,7 +113,7 @@ def test_bad_sources_are_clear_errors(tmp_path: Path) -> None:
 def test_save_load_round_trip_and_padding(vector_files, encoder: str, tmp_path: Path) -> None:
     texts = sentiment_frame(20)["text"].tolist()
     backbone = load_backbone(
-        vector_files["glove"], train_texts=texts, word_options=VocabOptions(encoder=encoder)
+        vector_files["glove"], vocabulary_texts=texts, word_options=VocabOptions(encoder=encoder)
     )
     ids = [id(p) for g in backbone.layer_groups() for _, p in g.parameters]
     assert sorted(ids) == sorted(id(p) for p in backbone.parameters())

@@ -16,7 +16,7 @@ from nlptransfer.advisor.familiarity import Familiarity, measure_familiarity, sa
 from nlptransfer.advisor.profile import DataProfile, profile_data
 from nlptransfer.advisor.rules import Recommendation, recommend
 from nlptransfer.config import FinetuneConfig, _opt
-from nlptransfer.data import TextClassificationData, load_data
+from nlptransfer.data import LabelledData, load_data
 from nlptransfer.errors import ConfigError
 from nlptransfer.model.transfer import TransferModel
 
@@ -72,14 +72,14 @@ class Measurements:
 
 def measure(
     config: FinetuneConfig, familiarity_examples: int = 100, probe_steps: int = 3,
-    data: TextClassificationData | None = None,
+    data: LabelledData | None = None,
 ) -> Measurements:  # fmt: skip
     """Profile the data, measure the source's familiarity with it, and time each probed arm."""
-    from nlptransfer.runs.finetune import build_model
+    from nlptransfer.runs.finetune import plan_run, texts_for_vocabulary
     from nlptransfer.strategies import get_strategy
 
     start = time.perf_counter()
-    data = data or load_data(config)
+    data = data or load_data(config.data)
     # The probe times the arms' own options, not the user's head or layer choices.
     probe_config = dataclasses.replace(
         config,
@@ -90,10 +90,10 @@ def measure(
         head=None,
         reinit_layers=0,
     )
-    texts = data.train.texts if data.modality == "text" else None
-    base = build_model(probe_config, data.label_names, get_strategy("finetune"), texts, data.modality)
+    texts = texts_for_vocabulary(data)
+    base = plan_run(probe_config, get_strategy("finetune"), data.label_names, texts, data.modality).model
     profile = profile_data(data, base.backbone, config.max_length, config.seed)
-    sample = sample_texts(data.train.texts, familiarity_examples, config.seed) if texts else []
+    sample = sample_texts(data.train.inputs, familiarity_examples, config.seed) if texts else []
     familiarity = measure_familiarity(
         config.model,
         sample,

@@ -14,7 +14,7 @@ import torch
 
 from nlptransfer.advisor.arms import Arm
 from nlptransfer.config import FinetuneConfig
-from nlptransfer.data import TextClassificationData
+from nlptransfer.data import LabelledData
 from nlptransfer.data.loaders import Collator, example_length
 from nlptransfer.engine.context import set_cpu_threads
 from nlptransfer.engine.inference import encode_split
@@ -55,7 +55,7 @@ class ComputeProfile:
 
 
 def probe_compute(
-    base: TransferModel, config: FinetuneConfig, data: TextClassificationData, arms: list[Arm], steps: int = 3
+    base: TransferModel, config: FinetuneConfig, data: LabelledData, arms: list[Arm], steps: int = 3
 ) -> ComputeProfile:
     """Time ``steps`` training steps of each arm (after one warm-up step) on real training batches."""
     device = torch.device("cuda" if torch.cuda.is_available() and not config.cpu else "cpu")
@@ -74,7 +74,7 @@ def probe_compute(
 
 def _probe_batches(
     base: TransferModel,
-    data: TextClassificationData,
+    data: LabelledData,
     config: FinetuneConfig,
     count: int,
     device: torch.device,

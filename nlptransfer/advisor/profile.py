@@ -9,7 +9,7 @@ from typing import Any
 import numpy as np
 
 from nlptransfer.backbones import Backbone
-from nlptransfer.data import TextClassificationData
+from nlptransfer.data import LabelledData
 
 # Tokenise this many texts to measure lengths: the percentiles settle long before that.
 LENGTH_SAMPLE = 2000
@@ -50,9 +50,7 @@ class DataProfile:
         return {**asdict(self), "min_per_label": self.min_per_label, "imbalance": round(self.imbalance, 3)}
 
 
-def profile_data(
-    data: TextClassificationData, backbone: Backbone, max_length: int, seed: int = 0
-) -> DataProfile:
+def profile_data(data: LabelledData, backbone: Backbone, max_length: int, seed: int = 0) -> DataProfile:
     """Sizes, examples per label, and (for text) token lengths against ``max_length``."""
     counts = Counter(data.label_names[y] for y in data.train.labels)
     profile = DataProfile(
@@ -64,7 +62,7 @@ def profile_data(
     )
     if data.modality != "text":
         return profile
-    lengths = token_lengths(backbone, data.train.texts, data.train.pairs, seed)
+    lengths = token_lengths(backbone, data.train.inputs, data.train.pairs, seed)
     profile.max_length = max_length
     profile.length_median = float(np.median(lengths))
     profile.length_p95 = float(np.percentile(lengths, 95))

@@ -15,7 +15,7 @@ from nlptransfer.errors import ModelLoadError
 def load_source(
     name_or_path: str,
     trust_remote_code: bool = False,
-    train_texts: list[str] | None = None,
+    vocabulary_texts: list[str] | None = None,
     word_options: VocabOptions | None = None,
     allow_pickle: bool = False,
     from_scratch: bool = False,
@@ -23,7 +23,7 @@ def load_source(
 ) -> Backbone:
     """Load a source model's backbone: HF short name / folder / hub id, word vectors, ELMo, torchvision.
 
-    Word-vector backbones align their vocabulary to ``train_texts``. (A folder a run wrote is
+    Word-vector backbones align their vocabulary to ``vocabulary_texts``. (A folder a run wrote is
     loaded by ``nlptransfer.load_backbone``, which sits above the model that folder holds.)
     ``from_scratch`` keeps a Hugging Face model's architecture with random weights.
     """
@@ -37,7 +37,7 @@ def load_source(
     if is_word_vector_source(name_or_path):
         options = word_options or VocabOptions()
         return WordVectorBackbone.from_source(
-            name_or_path, train_texts, options, allow_pickle=allow_pickle, seed=options.seed
+            name_or_path, vocabulary_texts, options, allow_pickle=allow_pickle, seed=options.seed
         )
     if is_torch_vision_source(name_or_path):
         return TorchVisionBackbone.from_pretrained(name_or_path, from_scratch, image_options)

@@ -15,13 +15,12 @@ import json
 import logging
 import os
 import shutil
-import tempfile
 from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
 
-from nlptransfer.engine.cache import TMP_PREFIX, resolve_cache_dir
+from nlptransfer.files import resolve_cache_dir, staging_folder
 
 logger = logging.getLogger(__name__)
 
@@ -68,16 +67,10 @@ def _read(entry: Path) -> tuple[list[str], np.ndarray] | None:
 
 
 def _write(entry: Path, words: list[str], matrix: np.ndarray) -> None:
-    entry.parent.mkdir(parents=True, exist_ok=True)
-    staging = Path(tempfile.mkdtemp(prefix=TMP_PREFIX, dir=entry.parent))
-    try:
+    with staging_folder(entry.parent) as staging:
         np.save(staging / MATRIX_FILE, matrix)
         (staging / WORDS_FILE).write_text(json.dumps(words, ensure_ascii=False), encoding="utf-8")
         if _read(entry) is not None:  # another process converted the same file meanwhile
-            shutil.rmtree(staging)
             return
         shutil.rmtree(entry, ignore_errors=True)  # a damaged entry: replaced, not kept forever
         os.replace(staging, entry)
-    except BaseException:
-        shutil.rmtree(staging, ignore_errors=True)
-        raise

@@ -22,7 +22,7 @@ from nlptransfer.advisor import (
 )
 from nlptransfer.advisor.arms import MIN_STEPS, Arm
 from nlptransfer.config import FinetuneConfig, _opt
-from nlptransfer.data import TextClassificationData, load_data
+from nlptransfer.data import LabelledData, load_data
 from nlptransfer.errors import ConfigError, NLPTransferError
 
 logger = logging.getLogger(__name__)
@@ -118,32 +118,29 @@ def budget_name(value: int | None) -> str:
     return ALL if value is None else str(value)
 
 
-def sweep_data(config: CompareConfig) -> tuple[FinetuneConfig, TextClassificationData]:
+def sweep_data(config: CompareConfig) -> tuple[FinetuneConfig, LabelledData]:
     """The training options and the whole data; with a test split held out when the data has none."""
     run = config.run_config()
-    data = load_data(run)
+    data = load_data(run.data)
     if data.test is None:
         logger.info("No test split: holding out %.0f%% of the training data to score every run on.",
                     100 * FALLBACK_TEST_SPLIT)  # fmt: skip
         run = dataclasses.replace(run, test_split=FALLBACK_TEST_SPLIT)
-        data = load_data(run)
+        data = load_data(run.data)
     return run, data
 
 
-def check_arms(config: CompareConfig, run: FinetuneConfig, data: TextClassificationData) -> None:
+def check_arms(config: CompareConfig, run: FinetuneConfig, data: LabelledData) -> None:
     """Configure every arm on the model once, so one that cannot run fails now, not an hour in."""
-    from nlptransfer.runs.finetune import build_model
+    from nlptransfer.runs.finetune import plan_run, texts_for_vocabulary
     from nlptransfer.strategies import get_strategy
 
-    texts = data.train.texts if data.modality == "text" else None
+    texts = texts_for_vocabulary(data)
     for name in config.arms:
         arm = get_arm(name)
         options = dataclasses.replace(run, **{k: v for k, v in arm.options.items() if k != "epochs"})
-        strategy = get_strategy(arm.strategy)
         try:
-            model = build_model(options, data.label_names, strategy, texts, data.modality)
-            for phase in strategy.phases(model, options):
-                phase.configure(model)
+            plan_run(options, get_strategy(arm.strategy), data.label_names, texts, data.modality)
         except NLPTransferError as err:
             raise ConfigError(f"arm '{name}' cannot run on this model: {err} Drop it from --arms.") from err
 

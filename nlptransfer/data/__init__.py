@@ -7,7 +7,7 @@ from nlptransfer.data.loaders import (
     FeatureDataset,
     LengthGroupedSampler,
 )
-from nlptransfer.data.prepare import Split, TextClassificationData, load_data
+from nlptransfer.data.prepare import LabelledData, Split, load_data
 from nlptransfer.data.sources import BUILTIN_DATASETS, MissingColumnsError, read_table, read_texts
 
 __all__ = [
@@ -16,10 +16,10 @@ __all__ = [
     "EncodedDataset",
     "EpochSampler",
     "FeatureDataset",
+    "LabelledData",
     "LengthGroupedSampler",
     "MissingColumnsError",
     "Split",
-    "TextClassificationData",
     "load_data",
     "read_table",
     "read_texts",

@@ -12,7 +12,7 @@ import numpy as np
 import pandas as pd
 from sklearn.model_selection import train_test_split
 
-from nlptransfer.config import FinetuneConfig
+from nlptransfer.config import DataOptions
 from nlptransfer.data.images import has_image, image_key, resolve_paths
 from nlptransfer.data.sources import BUILTIN_DATASETS, Frames, MissingColumnsError, read_table, select_columns
 from nlptransfer.errors import ConfigError, DataError
@@ -24,16 +24,16 @@ logger = logging.getLogger(__name__)
 class Split:
     """Inputs (texts, optionally with pairs, or images) and integer label ids of one split."""
 
-    texts: list[str]
+    inputs: list[Any]  # texts, or images (paths, arrays, ...)
     labels: list[int]
     pairs: list[str] | None = None
 
     def __len__(self) -> int:
-        return len(self.texts)
+        return len(self.inputs)
 
 
 @dataclass
-class TextClassificationData:
+class LabelledData:
     label_names: list[str]
     train: Split
     validation: Split
@@ -58,8 +58,9 @@ class Columns:
         return [c for c in (self.text, self.pair) if c is not None]
 
 
-def load_data(config: FinetuneConfig) -> TextClassificationData:
-    """Read, validate, clean and split the data a run was configured with."""
+def load_data(config: DataOptions) -> LabelledData:
+    """Read, validate, clean and split the data a run was configured with (its data section;
+    a whole ``FinetuneConfig`` is one too)."""
     frames, folders, columns, images = _read_frames(config)
     if images:
         frames = {name: _resolve_images(f, columns.text, folders.get(name)) for name, f in frames.items()}
@@ -97,7 +98,7 @@ def load_data(config: FinetuneConfig) -> TextClassificationData:
     splits = {
         name: _to_split(frame, columns, to_id, images) for name, frame in cleaned.items() if name != "train"
     }
-    return TextClassificationData(
+    return LabelledData(
         label_names=label_names,
         train=_to_split(train, columns, to_id, images),
         validation=splits["validation"],
@@ -107,7 +108,7 @@ def load_data(config: FinetuneConfig) -> TextClassificationData:
     )
 
 
-def _columns(config: FinetuneConfig, names: Collection[str] | None) -> tuple[Columns, bool]:
+def _columns(config: DataOptions, names: Collection[str] | None) -> tuple[Columns, bool]:
     """The columns to read, and whether the inputs are images, given the training data's column
     ``names`` (None: not known yet, so no ``image`` column can stand in for the text column)."""
     image_column = config.image_column or _implicit_image_column(names, config)
@@ -132,7 +133,7 @@ def _check_distinct(**columns: str | None) -> None:
                 )
 
 
-def _implicit_image_column(names: Collection[str] | None, config: FinetuneConfig) -> str | None:
+def _implicit_image_column(names: Collection[str] | None, config: DataOptions) -> str | None:
     """``image`` when the data has such a column and no text column (image folders, MNIST, ...)."""
     if names is not None and config.text_column not in names and "image" in names:
         logger.info("No '%s' column but an 'image' column: training an image classifier.", config.text_column)
@@ -144,7 +145,7 @@ def _resolve_images(frame: pd.DataFrame, column: str, folder: Path | None) -> pd
     return frame if folder is None else resolve_paths(frame, column, folder)
 
 
-def _read_frames(config: FinetuneConfig) -> tuple[Frames, dict[str, Path], Columns, bool]:
+def _read_frames(config: DataOptions) -> tuple[Frames, dict[str, Path], Columns, bool]:
     """The splits, holding only the columns a run reads; for splits read from a file, the folder
     relative image paths start from; the columns; and whether the inputs are images."""
     if config.train_file is None:
@@ -168,7 +169,7 @@ def _read_frames(config: FinetuneConfig) -> tuple[Frames, dict[str, Path], Colum
     return frames, folders, columns, images
 
 
-def _read_train(config: FinetuneConfig, path: str) -> tuple[Frames, Columns, bool]:
+def _read_train(config: DataOptions, path: str) -> tuple[Frames, Columns, bool]:
     """The training file's columns for text; or, when it has no text column but an ``image`` one,
     for images."""
     columns, images = _columns(config, None)
@@ -410,7 +411,7 @@ def _warn_leakage(
 def _to_split(frame: pd.DataFrame, columns: Columns, to_id: dict[str, int], images: bool = False) -> Split:
     inputs = frame[columns.text]
     return Split(
-        texts=inputs.tolist() if images else inputs.astype(str).tolist(),
+        inputs=inputs.tolist() if images else inputs.astype(str).tolist(),
         labels=[to_id[s] for s in _label_strings(frame[columns.label])],
         pairs=frame[columns.pair].astype(str).tolist() if columns.pair is not None else None,
     )

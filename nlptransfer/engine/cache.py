@@ -16,7 +16,6 @@ import json
 import logging
 import os
 import shutil
-import tempfile
 import time
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
@@ -29,26 +28,17 @@ import torch
 from torch import nn
 
 from nlptransfer.errors import ConfigError
+from nlptransfer.files import CACHE_ENV, TMP_PREFIX, staging_folder
 from nlptransfer.version import __version__
 
 logger = logging.getLogger(__name__)
 
-CACHE_ENV = "NLPTRANSFER_CACHE_DIR"
 # Bump when the entry layout or the meaning of a key part changes: old entries become misses.
 CACHE_FORMAT = 1
 FEATURES_FILE = "features.npy"
 META_FILE = "meta.json"
-TMP_PREFIX = ".tmp-"
 # A writer holds its temporary folder only while writing one file; older ones are leftovers.
 STALE_SECONDS = 3600.0
-
-
-def resolve_cache_dir(cache_dir: str | None = None) -> Path:
-    """``--cache_dir``, else ``$NLPTRANSFER_CACHE_DIR``, else ``~/.cache/nlptransfer/features``."""
-    chosen = cache_dir or os.environ.get(CACHE_ENV)
-    if chosen:
-        return Path(chosen).expanduser()
-    return Path.home() / ".cache" / "nlptransfer" / "features"
 
 
 def weights_fingerprint(module: nn.Module) -> str:
@@ -144,12 +134,9 @@ class FeatureCache:
         final = self.path(key)
         if _is_valid(final, len(values)):
             return final
-        staging = Path(tempfile.mkdtemp(prefix=f"{TMP_PREFIX}{key.digest}-", dir=self.root))
-        try:
+        with staging_folder(self.root, f"{TMP_PREFIX}{key.digest}-") as staging:
             _write_entry(staging, key, values)
             self._publish(staging, final, len(values))
-        finally:
-            shutil.rmtree(staging, ignore_errors=True)
         return final
 
     def _publish(self, staging: Path, final: Path, rows: int) -> None:

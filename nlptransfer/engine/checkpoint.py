@@ -23,6 +23,7 @@ from accelerate import Accelerator
 from safetensors.torch import load_file, save_file
 
 from nlptransfer.errors import ConfigError, ModelLoadError, SaveError, write_errors
+from nlptransfer.files import TMP_PREFIX
 
 logger = logging.getLogger(__name__)
 
@@ -30,7 +31,6 @@ CHECKPOINTS_DIR = "checkpoints"
 STATE_NAME = "trainer_state.json"
 TENSORS_NAME = "trainer_tensors.safetensors"
 _NAME = re.compile(r"^checkpoint-(\d+)$")
-_TMP_PREFIX = ".tmp-"
 
 
 @dataclass
@@ -172,7 +172,7 @@ class Checkpointer:
         Raises :class:`SaveError` when the write fails, after removing the temporary folder.
         """
         final = self.root / f"checkpoint-{progress.global_step}"
-        tmp = self.root / f"{_TMP_PREFIX}{final.name}"
+        tmp = self.root / f"{TMP_PREFIX}{final.name}"
         # A process that fails here leaves the others waiting at the next barrier; the
         # launcher ends them when this one exits with the error.
         try:
@@ -218,7 +218,7 @@ class Checkpointer:
 
     def _commit(self, tmp: Path, final: Path) -> None:
         # An epoch-end checkpoint can share its step with a --save_steps one; the newer wins.
-        stale = final.with_name(f"{_TMP_PREFIX}old-{final.name}")
+        stale = final.with_name(f"{TMP_PREFIX}old-{final.name}")
         if final.exists():
             final.rename(stale)
         try:
@@ -228,7 +228,7 @@ class Checkpointer:
                 stale.rename(final)
             raise
         shutil.rmtree(stale, ignore_errors=True)
-        for leftover in self.root.glob(f"{_TMP_PREFIX}*"):
+        for leftover in self.root.glob(f"{TMP_PREFIX}*"):
             shutil.rmtree(leftover, ignore_errors=True)
         if self.total_limit:
             for old in complete_checkpoints(self.root.parent)[: -self.total_limit]:

@@ -20,11 +20,11 @@ from nlptransfer.engine.cache import (
     CacheKey,
     FeatureCache,
     examples_fingerprint,
-    resolve_cache_dir,
     weights_fingerprint,
 )
 from nlptransfer.engine.context import RunContext
 from nlptransfer.engine.inference import run_inference
+from nlptransfer.files import resolve_cache_dir
 from nlptransfer.model.transfer import TransferModel
 from nlptransfer.version import __version__
 

@@ -16,7 +16,7 @@ from torch.utils.data import Dataset
 from nlptransfer.config import FinetuneConfig
 from nlptransfer.data import (
     EncodedDataset,
-    TextClassificationData,
+    LabelledData,
 )
 from nlptransfer.engine.checkpoint import Checkpoint, Snapshot
 from nlptransfer.engine.context import RunContext
@@ -98,7 +98,7 @@ class PhaseRun:
     seen: list[int] | None = None  # filled with the example indices of the first epoch
 
 
-def encode_splits(model: TransferModel, data: TextClassificationData) -> dict[str, EncodedDataset]:
+def encode_splits(model: TransferModel, data: LabelledData) -> dict[str, EncodedDataset]:
     splits = {"train": data.train, "validation": data.validation}
     if data.test is not None:
         splits["test"] = data.test
@@ -138,9 +138,7 @@ class BestWeights:
         self.model.load_state_dict(self.state, strict=False)
 
 
-def fit(
-    model: TransferModel, data: TextClassificationData, phases: list[Phase], ctx: RunContext
-) -> FitResult:
+def fit(model: TransferModel, data: LabelledData, phases: list[Phase], ctx: RunContext) -> FitResult:
     """Run the strategy's phases; evaluate every epoch, keep the best weights, stop early if told.
 
     Frozen-body phases train on body features computed once (and cached on

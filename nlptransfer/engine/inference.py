@@ -15,7 +15,7 @@ from nlptransfer.model.transfer import TransferModel
 
 
 def encode_split(model: TransferModel, split: Split) -> EncodedDataset:
-    return EncodedDataset(model.preprocess(split.texts, split.pairs), split.labels)
+    return EncodedDataset(model.preprocess(split.inputs, split.pairs), split.labels)
 
 
 def length_sorted_batches(lengths: list[int], batch_size: int) -> list[list[int]]:

@@ -5,8 +5,6 @@ from __future__ import annotations
 import json
 import logging
 import os
-import shutil
-import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -27,7 +25,8 @@ from nlptransfer.backbones import (
     peft_adapter,
 )
 from nlptransfer.data.loaders import example_length
-from nlptransfer.errors import ConfigError, ModelLoadError, SaveError, write_errors
+from nlptransfer.errors import ConfigError, ModelLoadError
+from nlptransfer.files import replace_files
 from nlptransfer.model.heads import LinearHead, build_head
 from nlptransfer.model.pooling import Pooling
 from nlptransfer.tasks.base import DEFAULT_TASK, build_task
@@ -215,28 +214,9 @@ class TransferModel(nn.Module):
         config last, so an interrupted save never leaves a folder that loads as
         a mix of old and new files.
         """
-        target = Path(directory)
-        try:
-            target.mkdir(parents=True, exist_ok=True)
-            staging_dir = tempfile.TemporaryDirectory(
-                dir=target, prefix=".saving-", ignore_cleanup_errors=True
-            )
-        except OSError as err:
-            raise SaveError(f"Could not create the model folder {target}: {err}.") from err
-        with staging_dir as tmp:
-            staging = Path(tmp)
-            try:
-                self._write_files(staging)
-            except write_errors() as err:  # disk full or unwritable: the old files are still in place
-                raise SaveError(
-                    f"Could not save the model to {target}: {err} (disk full?). Nothing there was "
-                    "replaced: a model saved in that folder before is unchanged."
-                ) from err
-            (target / CONFIG_NAME).unlink(missing_ok=True)
-            shutil.rmtree(target / BACKBONE_DIR, ignore_errors=True)
-            os.replace(staging / WEIGHTS_NAME, target / WEIGHTS_NAME)
-            os.replace(staging / BACKBONE_DIR, target / BACKBONE_DIR)
-            os.replace(staging / CONFIG_NAME, target / CONFIG_NAME)
+        kept = "a model saved in that folder before is unchanged."
+        with replace_files(Path(directory), "the model", kept, markers=(CONFIG_NAME,)) as staging:
+            self._write_files(staging)
 
     def _write_files(self, staging: Path) -> None:
         save_model(self, str(staging / WEIGHTS_NAME))
@@ -284,7 +264,7 @@ class TransferModel(nn.Module):
 def load_backbone(
     name_or_path: str,
     trust_remote_code: bool = False,
-    train_texts: list[str] | None = None,
+    vocabulary_texts: list[str] | None = None,
     word_options: VocabOptions | None = None,
     allow_pickle: bool = False,
     from_scratch: bool = False,
@@ -297,7 +277,7 @@ def load_backbone(
         return load_source(
             name_or_path,
             trust_remote_code,
-            train_texts,
+            vocabulary_texts,
             word_options,
             allow_pickle,
             from_scratch,

@@ -4,23 +4,23 @@ from __future__ import annotations
 
 import logging
 import time
-from dataclasses import asdict
+from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
 from accelerate.utils import set_seed
 
 from nlptransfer.backbones import Backbone, ImageOptions, VocabOptions, is_word_vector_source
-from nlptransfer.config import FinetuneConfig
+from nlptransfer.config import FinetuneConfig, VocabularyOptions
 from nlptransfer.engine.context import RunContext
-from nlptransfer.data import TextClassificationData, load_data
+from nlptransfer.data import LabelledData, load_data
 from nlptransfer.errors import ConfigError, SaveError
 from nlptransfer.engine.features import feature_cache_report
 from nlptransfer.engine.inference import evaluate_split
 from nlptransfer.model.layers import count_parameters, phase_tables
 from nlptransfer.tasks.metrics import MetricSet
 from nlptransfer.model.transfer import TransferModel, load_backbone
-from nlptransfer.runs.modelcard import CARD_NAME, CardInfo, command_line, push_to_hub, run_details, write_card
+from nlptransfer.runs.modelcard import CardInfo, build_card, push_to_hub
 from nlptransfer.runs.outputs import (
     check_output_dir,
     hardware,
@@ -32,6 +32,7 @@ from nlptransfer.runs.outputs import (
 )
 from nlptransfer.engine.session import finish_session, start_session
 from nlptransfer.strategies import Strategy, get_strategy
+from nlptransfer.strategies.base import Phase
 from nlptransfer.engine.fit import FitResult, distributed_report, fit
 
 logger = logging.getLogger(__name__)
@@ -41,22 +42,19 @@ def build_model(
     config: FinetuneConfig,
     labels: list[str],
     strategy: Strategy,
-    train_texts: list[str] | None = None,
+    vocabulary_texts: list[str] | None = None,
     modality: str = "text",
 ) -> TransferModel:
     """The model a run trains: source backbone, pooling and a new head, configured by the strategy.
 
     ``modality`` is what the data holds ("text" or "image"); the backbone must read it.
     """
-    word_options = VocabOptions(
-        min_count=config.min_word_count, max_size=config.max_vocab_size, oov=config.oov,
-        encoder=config.word_encoder, weighting=config.word_weighting, lowercase=config.word_lowercase,
-        seed=config.seed,
-    )  # fmt: skip
+    vocabulary = config.vocabulary
+    word_options = vocab_options(vocabulary, config.seed)
     if not is_word_vector_source(config.model) and word_options != VocabOptions(seed=config.seed):
         logger.warning("Word-vector options (--word_encoder, --oov, ...) apply only to word-vector models.")
     backbone = load_backbone(
-        config.model, config.trust_remote_code, train_texts, word_options, allow_pickle=config.allow_pickle,
+        config.model, config.trust_remote_code, vocabulary_texts, word_options, allow_pickle=vocabulary.allow_pickle,
         from_scratch=config.from_scratch, image_options=image_options(config),
     )  # fmt: skip
     _check_modality(backbone, modality, config.model)
@@ -92,6 +90,39 @@ def _check_modality(backbone: Backbone, modality: str, model: str) -> None:
         )
 
 
+@dataclass
+class RunPlan:
+    """The model a run trains and its strategy's phases, each configured once (a bad option fails here)."""
+
+    model: TransferModel
+    phases: list[Phase]
+    table: str  # which layers train in each phase
+
+
+def plan_run(
+    config: FinetuneConfig, strategy: Strategy, labels: list[str], texts: list[str] | None = None,
+    modality: str = "text",
+) -> RunPlan:  # fmt: skip
+    """Build the model and configure every phase: what train, layers, compare and advise all do first."""
+    model = build_model(config, labels, strategy, texts, modality)
+    phases = strategy.phases(model, config)
+    return RunPlan(model, phases, phase_tables(model, phases))
+
+
+def texts_for_vocabulary(data: LabelledData) -> list[str] | None:
+    """The texts a word-vector vocabulary is built from: the training texts and their pairs."""
+    return data.train.inputs + (data.train.pairs or []) if data.modality == "text" else None
+
+
+def vocab_options(vocabulary: VocabularyOptions, seed: int) -> VocabOptions:
+    """The word-vector backbone's options from the vocabulary section of the command line."""
+    return VocabOptions(
+        min_count=vocabulary.min_word_count, max_size=vocabulary.max_vocab_size, oov=vocabulary.oov,
+        encoder=vocabulary.word_encoder, weighting=vocabulary.word_weighting,
+        lowercase=vocabulary.word_lowercase, seed=seed,
+    )  # fmt: skip
+
+
 def train(config: FinetuneConfig) -> dict[str, Any]:
     """Train, evaluate and save a classifier as configured; return the results dict.
 
@@ -108,16 +139,14 @@ def train(config: FinetuneConfig) -> dict[str, Any]:
     session = start_session(config, output_dir, "nlptransfer-finetune")
     ctx = RunContext(config, strategy, session.accelerator, metrics, session)
     set_seed(config.seed)
-    data = load_data(config)
+    data = load_data(config.data)
     logger.info("data: %s", _describe(data))
-    texts = data.train.texts + (data.train.pairs or []) if data.modality == "text" else None
-    model = build_model(config, data.label_names, strategy, texts, data.modality)
-    phases = strategy.phases(model, config)
-    table = phase_tables(model, phases)
+    plan = plan_run(config, strategy, data.label_names, texts_for_vocabulary(data), data.modality)
+    model, table = plan.model, plan.table
     logger.info("strategy %s, trainable layers:\n%s", strategy.name, table)
     start = time.perf_counter()
     with session.guard:
-        result = fit(model, data, phases, ctx)
+        result = fit(model, data, plan.phases, ctx)
     timings = {
         "train_seconds": time.perf_counter() - start,
         "tokenize_seconds": result.tokenize_seconds,
@@ -134,23 +163,12 @@ def train(config: FinetuneConfig) -> dict[str, Any]:
         # Measured last, just before saving (the model's own save is the one step not counted).
         results.update(resource_usage(run_start))
         results["hardware"] = hardware()  # its load average at the end of the run
-        write_run(output_dir, model, config, results, table)
-        _write_card(output_dir, _card(config, results, table, output_dir))
+        write_run(output_dir, model, config, results, table, _card(config, results, table, output_dir))
         logger.info("saved model and results to %s; test: %s", output_dir, test)
         if config.push_to_hub:
             push_to_hub(output_dir, config.hub_model_id)
     ctx.accelerator.wait_for_everyone()
     return results
-
-
-def _write_card(output_dir: Path, info: CardInfo) -> None:
-    try:
-        write_card(output_dir, info)
-    except OSError as err:
-        raise SaveError(
-            f"Could not write the model card {output_dir / CARD_NAME}: {err} (disk full?). The model and "
-            f"results.json were saved; only {CARD_NAME} is missing or out of date."
-        ) from err
 
 
 def _card(config: FinetuneConfig, results: dict[str, Any], table: str, output_dir: Path) -> CardInfo:
@@ -166,11 +184,7 @@ def _card(config: FinetuneConfig, results: dict[str, Any], table: str, output_di
         "Trainable parameters": f"{trainable:,} of {total:,} ({100 * trainable / max(total, 1):.2f}%)",
         "Epochs": f"{results['epochs_run']} run, best epoch {results['best_epoch']} by validation "
         f"{config.metric_for_best_model}",
-        "Optimisation": f"AdamW, batch size {config.batch_size}, {config.lr_scheduler} schedule, "
-        f"warmup {config.warmup:g}, seed {config.seed}",
-        "Training time": f"{results['train_seconds']:.0f} s",
     }
-    details.update(run_details(results))
     kind = results.get("modality", "text")
     example = '["an example text"]' if kind == "text" else '["an_image.jpg"]'
     # A model trained with remote code loads only with the same explicit opt-in.
@@ -180,25 +194,22 @@ def _card(config: FinetuneConfig, results: dict[str, Any], table: str, output_di
         f'model = TransferModel.from_pretrained("{output_dir.name}"{remote})  # this folder, or its hub id\n'
         f"print(model.predict({example}).labels)"
     )
-    return CardInfo(
-        title=output_dir.name,
+    return build_card(
+        config, results, output_dir, "recipes/finetune.py",
         summary=f"{'An image' if kind == 'image' else 'A text'} classifier trained by transfer learning "
         f"from `{config.model}` on {data} "
         f"with [nlptransfer](https://github.com/nlptransfer/nlptransfer)'s `{config.strategy}` strategy.",
-        base_model=config.model,
         pipeline_tag=f"{kind}-classification",
-        results={k: v for k, v in splits.items() if v},
         details=details,
-        command=command_line(config, "recipes/finetune.py"),
         usage=usage,
+        results={k: v for k, v in splits.items() if v},
         tags=[f"{kind}-classification", config.strategy],
         dataset=config.dataset if not config.train_file else None,
         sections={"Trainable layers": table},
-        versions=results["versions"],
-    )
+    )  # fmt: skip
 
 
-def _describe(data: TextClassificationData) -> str:
+def _describe(data: LabelledData) -> str:
     sizes = f"train={len(data.train)} validation={len(data.validation)}"
     if data.test is not None:
         sizes += f" test={len(data.test)}"
@@ -208,7 +219,7 @@ def _describe(data: TextClassificationData) -> str:
 def _results(
     ctx: RunContext,
     model: TransferModel,
-    data: TextClassificationData,
+    data: LabelledData,
     result: FitResult,
     test: dict[str, float] | None,
     timings: dict[str, float],
@@ -260,4 +271,4 @@ def resolved_options(strategy: Strategy, config: FinetuneConfig) -> dict[str, An
     }
 
 
-__all__ = ["build_model", "train"]
+__all__ = ["RunPlan", "build_model", "plan_run", "train", "texts_for_vocabulary"]

@@ -94,6 +94,25 @@ def run_details(results: dict[str, Any]) -> dict[str, str]:
     return details
 
 
+def build_card(
+    config: Any, run: dict[str, Any], out: Path, recipe: str, *, summary: str, pipeline_tag: str,
+    details: dict[str, Any], usage: str, **fields: Any,
+) -> CardInfo:  # fmt: skip
+    """The card of a finished run (``run``: its results.json): what every run's card says (title, base model, optimisation,
+    training time, machine, commit, the command that reruns it, versions), plus the run's own
+    ``summary``, ``details``, ``usage`` and any other :class:`CardInfo` ``fields``."""
+    optimisation = (
+        f"AdamW, batch size {config.batch_size}, {config.lr_scheduler} schedule, "
+        f"warmup {config.warmup:g}, seed {config.seed}"
+    )
+    details = {**details, "Optimisation": optimisation, "Training time": f"{run['train_seconds']:.0f} s"}
+    return CardInfo(
+        title=out.name, summary=summary, base_model=config.model, pipeline_tag=pipeline_tag,
+        details={**details, **run_details(run)}, command=command_line(config, recipe), usage=usage,
+        versions=run["versions"], **fields,
+    )  # fmt: skip
+
+
 def render_card(info: CardInfo) -> str:
     from huggingface_hub import ModelCardData
 

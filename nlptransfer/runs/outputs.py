@@ -18,8 +18,10 @@ from accelerate import PartialState
 
 from nlptransfer.engine.checkpoint import CHECKPOINTS_DIR
 from nlptransfer.config import FinetuneConfig
-from nlptransfer.errors import OutputDirExistsError, SaveError, write_errors
+from nlptransfer.errors import OutputDirExistsError
+from nlptransfer.files import replace_files
 from nlptransfer.model.transfer import CONFIG_NAME, TransferModel
+from nlptransfer.runs.modelcard import CardInfo, write_card
 from nlptransfer.engine.tracking import LOG_NAME
 from nlptransfer.version import __version__
 
@@ -38,12 +40,14 @@ PACKAGES = (
 )  # fmt: skip
 
 
-def resolve_output_dir(config: FinetuneConfig) -> Path:
+def resolve_output_dir(config: Any, pattern: str = "{data}-{model}-{config.strategy}") -> Path:
+    """``--output_dir``, else ``runs/<pattern>``: the data's and the model's names and what the run
+    does (fine-tuning: the strategy; pretraining passes ``"{model}-adapted-{data}"``)."""
     if config.output_dir:
         return Path(config.output_dir)
     data = Path(config.train_file).stem if config.train_file else config.dataset
     model = Path(config.model.rstrip("/")).name
-    return Path("runs") / f"{data}-{model}-{config.strategy}"
+    return Path("runs") / pattern.format(data=data, model=model, config=config)
 
 
 def check_output_dir(path: Path, overwrite: bool) -> None:
@@ -221,53 +225,20 @@ def source_commit(package: Path | None = None) -> dict[str, Any] | None:
 
 
 def write_run(
-    output_dir: Path, model: TransferModel, config: FinetuneConfig, results: dict[str, Any], table: str
-) -> None:
+    output_dir: Path, model: TransferModel, config: FinetuneConfig, results: dict[str, Any], table: str,
+    card: CardInfo | None = None,
+) -> None:  # fmt: skip
     """Replace the files of an earlier run (only those) with this run's.
 
-    Every new file is written in full before an old one goes, so a failure (a
-    full disk) raises :class:`SaveError` and leaves the earlier run as it was.
+    Every new file is written in full before an old one goes, so a failure (a full disk)
+    raises :class:`SaveError` and leaves the earlier run as it was. The small files are
+    written before the model; results.json, whose presence marks a completed run, goes in last.
     """
-    staged = _stage(output_dir, config, results, table)
-    # Set aside, not deleted: results.json marks a completed run, so it must not sit next
-    # to a new model, yet it comes back if the model cannot be saved.
-    done, aside = output_dir / RESULTS_NAME, output_dir / f".{RESULTS_NAME}.old"
-    if done.exists():
-        os.replace(done, aside)
-    try:
-        model.save_pretrained(output_dir)
-    except BaseException as err:  # also Ctrl-C: the earlier run must come back
-        if aside.exists():
-            os.replace(aside, done)
-        _remove(staged.values())
-        if isinstance(err, SaveError) or not isinstance(err, write_errors()):
-            raise
-        raise SaveError(
-            f"Could not save the model to {output_dir}: {err} (disk full?). An earlier run in that "
-            "folder is unchanged."
-        ) from err
-    for name, path in staged.items():  # results.json last: its presence means the run completed
-        os.replace(path, output_dir / name)
-    aside.unlink(missing_ok=True)
-
-
-def _stage(output_dir: Path, config: FinetuneConfig, results: dict[str, Any], table: str) -> dict[str, Path]:
-    """This run's small files, written under temporary names next to where they go."""
-    staged = {name: output_dir / f".{name}.tmp" for name in (TABLE_NAME, RUN_CONFIG_NAME, RESULTS_NAME)}
-    try:
-        output_dir.mkdir(parents=True, exist_ok=True)
-        staged[TABLE_NAME].write_text(table + "\n")
-        config.save(staged[RUN_CONFIG_NAME])
-        staged[RESULTS_NAME].write_text(json.dumps(results, indent=2))
-    except OSError as err:
-        _remove(staged.values())
-        raise SaveError(
-            f"Could not write the results of this run to {output_dir}: {err} (disk full?). Nothing there "
-            "was replaced: an earlier run in that folder is unchanged."
-        ) from err
-    return staged
-
-
-def _remove(paths: Iterable[Path]) -> None:
-    for path in paths:
-        path.unlink(missing_ok=True)
+    kept = "An earlier run in that folder is unchanged."
+    with replace_files(output_dir, "this run", kept, markers=(CONFIG_NAME, RESULTS_NAME)) as staging:
+        (staging / TABLE_NAME).write_text(table + "\n")
+        config.save(staging / RUN_CONFIG_NAME)
+        (staging / RESULTS_NAME).write_text(json.dumps(results, indent=2))
+        model.save_pretrained(staging)
+        if card is not None:
+            write_card(staging, card)

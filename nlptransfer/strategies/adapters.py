@@ -18,7 +18,7 @@ from torch import nn
 
 from nlptransfer.backbones import Backbone, HFTextBackbone
 from nlptransfer.backbones import peft_adapter as pa
-from nlptransfer.config import FinetuneConfig
+from nlptransfer.config import AdapterOptions, FinetuneConfig
 from nlptransfer.errors import ConfigError
 from nlptransfer.strategies.base import STRATEGIES, ParamGroups, Strategy, param_groups
 
@@ -37,8 +37,8 @@ class AdapterStrategy(Strategy):
     default_patience = 2
 
     @abstractmethod
-    def peft_config(self, backbone: Backbone, config: FinetuneConfig) -> PeftConfig:
-        """The peft config of this method for ``backbone``."""
+    def peft_config(self, backbone: Backbone, options: AdapterOptions) -> PeftConfig:
+        """The peft config of this method for ``backbone``, from the adapter section of the options."""
 
     def configure(self, model: nn.Module, config: FinetuneConfig) -> ParamGroups:
         if config.unfreeze_layers is not None:
@@ -66,7 +66,7 @@ class AdapterStrategy(Strategy):
         return param_groups(model.new_parameters() + trainable, lr, config.weight_decay)
 
     def _add_adapter(self, model: nn.Module, config: FinetuneConfig) -> None:
-        pa.apply_adapter(model.backbone, self.peft_config(model.backbone, config))
+        pa.apply_adapter(model.backbone, self.peft_config(model.backbone, config.adapter))
         if not pa.adapter_parameters(model.backbone):
             raise ConfigError(
                 f"{self.name} added no trainable parameters to this model; check --target_modules."
@@ -76,9 +76,9 @@ class AdapterStrategy(Strategy):
 class _LoraLike(AdapterStrategy):
     """Adapters on chosen layers: --target_modules, else peft's per-family default."""
 
-    def targets(self, backbone: Backbone, config: FinetuneConfig) -> list[str] | str | None:
-        if config.target_modules:
-            return "all-linear" if config.target_modules == ["all-linear"] else list(config.target_modules)
+    def targets(self, backbone: Backbone, options: AdapterOptions) -> list[str] | str | None:
+        if options.target_modules:
+            return "all-linear" if options.target_modules == ["all-linear"] else list(options.target_modules)
         return pa.default_target_modules(backbone, self.peft_type)
 
     @staticmethod
@@ -86,13 +86,6 @@ class _LoraLike(AdapterStrategy):
         # FEATURE_EXTRACTION: peft's wrapper that returns hidden states, as the pooling needs.
         # Image models take pixel_values, which that wrapper does not pass on: no task type there.
         return "FEATURE_EXTRACTION" if isinstance(backbone, HFTextBackbone) else None
-
-
-def _check_lora_options(config: FinetuneConfig) -> None:
-    if config.lora_r < 1:
-        raise ConfigError(f"--lora_r must be at least 1, got {config.lora_r}.")
-    if not 0.0 <= config.lora_dropout < 1.0:
-        raise ConfigError(f"--lora_dropout must be in [0, 1), got {config.lora_dropout}.")
 
 
 @STRATEGIES.register("lora")
@@ -105,16 +98,15 @@ class Lora(_LoraLike):
     # safe for larger bodies too.
     default_learning_rate = 1e-3
 
-    def peft_config(self, backbone: Backbone, config: FinetuneConfig) -> PeftConfig:
+    def peft_config(self, backbone: Backbone, options: AdapterOptions) -> PeftConfig:
         from peft import LoraConfig
 
-        _check_lora_options(config)
         return LoraConfig(
             task_type=self.task_type(backbone),
-            r=config.lora_r,
-            lora_alpha=config.lora_alpha,
-            lora_dropout=config.lora_dropout,
-            target_modules=self.targets(backbone, config),
+            r=options.lora_r,
+            lora_alpha=options.lora_alpha,
+            lora_dropout=options.lora_dropout,
+            target_modules=self.targets(backbone, options),
         )
 
 
@@ -125,16 +117,15 @@ class LoHa(_LoraLike):
     name, peft_type = "loha", "LOHA"
     default_learning_rate = 1e-3
 
-    def peft_config(self, backbone: Backbone, config: FinetuneConfig) -> PeftConfig:
+    def peft_config(self, backbone: Backbone, options: AdapterOptions) -> PeftConfig:
         from peft import LoHaConfig
 
-        _check_lora_options(config)
         return LoHaConfig(
             task_type=self.task_type(backbone),
-            r=config.lora_r,
-            alpha=config.lora_alpha,
-            module_dropout=config.lora_dropout,
-            target_modules=self.targets(backbone, config),
+            r=options.lora_r,
+            alpha=options.lora_alpha,
+            module_dropout=options.lora_dropout,
+            target_modules=self.targets(backbone, options),
         )
 
 
@@ -146,10 +137,10 @@ class IA3(_LoraLike):
     # Far fewer parameters than LoRA, started at 1: the IA3 paper trains them at 3e-3.
     default_learning_rate = 3e-3
 
-    def peft_config(self, backbone: Backbone, config: FinetuneConfig) -> PeftConfig:
+    def peft_config(self, backbone: Backbone, options: AdapterOptions) -> PeftConfig:
         from peft import IA3Config
 
-        targets = self.targets(backbone, config)
+        targets = self.targets(backbone, options)
         return IA3Config(
             task_type=self.task_type(backbone),
             target_modules=targets,
@@ -171,8 +162,6 @@ class _PromptLearning(AdapterStrategy):
                 f"{backbone.registry_name} backbone has none. Use --strategy lora, finetune or "
                 "feature-extraction."
             )
-        if config.num_virtual_tokens < 1:
-            raise ConfigError(f"--num_virtual_tokens must be at least 1, got {config.num_virtual_tokens}.")
         _reserve_positions(model, config.num_virtual_tokens)
         original = backbone.model
         super()._add_adapter(model, config)
@@ -195,13 +184,13 @@ class PromptTuning(_PromptLearning):
     # A handful of embeddings trained from scratch need a large rate (the paper uses 0.3).
     default_learning_rate = 3e-2
 
-    def peft_config(self, backbone: Backbone, config: FinetuneConfig) -> PeftConfig:
+    def peft_config(self, backbone: Backbone, options: AdapterOptions) -> PeftConfig:
         from peft import PromptTuningConfig
 
         # SAMPLE_VOCAB starts from real token embeddings: their scale suits every family.
         return PromptTuningConfig(
             task_type="FEATURE_EXTRACTION",
-            num_virtual_tokens=config.num_virtual_tokens,
+            num_virtual_tokens=options.num_virtual_tokens,
             prompt_tuning_init="SAMPLE_VOCAB",
         )
 
@@ -213,11 +202,11 @@ class PrefixTuning(_PromptLearning):
     name, peft_type = "prefix-tuning", "PREFIX_TUNING"
     default_learning_rate = 1e-2
 
-    def peft_config(self, backbone: Backbone, config: FinetuneConfig) -> PeftConfig:
+    def peft_config(self, backbone: Backbone, options: AdapterOptions) -> PeftConfig:
         from peft import PrefixTuningConfig
 
         return PrefixTuningConfig(
-            task_type="FEATURE_EXTRACTION", num_virtual_tokens=config.num_virtual_tokens
+            task_type="FEATURE_EXTRACTION", num_virtual_tokens=options.num_virtual_tokens
         )
 
 
