@@ -101,11 +101,13 @@ class TransferModel(nn.Module):
         head_dropout: float = 0.1,
         max_length: int = 128,
         trust_remote_code: bool = False,
+        task: str = DEFAULT_TASK,
     ) -> TransferModel:
         """A new classifier on a pretrained source (short name, folder, hub id or Backbone).
 
         ``layers="all"`` pools every hidden state; ``layer_mix`` is ``"concat"`` or
-        ``"scalar"`` (ELMo's learned mix; the default for ``"all"``).
+        ``"scalar"`` (ELMo's learned mix; the default for ``"all"``). ``task`` names a registered
+        :class:`~nlptransfer.tasks.base.Task` (what the model predicts and trains with).
         """
         if isinstance(model, Backbone):
             backbone = model
@@ -122,7 +124,7 @@ class TransferModel(nn.Module):
         if limit is not None and max_length > limit:
             logger.warning("max_length %d exceeds what the model accepts; using %d.", max_length, limit)
             max_length = limit
-        return cls(backbone, pooler, head, labels, max_length=max_length)
+        return cls(backbone, pooler, head, labels, max_length=max_length, task=task)
 
     def new_parameters(self) -> list[tuple[str, nn.Parameter]]:
         """Parameters this toolkit adds on top of the source model: the head and any layer mix."""

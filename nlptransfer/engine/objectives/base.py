@@ -35,7 +35,7 @@ class Objective:
         raise NotImplementedError(f"{cls.__name__} is not a fine-tuning objective")
 
     def loader(self) -> DataLoader:
-        """The phase's training batches, in an order fixed by the seed and the epoch."""
+        """The phase's training batches (dicts of tensors), in an order fixed by the seed and the epoch."""
         raise NotImplementedError
 
     def set_epoch(self, epoch: int) -> None:
