@@ -88,10 +88,10 @@ def write_split_files(k: int, seed: int, validation: str, folder: Path) -> dict[
     data = load_data(FinetuneConfig(samples_per_label=k, seed=seed))
     assert data.test is not None, "the built-in corpus has a fixed test split"
     frames = {
-        "train": _frame(data.train.texts, data.train.labels, data.label_names),
-        "test": _frame(data.test.texts, data.test.labels, data.label_names),
+        "train": _frame(data.train.inputs, data.train.labels, data.label_names),
+        "test": _frame(data.test.inputs, data.test.labels, data.label_names),
     }
-    held_out = _frame(data.validation.texts, data.validation.labels, data.label_names)
+    held_out = _frame(data.validation.inputs, data.validation.labels, data.label_names)
     frames["validation"] = _validation_frame(validation, held_out, frames["train"], k, seed)
     folder.mkdir(parents=True, exist_ok=True)
     paths = {name: folder / f"{name}.csv" for name in frames}

@@ -33,4 +33,4 @@ def texts_of_corpus(limit: int) -> list[str]:
     from nlptransfer import FinetuneConfig
     from nlptransfer.data import load_data
 
-    return load_data(FinetuneConfig()).train.texts[:limit]
+    return load_data(FinetuneConfig()).train.inputs[:limit]

@@ -110,7 +110,7 @@ def trainer(o: dict[str, Any], best: bool) -> dict[str, Any]:
     padding = False if best else "max_length"  # run_glue: --pad_to_max_length defaults to True
 
     def dataset(split: Any) -> list[dict[str, Any]]:
-        enc = tokenizer(split.texts, padding=padding, max_length=o["max_length"], truncation=True)
+        enc = tokenizer(split.inputs, padding=padding, max_length=o["max_length"], truncation=True)
         return [{**{k: enc[k][i] for k in enc}, "labels": split.labels[i]} for i in range(len(split))]
 
     train_set, test_set = dataset(data.train), dataset(data.test)
