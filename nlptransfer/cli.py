@@ -168,16 +168,21 @@ def _predict(argv: Sequence[str]) -> int:
         texts, pairs = args.text, None
         frame = pd.DataFrame({args.text_column: texts})
     predictions = model.predict(texts, pairs, batch_size=args.batch_size)
+    columns = predictions.columns()
     if args.output_file:
-        frame = frame.assign(prediction=predictions.labels, score=predictions.scores)
-        for i, name in enumerate(predictions.label_names):
-            frame[f"prob_{name}"] = predictions.probabilities[:, i]
+        frame = frame.assign(**columns)
         frame.to_csv(args.output_file, index=False)
         print(f"wrote {len(frame)} predictions to {args.output_file}")
     else:
-        for text, label, score in zip(texts, predictions.labels, predictions.scores, strict=True):
-            print(f"{label}\t{score:.4f}\t{text}")
+        # The answer (and the predicted class's score), then the text; probabilities go to files only.
+        shown = [values for name, values in columns.items() if not name.startswith("prob_")]
+        for i, text in enumerate(texts):
+            print("\t".join([*(_cell(values[i]) for values in shown), text]))
     return 0
+
+
+def _cell(value: object) -> str:
+    return f"{value:.4f}" if isinstance(value, float) else str(value)
 
 
 def _merge_adapter(argv: Sequence[str]) -> int:

@@ -21,7 +21,10 @@ from nlptransfer.version import __version__
 C = TypeVar("C")
 
 MIXED_PRECISION = ("no", "fp16", "bf16")
-HEAD_TYPES = ("linear", "logistic-cv")
+HEAD_TYPES = ("linear", "logistic-cv", "ridge-cv")
+# The names transformers uses in ``config.problem_type``.
+PROBLEM_TYPES = ("single_label_classification", "multi_label_classification", "regression")
+CLASS_WEIGHTS = ("auto", "balanced", "none")
 LR_SCHEDULERS = ("linear", "cosine", "constant", "slanted-triangular")
 # jsonl is nlptransfer's own; the others are accelerate's trackers (accelerate.utils.LoggerType).
 TRACKERS = ("jsonl", "tensorboard", "wandb", "mlflow", "comet_ml", "aim", "clearml", "dvclive", "swanlab",
@@ -202,7 +205,24 @@ class DataOptions(TextSource, Seeded):
         "values): trains an image classifier. Default: 'image' when the data has it and no text column.",
     )
     text_pair_column: str | None = _opt(None, "Optional second text column (sentence pairs).")
-    label_column: str = _opt("label", "Column holding the label (strings or integers).")
+    label_column: str = _opt(
+        "label", "Column holding the label (strings or integers), or the numeric target."
+    )
+    label_columns: list[str] | None = _opt(
+        None,
+        "Several label columns instead of --label_column: 0/1 columns, one per label (multi-label), "
+        "or numeric targets (regression with several outputs).",
+    )
+    label_separator: str | None = _opt(
+        None,
+        "Multi-label: the label column holds a row's labels joined by this (e.g. ';'); an empty cell "
+        "means no label applies.",
+    )
+    problem_type: str | None = _opt(
+        None,
+        "single_label_classification, multi_label_classification or regression. Default: inferred "
+        "from the labels (and logged); a run whose labels could be either stops and asks.",
+    )
     validation_split: float = _opt(0.1, "Fraction of training data held out when no validation file.")
     test_split: float = _opt(0.0, "Fraction of training data held out as test set when no test file.")
     max_train_examples: int | None = _opt(None, "Use only this many training examples (quick runs).")
@@ -223,6 +243,15 @@ class DataOptions(TextSource, Seeded):
             raise ConfigError("--validation_split + --test_split leave almost no training data.")
         counts = ("max_train_examples", "samples_per_label", "validation_samples_per_label")
         self._check_positive(counts, optional=True)
+        if self.problem_type is not None:
+            self._check_choice("problem_type", PROBLEM_TYPES)
+        if self.label_separator is not None and self.label_columns:
+            raise ConfigError(
+                "--label_separator splits one label column; --label_columns names one column per label. "
+                "Pass one of them."
+            )
+        if self.label_separator == "":
+            raise ConfigError("--label_separator must not be empty; e.g. ';' or ','.")
         if self.samples_per_label is not None and self.max_train_examples is not None:
             raise ConfigError(
                 "--samples_per_label and --max_train_examples both limit the training data; pass one."
@@ -302,7 +331,8 @@ class FinetuneConfig(TrainingOptions, DataOptions, AdapterOptions, VocabularyOpt
     head: str | None = _opt(
         None,
         "Classifier on the pooled features: linear (trained by gradient) or logistic-cv (scikit-learn "
-        "logistic regression, regularisation chosen by cross-validation, on frozen features). "
+        "logistic regression, regularisation chosen by cross-validation, on frozen features; one-vs-rest "
+        "for multi-label), or ridge-cv (regression: ridge, penalty chosen by cross-validation). "
         "Default: logistic-cv for contrastive, linear otherwise.",
     )
     layer_lr_decay: float | None = _opt(
@@ -339,15 +369,28 @@ class FinetuneConfig(TrainingOptions, DataOptions, AdapterOptions, VocabularyOpt
         "(every BatchNorm in inference mode, Keras' advice for fine-tuning), or train (all update).",
     )
     max_length: int = _opt(128, "Truncate token sequences to this length.")
-    metric_for_best_model: str = _opt("accuracy", "Validation metric that picks the best epoch.")
+    metric_for_best_model: str | None = _opt(
+        None,
+        "Validation metric that picks the best epoch. Default: accuracy (f1_macro when the classes are "
+        "imbalanced), f1_micro for multi-label, spearman for regression.",
+    )
     early_stopping_patience: int | None = _opt(
         None, "Stop after this many epochs without improvement (default: strategy's)."
     )
-    metrics: list[str] = _opt(
-        ["accuracy", "f1_macro", "precision_macro", "recall_macro"],
-        "Metrics to report: accuracy, f1_macro, precision_macro, recall_macro are built in; any other "
-        "name is an evaluate module whose script runs, so it needs --trust_remote_code.",
+    metrics: list[str] | None = _opt(
+        None,
+        "Metrics to report. Built in: accuracy, f1_macro, precision_macro, recall_macro (single-label, "
+        "the default); f1_micro, f1_macro, f1_samples, subset_accuracy, hamming_loss (multi-label); "
+        "mse, mae, pearson, spearman, r2 (regression). Any other name is an evaluate module whose "
+        "script runs, so it needs --trust_remote_code.",
     )
+    class_weight: str = _opt(
+        "auto",
+        "Weigh classes in the loss, the logistic-cv head and the contrastive pairs: balanced (each class "
+        "counts as much in total), none, or auto (balanced when the largest class has at least 3x the "
+        "examples of the smallest; single-label classification only).",
+    )
+    regression_loss: str = _opt("mse", "Regression loss on the standardised targets: mse, or huber.")
     cache_dir: str | None = _opt(
         None,
         "Folder of the frozen-body feature cache "
@@ -374,7 +417,9 @@ class FinetuneConfig(TrainingOptions, DataOptions, AdapterOptions, VocabularyOpt
         if self.unfreeze_layers is not None and self.unfreeze_layers < 0:
             raise ConfigError(f"--unfreeze_layers must be >= 0, got {self.unfreeze_layers}.")
         self._check_layers()
-        if self.metric_for_best_model not in self.metrics:
+        self._check_choice("class_weight", CLASS_WEIGHTS)
+        self._check_choice("regression_loss", ("mse", "huber"))
+        if self.metrics is not None and self.metric_for_best_model not in (None, *self.metrics):
             raise ConfigError(
                 f"--metric_for_best_model '{self.metric_for_best_model}' is not among --metrics "
                 f"({', '.join(self.metrics)}); add it to --metrics or pick one of those."

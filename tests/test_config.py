@@ -24,15 +24,16 @@ def test_defaults() -> None:
     assert config == FinetuneConfig()
     assert config.batch_size == 32
     assert config.validation_split == 0.1
-    assert config.metrics == ["accuracy", "f1_macro", "precision_macro", "recall_macro"]
+    assert config.metrics is None  # chosen for the task once the data is read
+    assert config.metric_for_best_model is None and config.class_weight == "auto"
     assert config.layers is None
     assert config.overwrite_output_dir is False
 
 
 def test_default_lists_are_not_shared() -> None:
     first, second = FinetuneConfig(), FinetuneConfig()
-    first.metrics.append("mcc")
-    assert second.metrics == ["accuracy", "f1_macro", "precision_macro", "recall_macro"]
+    first.report_to.append("wandb")
+    assert second.report_to == ["jsonl", "tensorboard"]
 
 
 def test_precedence_defaults_yaml_cli(tmp_path: Path) -> None:

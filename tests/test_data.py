@@ -387,10 +387,10 @@ def test_one_column_in_two_roles_is_refused(sentiment_csv: Path) -> None:
         load_data(_config(sentiment_csv, text_pair_column="text"))
 
 
-def test_nested_json_label_is_a_clear_error(tmp_path: Path) -> None:
+def test_a_label_column_mixing_lists_and_single_labels_is_a_clear_error(tmp_path: Path) -> None:
     path = tmp_path / "train.jsonl"
     path.write_text('{"text": "a", "label": "x"}\n{"text": "b", "label": ["x", "y"]}\n')
-    with pytest.raises(DataError, match=r"the label \['x', 'y'\] \(row 2\).*one row per label"):
+    with pytest.raises(DataError, match=r"mixes forms: some rows hold a list of labels \(\['x', 'y'\]\)"):
         load_data(_config(path))
 
 
@@ -667,7 +667,8 @@ def test_one_kind_of_label_sorts_naturally_without_warning(
     path = tmp_path / "train.jsonl"
     _jsonl_labels(path, labels)
     with caplog.at_level(logging.WARNING, logger="nlptransfer"):
-        data = load_data(_config(path))
+        # Numbers with fractions are inferred as a regression target; as classes they need the flag.
+        data = load_data(_config(path, problem_type="single_label_classification"))
     assert _mix_warnings(caplog) == []
     assert data.label_names == names
 

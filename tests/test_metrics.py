@@ -60,7 +60,11 @@ def test_compute_metrics_accepts_tuples() -> None:
 
 
 def test_local_metric_registry() -> None:
-    assert LOCAL_METRICS.names() == ["accuracy", "f1_macro", "precision_macro", "recall_macro"]
+    assert set(LOCAL_METRICS.names()) == {
+        "accuracy", "f1_macro", "precision_macro", "recall_macro",  # single-label
+        "f1_micro", "f1_samples", "subset_accuracy", "hamming_loss",  # multi-label
+        "mse", "mae", "pearson", "spearman", "r2",  # regression
+    }  # fmt: skip
 
 
 def test_unknown_metric_offline_lists_builtin(monkeypatch: pytest.MonkeyPatch, tmp_path) -> None:
@@ -74,6 +78,6 @@ def test_unknown_metric_offline_lists_builtin(monkeypatch: pytest.MonkeyPatch, t
     for error in (refused.value, info.value):
         message = str(error)
         assert "'no_such_metric_xyz'" in message
-        assert "built in: accuracy, f1_macro, precision_macro, recall_macro" in message
+        assert "built in: accuracy, f1_macro, f1_micro, f1_samples, hamming_loss" in message
         assert isinstance(error, ConfigError) and isinstance(error, ValueError)
     assert refused.value.__cause__ is None and info.value.__cause__ is not None

@@ -12,10 +12,29 @@ if TYPE_CHECKING:  # data sits below backbones; only the annotation needs it
     from nlptransfer.backbones import Backbone
 
 
-class EncodedDataset(Dataset):
-    """Tokenised examples with their label id and position (``idx``) in the split."""
+def stack_targets(values: list[Any]) -> torch.Tensor:
+    """A batch of targets: class ids as int64, label vectors or numbers (numpy rows) as float32."""
+    if isinstance(values[0], np.ndarray | torch.Tensor):
+        return torch.as_tensor(np.stack([np.asarray(v) for v in values]), dtype=torch.float32)
+    return torch.tensor(values, dtype=torch.long)
 
-    def __init__(self, encodings: list[dict[str, Any]], labels: list[int]) -> None:
+
+def targets_tensor(labels: list[int] | np.ndarray | torch.Tensor) -> torch.Tensor:
+    """A split's targets as one tensor (class ids int64; label matrices and numbers float32)."""
+    if isinstance(labels, torch.Tensor):
+        return labels
+    if isinstance(labels, np.ndarray) and labels.dtype.kind == "f":
+        return torch.as_tensor(labels, dtype=torch.float32)
+    return torch.as_tensor(np.asarray(labels, dtype=np.int64))
+
+
+class EncodedDataset(Dataset):
+    """Tokenised examples with their targets and position (``idx``) in the split.
+
+    ``labels``: class ids, or a (rows, outputs) matrix of label indicators or numbers.
+    """
+
+    def __init__(self, encodings: list[dict[str, Any]], labels: list[int] | np.ndarray) -> None:
         self.encodings = encodings
         self.labels = labels
 
@@ -45,11 +64,11 @@ class FeatureDataset(Dataset):
     def __init__(
         self,
         features: torch.Tensor | np.ndarray,
-        labels: list[int],
+        labels: list[int] | np.ndarray | torch.Tensor,
         cache_info: dict[str, Any] | None = None,
     ) -> None:
         self.features = features
-        self.labels = torch.tensor(labels, dtype=torch.long)
+        self.labels = targets_tensor(labels)
         self.cache_info = cache_info
 
     def __len__(self) -> int:
@@ -74,7 +93,7 @@ class Collator:
     def __call__(self, items: list[dict[str, Any]]) -> dict[str, torch.Tensor]:
         tokens = [{k: v for k, v in item.items() if k not in ("labels", "idx")} for item in items]
         batch = self.backbone.collate(tokens)
-        batch["labels"] = torch.tensor([item["labels"] for item in items], dtype=torch.long)
+        batch["labels"] = stack_targets([item["labels"] for item in items])
         batch["idx"] = torch.tensor([item["idx"] for item in items], dtype=torch.long)
         return batch
 

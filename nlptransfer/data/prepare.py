@@ -15,6 +15,18 @@ from sklearn.model_selection import train_test_split
 from nlptransfer.config import DataOptions
 from nlptransfer.data.images import has_image, image_key, resolve_paths
 from nlptransfer.data.sources import BUILTIN_DATASETS, Frames, MissingColumnsError, read_table, select_columns
+from nlptransfer.data.targets import (
+    MULTI,
+    REGRESSION,
+    SINGLE,
+    Target,
+    encode_label_sets,
+    label_strings,
+    normalise_label,
+    resolve_target,
+    sorted_names,
+    summarize,
+)
 from nlptransfer.errors import ConfigError, DataError
 
 logger = logging.getLogger(__name__)
@@ -22,10 +34,14 @@ logger = logging.getLogger(__name__)
 
 @dataclass
 class Split:
-    """Inputs (texts, optionally with pairs, or images) and integer label ids of one split."""
+    """Inputs (texts, optionally with pairs, or images) and targets of one split.
+
+    ``labels``: class ids (single-label), a (rows, labels) 0/1 matrix (multi-label) or a
+    (rows, targets) matrix of numbers (regression), in the order of ``LabelledData.label_names``.
+    """
 
     inputs: list[Any]  # texts, or images (paths, arrays, ...)
-    labels: list[int]
+    labels: list[int] | np.ndarray
     pairs: list[str] | None = None
 
     def __len__(self) -> int:
@@ -34,6 +50,7 @@ class Split:
 
 @dataclass
 class LabelledData:
+    # Class names, label names (multi-label) or target names (regression): one per head output.
     label_names: list[str]
     train: Split
     validation: Split
@@ -41,17 +58,22 @@ class LabelledData:
     report: dict[str, Any] = field(default_factory=dict)
     # "text", or "image" when the inputs are images (see nlptransfer.data.images).
     modality: str = "text"
+    problem_type: str = SINGLE
 
 
 @dataclass(frozen=True)
 class Columns:
     text: str
-    label: str
+    labels: tuple[str, ...]
     pair: str | None = None
+
+    @property
+    def label(self) -> str:
+        return self.labels[0]
 
     def all(self) -> list[str]:
         # An empty name is a column name like any other (JSON allows it); only None means "none".
-        return [c for c in (self.text, self.pair, self.label) if c is not None]
+        return [c for c in (self.text, self.pair) if c is not None] + list(self.labels)
 
     def inputs(self) -> list[str]:
         """The columns of texts (or image paths): read as written, never parsed as numbers."""
@@ -64,48 +86,60 @@ def load_data(config: DataOptions) -> LabelledData:
     frames, folders, columns, images = _read_frames(config)
     if images:
         frames = {name: _resolve_images(f, columns.text, folders.get(name)) for name, f in frames.items()}
-    report: dict[str, Any] = {"dropped_rows": {}}
+    target = resolve_target(frames["train"], columns.label, config)
+    logger.info("problem type: %s (%s)", target.problem_type, target.reason)
+    report: dict[str, Any] = {"dropped_rows": {}, "problem_type": target.problem_type,
+                              "problem_type_reason": target.reason}  # fmt: skip
     # Each raw frame is let go as soon as it is cleaned: the data is never held twice.
-    cleaned = {name: _clean(frames.pop(name), name, columns, report, images) for name in list(frames)}
+    cleaned = {name: _clean(frames.pop(name), name, columns, target, report, images) for name in list(frames)}
+    _split_and_sample(cleaned, target, config, report)
+    train = cleaned["train"]
+    names = _target_names(train, target)
+    _warn_leakage(train, cleaned, columns.text, report, images)
+    splits = {name: _to_split(frame, columns, target, names, name, images) for name, frame in cleaned.items()}
+    report["targets"] = summarize(target.problem_type, names, splits["train"].labels)
+    return LabelledData(
+        label_names=names,
+        train=splits["train"],
+        validation=splits["validation"],
+        test=splits.get("test"),
+        report=report,
+        modality="image" if images else "text",
+        problem_type=target.problem_type,
+    )
+
+
+def _split_and_sample(cleaned: Frames, target: Target, config: DataOptions, report: dict[str, Any]) -> None:
+    """Held-out splits taken from the training data where no file gives them, then the sampling
+    options, in place."""
     train = cleaned["train"]
     # Test first, so the test set does not move when --validation_split changes; both
     # fractions are of the whole training data (as the config's sum check assumes).
     test_fraction = 0.0
     if "test" not in cleaned and config.test_split > 0:
         test_fraction = config.test_split
-        train, cleaned["test"] = _split(train, columns.label, test_fraction, config.seed, "test")
+        train, cleaned["test"] = _split(train, target, test_fraction, config.seed, "test")
     if "validation" not in cleaned:
         fraction = config.validation_split / (1 - test_fraction)
-        train, cleaned["validation"] = _split(train, columns.label, fraction, config.seed, "validation")
+        train, cleaned["validation"] = _split(train, target, fraction, config.seed, "validation")
     if config.max_train_examples and config.max_train_examples < len(train):
-        train = _subsample(train, columns.label, config.max_train_examples, config.seed)
-    if config.samples_per_label is not None:
-        train = _per_label_sample(train, columns.label, config.samples_per_label, config.seed, report)
-    if config.validation_samples_per_label is not None:
-        cleaned["validation"] = _per_label_sample(
-            cleaned["validation"],
-            columns.label,
-            config.validation_samples_per_label,
-            config.seed,
-            report,
-            split="validation",
-        )
-    label_names, to_id = _label_map(train[columns.label])
-    for name in ("validation", "test"):
-        if name in cleaned:
-            _check_known_labels(cleaned[name][columns.label], set(to_id), name)
-    _warn_leakage(train, cleaned, columns.text, report, images)
-    splits = {
-        name: _to_split(frame, columns, to_id, images) for name, frame in cleaned.items() if name != "train"
-    }
-    return LabelledData(
-        label_names=label_names,
-        train=_to_split(train, columns, to_id, images),
-        validation=splits["validation"],
-        test=splits.get("test"),
-        report=report,
-        modality="image" if images else "text",
-    )
+        train = _subsample(train, target, config.max_train_examples, config.seed)
+    for split, k in (
+        ("train", config.samples_per_label),
+        ("validation", config.validation_samples_per_label),
+    ):
+        if k is None:
+            continue
+        if target.problem_type != SINGLE:
+            raise ConfigError(
+                f"--{'' if split == 'train' else split + '_'}samples_per_label draws K examples of each "
+                f"class: single-label classification only (this is {target.problem_type}). Use "
+                "--max_train_examples to train on fewer examples."
+            )
+        frame = train if split == "train" else cleaned[split]
+        sampled = _per_label_sample(frame, target.columns[0], k, config.seed, report, split=split)
+        train, cleaned[split] = (sampled, cleaned[split]) if split == "train" else (train, sampled)
+    cleaned["train"] = train
 
 
 def _columns(config: DataOptions, names: Collection[str] | None) -> tuple[Columns, bool]:
@@ -113,23 +147,31 @@ def _columns(config: DataOptions, names: Collection[str] | None) -> tuple[Column
     ``names`` (None: not known yet, so no ``image`` column can stand in for the text column)."""
     image_column = config.image_column or _implicit_image_column(names, config)
     if image_column is None:
-        _check_distinct(text=config.text_column, text_pair=config.text_pair_column, label=config.label_column)
-        return Columns(config.text_column, config.label_column, config.text_pair_column), False
+        labels = tuple(config.label_columns or (config.label_column,))
+        roles = [("--text_column", config.text_column), ("--text_pair_column", config.text_pair_column)]
+        _check_distinct(roles + _label_roles(config, labels))
+        return Columns(config.text_column, labels, config.text_pair_column), False
     if config.text_pair_column:
         raise DataError("--text_pair_column pairs two texts; an image classifier takes one image per row.")
-    _check_distinct(image=image_column, label=config.label_column)
-    return Columns(image_column, config.label_column), True
+    labels = tuple(config.label_columns or (config.label_column,))
+    _check_distinct([("--image_column", image_column), *_label_roles(config, labels)])
+    return Columns(image_column, labels), True
 
 
-def _check_distinct(**columns: str | None) -> None:
+def _label_roles(config: DataOptions, labels: tuple[str, ...]) -> list[tuple[str, str | None]]:
+    if len(set(labels)) < len(labels):
+        raise ConfigError(f"--label_columns names a column twice: {list(labels)}.")
+    return [("--label_columns" if config.label_columns else "--label_column", c) for c in labels]
+
+
+def _check_distinct(roles: list[tuple[str, str | None]]) -> None:
     # One column in two roles would make the label part of the input (or vice versa).
-    named = [(role, name) for role, name in columns.items() if name is not None]
-    for i, (role, name) in enumerate(named):
+    named = [(flag, name) for flag, name in roles if name is not None]
+    for i, (flag, name) in enumerate(named):
         for other, other_name in named[i + 1 :]:
             if name == other_name:
                 raise ConfigError(
-                    f"--{role}_column and --{other}_column both name the column {name!r}; "
-                    "give each its own column."
+                    f"{flag} and {other} both name the column {name!r}; give each its own column."
                 )
 
 
@@ -201,7 +243,8 @@ def _missing_columns(err: MissingColumnsError, split: str, images: bool) -> Data
     flags = (
         "--image_column / --label_column"
         if images
-        else "--text_column / --label_column (and --text_pair_column), or --image_column for images,"
+        else "--text_column / --label_column or --label_columns (and --text_pair_column), or "
+        "--image_column for images,"
     )
     split = split if err.split == "data" else err.split
     missing = ", ".join(map(repr, err.missing))
@@ -226,12 +269,18 @@ def _pick_split(loaded: Frames, name: str, path: str) -> pd.DataFrame:
 
 
 def _clean(
-    frame: pd.DataFrame, split: str, columns: Columns, report: dict[str, Any], images: bool = False
+    frame: pd.DataFrame,
+    split: str,
+    columns: Columns,
+    target: Target,
+    report: dict[str, Any],
+    images: bool = False,
 ) -> pd.DataFrame:
     if frame.empty:
         raise DataError(f"The {split} data has no rows.")
-    _check_label_values(frame[columns.label], split)
-    keep = frame[columns.label].notna()
+    target.check(frame, split)  # values the target cannot read stop the run, naming their rows
+    no_target = target.missing(frame)
+    keep = ~no_target
     for col in (columns.text, columns.pair):
         if col is not None and images:
             keep &= frame[col].map(has_image)
@@ -239,14 +288,14 @@ def _clean(
             keep &= frame[col].notna() & (frame[col].astype(str).str.strip() != "")
     dropped = int((~keep).sum())
     if dropped:
+        what = "target (NaN)" if target.problem_type == REGRESSION else "label"
         logger.warning(
-            "Dropped %d of %d %s rows with a missing/empty %s or a missing label.",
-            dropped,
-            len(frame),
-            split,
-            "image" if images else "text",
-        )
+            "Dropped %d of %d %s rows with a missing/empty %s or a missing %s.",
+            dropped, len(frame), split, "image" if images else "text", what,
+        )  # fmt: skip
         report["dropped_rows"][split] = dropped
+        if no_target.any():
+            report.setdefault("dropped_missing_target", {})[split] = int(no_target.sum())
     # The frame holds only the run's columns already; with nothing dropped, no copy is needed.
     cleaned = (frame.loc[keep] if dropped else frame).reset_index(drop=True)
     if cleaned.empty:
@@ -254,29 +303,18 @@ def _clean(
     return cleaned
 
 
-def _check_label_values(labels: pd.Series, split: str) -> None:
-    # JSON can hold a list or object per label; as a class name its str() would be a silent guess.
-    if labels.dtype != object:
-        return
-    nested = (list, dict, tuple, set, np.ndarray)
-    position = next((i for i, value in enumerate(labels) if isinstance(value, nested)), None)
-    if position is not None:
-        raise DataError(
-            f"The {split} data has the label {labels.iloc[position]!r} (row {position + 1}); a label must be "
-            "one string, number or boolean per row. For multi-label data, give one row per label."
-        )
-
-
 def _split(
-    frame: pd.DataFrame, label: str, fraction: float, seed: int, name: str
+    frame: pd.DataFrame, target: Target, fraction: float, seed: int, name: str
 ) -> tuple[pd.DataFrame, pd.DataFrame]:
     if fraction <= 0:
         raise DataError(f"No {name} data: pass --{name}_file or a --{name}_split above 0.")
-    labels = frame[label].astype(str)
-    counts = labels.value_counts()
-    stratify = labels if counts.min() >= 2 and int(len(frame) * fraction) >= len(counts) else None
-    if stratify is None:
-        logger.warning("Too few examples per class for a stratified %s split; splitting at random.", name)
+    labels = target.strata(frame)
+    stratify = None
+    if labels is not None:
+        counts = labels.value_counts()
+        stratify = labels if counts.min() >= 2 and int(len(frame) * fraction) >= len(counts) else None
+        if stratify is None:
+            logger.warning("Too few examples per class for a stratified %s split; splitting at random.", name)
     try:
         kept, held = train_test_split(frame, test_size=fraction, stratify=stratify, random_state=seed)
     except ValueError as err:
@@ -286,11 +324,13 @@ def _split(
     return kept.reset_index(drop=True), held.reset_index(drop=True)
 
 
-def _subsample(frame: pd.DataFrame, label: str, size: int, seed: int) -> pd.DataFrame:
-    labels = frame[label].astype(str)
-    stratify = labels if labels.value_counts().min() >= 2 and size >= labels.nunique() else None
+def _subsample(frame: pd.DataFrame, target: Target, size: int, seed: int) -> pd.DataFrame:
+    labels = target.strata(frame)
+    usable = labels is not None and labels.value_counts().min() >= 2 and size >= labels.nunique()
     try:
-        kept, _ = train_test_split(frame, train_size=size, stratify=stratify, random_state=seed)
+        kept, _ = train_test_split(
+            frame, train_size=size, stratify=labels if usable else None, random_state=seed
+        )
     except ValueError as err:
         raise DataError(f"Cannot take --max_train_examples {size} from {len(frame)} rows: {err}") from err
     return kept.reset_index(drop=True)
@@ -323,14 +363,6 @@ def _per_label_sample(
     return frame.iloc[sorted(kept)].reset_index(drop=True)
 
 
-def _normalise_label(value: Any) -> Any:
-    if isinstance(value, np.generic):  # numpy int64 is not an ``int``: numeric order needs Python ints
-        value = value.item()
-    if isinstance(value, float) and value.is_integer():
-        return int(value)
-    return value
-
-
 def _label_map(values: pd.Series) -> tuple[list[str], dict[str, int]]:
     """Sorted label names and name -> id.
 
@@ -360,7 +392,7 @@ def _unique_labels(values: pd.Series) -> list[Any]:
     # pandas' unique() merges values that compare equal across types (True == 1 == 1.0), which
     # would give True and 1 one id but two names; only object columns can hold such a mix.
     uniques = values if values.dtype == object else values.unique()
-    return list({(type(v), v): v for v in map(_normalise_label, uniques)}.values())
+    return list({(type(v), v): v for v in map(normalise_label, uniques)}.values())
 
 
 def _is_integer(name: str) -> bool:
@@ -379,12 +411,31 @@ def _label_kind(value: Any) -> str:
     return "strings" if isinstance(value, str) else type(value).__name__
 
 
-def _label_strings(values: pd.Series) -> list[str]:
-    return [str(_normalise_label(v)) for v in values]
+def _target_names(train: pd.DataFrame, target: Target) -> list[str]:
+    """One name per head output: the classes, the labels (multi-label) or the targets (regression)."""
+    if target.problem_type == SINGLE:
+        return _label_map(train[target.columns[0]])[0]
+    if target.problem_type == REGRESSION:
+        values = target.numbers(train, "train")
+        constant = [c for c in target.columns if values[c].nunique() < 2]
+        if constant:
+            raise DataError(
+                f"The target {constant} is constant in the training data ({values[constant[0]].iloc[0]!r} in "
+                "every row): there is nothing to learn. Check --label_column / --label_columns."
+            )
+        return list(target.columns)
+    names = (
+        list(target.columns)
+        if target.form == "columns"
+        else sorted_names({label for labels in target.label_sets(train) for label in labels})
+    )
+    if not names:
+        raise DataError("No training example has any label: a multi-label classifier needs labels to learn.")
+    return names
 
 
-def _check_known_labels(values: pd.Series, known: set[str], split: str) -> None:
-    unseen = sorted(set(_label_strings(values)) - known)
+def _check_known_labels(values: Collection[str], known: set[str], split: str) -> None:
+    unseen = sorted(set(values) - known)
     if unseen:
         raise DataError(
             f"The {split} data has labels never seen in training: {unseen[:10]}. Known labels: "
@@ -408,10 +459,25 @@ def _warn_leakage(
                 report.setdefault("overlap_with_train", {})[name] = overlap
 
 
-def _to_split(frame: pd.DataFrame, columns: Columns, to_id: dict[str, int], images: bool = False) -> Split:
+def _to_split(
+    frame: pd.DataFrame, columns: Columns, target: Target, names: list[str], split: str, images: bool = False
+) -> Split:
     inputs = frame[columns.text]
     return Split(
         inputs=inputs.tolist() if images else inputs.astype(str).tolist(),
-        labels=[to_id[s] for s in _label_strings(frame[columns.label])],
+        labels=_encode(frame, target, names, split),
         pairs=frame[columns.pair].astype(str).tolist() if columns.pair is not None else None,
     )
+
+
+def _encode(frame: pd.DataFrame, target: Target, names: list[str], split: str) -> list[int] | np.ndarray:
+    if target.problem_type == REGRESSION:
+        return target.numbers(frame, split).to_numpy(np.float32)
+    if target.problem_type == MULTI:
+        sets = target.label_sets(frame)
+        _check_known_labels({label for labels in sets for label in labels}, set(names), split)
+        return encode_label_sets(sets, names)
+    values = label_strings(frame[target.columns[0]]).tolist()
+    _check_known_labels(values, set(names), split)
+    to_id = {name: i for i, name in enumerate(names)}
+    return [to_id[v] for v in values]

@@ -27,6 +27,7 @@ from nlptransfer.engine.objectives import OBJECTIVES
 from nlptransfer.model.layers import count_parameters
 from nlptransfer.model.transfer import TransferModel, align_padding
 from nlptransfer.strategies.base import ParamGroups, Phase
+from nlptransfer.tasks.metrics import greater_is_better
 
 logger = logging.getLogger(__name__)
 
@@ -250,8 +251,8 @@ class Validation:
         )
         if not phase.evaluate:
             return False
-        metric = run.ctx.config.metric_for_best_model
-        if scores[metric] > result.best_score:
+        metric = run.ctx.config.metric_for_best_model or run.model.task.best_metric
+        if result.best_epoch == 0 or _improves(scores[metric], result.best_score, metric):
             result.best_epoch, result.best_score = epoch, scores[metric]
             result.eval_datasets, result.eval_phase = run.datasets, run.index
             self.best.update()
@@ -259,6 +260,10 @@ class Validation:
             logger.info("early stopping: no %s gain for %d epochs", metric, phase.patience)
             return True
         return False
+
+
+def _improves(score: float, best: float, metric: str) -> bool:
+    return score > best if greater_is_better(metric) else score < best
 
 
 def _phase_log(model: TransferModel, phase: Phase, groups: ParamGroups, epochs_run: int) -> PhaseLog:
@@ -270,7 +275,7 @@ def _phase_log(model: TransferModel, phase: Phase, groups: ParamGroups, epochs_r
     ]
     trainable, _ = count_parameters(model)
     rates = [g["lr"] for g in groups if "lr" in g]
-    learning_rate = max(rates) if rates and phase.loop != "logistic-cv" else None
+    learning_rate = max(rates) if rates and not phase.closed_form else None
     return PhaseLog(
         phase.name, phase.loop, epochs_run, trainable, trained, learning_rate, phase.epochs, phase.patience
     )

@@ -54,9 +54,17 @@ def run_inference(
     return outputs
 
 
-def evaluate_split(model: torch.nn.Module, dataset: Dataset, ctx: RunContext, desc: str) -> dict[str, float]:
+def predict_split(
+    model: torch.nn.Module, dataset: Dataset, ctx: RunContext, desc: str
+) -> tuple[torch.Tensor, np.ndarray]:
+    """The model's outputs (logits) for a split and its targets as the metrics read them."""
     model.eval()
     unwrapped = ctx.accelerator.unwrap_model(model)
-    logits = run_inference(model, dataset, unwrapped, ctx, desc)
-    labels = dataset.labels.tolist() if isinstance(dataset.labels, torch.Tensor) else dataset.labels
-    return ctx.metrics.compute(unwrapped.task.predictions(logits), labels)
+    outputs = run_inference(model, dataset, unwrapped, ctx, desc)
+    return outputs, unwrapped.task.references(dataset.labels)
+
+
+def evaluate_split(model: torch.nn.Module, dataset: Dataset, ctx: RunContext, desc: str) -> dict[str, float]:
+    outputs, references = predict_split(model, dataset, ctx, desc)
+    task = ctx.accelerator.unwrap_model(model).task
+    return ctx.metrics.compute(task.predictions(outputs), references)

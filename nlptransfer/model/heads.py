@@ -61,38 +61,104 @@ def build_head(config: dict[str, Any]) -> nn.Module:
         raise ModelLoadError(f"The saved head config {config} cannot build a head: {err}.") from err
 
 
-def fit_logistic_head(head: LinearHead, features: np.ndarray, labels: np.ndarray, seed: int) -> float:
+def _class_weight(weights: list[float] | None) -> dict[int, float] | None:
+    return None if weights is None else dict(enumerate(weights))
+
+
+def _copy_layer(head: LinearHead, weight: np.ndarray, bias: np.ndarray) -> None:
+    with torch.no_grad():
+        head.linear.weight.copy_(torch.as_tensor(weight, dtype=head.linear.weight.dtype))
+        head.linear.bias.copy_(torch.as_tensor(bias, dtype=head.linear.bias.dtype))
+
+
+def _logistic(labels: np.ndarray, seed: int, class_weight: dict[int, float] | None) -> Any:
+    """Logistic regression, its C chosen by up to 5-fold cross-validation (C=1 when a class is a
+    single example)."""
+    from sklearn.linear_model import LogisticRegression, LogisticRegressionCV
+
+    folds = int(min(5, np.unique(labels, return_counts=True)[1].min()))
+    if folds >= 2:
+        return LogisticRegressionCV(
+            Cs=10,
+            cv=folds,
+            scoring="neg_log_loss",
+            max_iter=2000,
+            random_state=seed,
+            class_weight=class_weight,
+        )
+    logger.warning("Some label has a single training example: no cross-validation, C=1.")
+    return LogisticRegression(C=1.0, max_iter=2000, random_state=seed, class_weight=class_weight)
+
+
+def _fit(estimator: Any, features: np.ndarray, labels: np.ndarray) -> Any:
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", category=FutureWarning)  # sklearn API notices, not user issues
+        return estimator.fit(features, labels)
+
+
+def fit_logistic_head(
+    head: LinearHead,
+    features: np.ndarray,
+    labels: np.ndarray,
+    seed: int,
+    class_weights: list[float] | None = None,
+) -> float:
     """Fit ``head`` as a logistic regression, its regularisation chosen by cross-validation.
 
     scikit-learn does the fitting; the coefficients are copied into the linear
     layer, so the saved model is the usual safetensors file (no pickle) and
-    predicts exactly like the fitted estimator. Returns the training log-loss.
+    predicts exactly like the fitted estimator. ``class_weights`` (one per label) weigh each
+    class's examples. Returns the training log-loss.
     """
-    from sklearn.linear_model import LogisticRegression, LogisticRegressionCV
     from sklearn.metrics import log_loss
 
-    folds = int(min(5, np.unique(labels, return_counts=True)[1].min()))
-    if folds >= 2:
-        estimator = LogisticRegressionCV(
-            Cs=10, cv=folds, scoring="neg_log_loss", max_iter=2000, random_state=seed
-        )
-    else:
-        logger.warning("Some label has a single training example: no cross-validation, C=1.")
-        estimator = LogisticRegression(C=1.0, max_iter=2000, random_state=seed)
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore", category=FutureWarning)  # sklearn API notices, not user issues
-        estimator.fit(features, labels)
+    estimator = _fit(_logistic(labels, seed, _class_weight(class_weights)), features, labels)
     weight, bias = _as_softmax_layer(
         estimator.coef_, estimator.intercept_, estimator.classes_, head.num_labels
     )
-    with torch.no_grad():
-        head.linear.weight.copy_(torch.as_tensor(weight))
-        head.linear.bias.copy_(torch.as_tensor(bias))
+    _copy_layer(head, weight, bias)
     if hasattr(estimator, "C_"):
-        logger.info(
-            "logistic-cv: C=%s chosen by %d-fold cross-validation", float(np.ravel(estimator.C_)[0]), folds
-        )
+        logger.info("logistic-cv: C=%s chosen by cross-validation", float(np.ravel(estimator.C_)[0]))
     return float(log_loss(labels, estimator.predict_proba(features), labels=estimator.classes_))
+
+
+def fit_one_vs_rest_head(
+    head: LinearHead,
+    features: np.ndarray,
+    targets: np.ndarray,
+    seed: int,
+    pos_weight: list[float] | None = None,
+) -> float:
+    """Fit each output of ``head`` as its own cross-validated logistic regression (multi-label:
+    sigmoid(output j) is label j's probability). Returns the mean training log-loss."""
+    from sklearn.metrics import log_loss
+
+    weight = np.zeros((targets.shape[1], features.shape[1]), dtype=np.float32)
+    bias = np.zeros(targets.shape[1], dtype=np.float32)
+    losses = []
+    for j, column in enumerate(targets.T.astype(int)):
+        positives = column.mean()
+        if positives in (0.0, 1.0):  # a label always or never present: its log-odds, clipped
+            bias[j] = np.clip(np.log((positives + 1e-4) / (1 - positives + 1e-4)), -10, 10)
+            continue
+        balance = None if pos_weight is None else {0: 1.0, 1: pos_weight[j]}
+        estimator = _fit(_logistic(column, seed, balance), features, column)
+        weight[j], bias[j] = estimator.coef_[0], estimator.intercept_[0]
+        losses.append(log_loss(column, estimator.predict_proba(features)[:, 1], labels=[0, 1]))
+    _copy_layer(head, weight, bias)
+    logger.info("logistic-cv: %d one-vs-rest regressions", targets.shape[1])
+    return float(np.mean(losses)) if losses else 0.0
+
+
+def fit_ridge_head(head: LinearHead, features: np.ndarray, targets: np.ndarray) -> float:
+    """Fit ``head`` as ridge regression on (standardised) targets, the penalty of each target chosen
+    by efficient leave-one-out cross-validation over a wide grid. Returns the training MSE."""
+    from sklearn.linear_model import RidgeCV
+
+    estimator = _fit(RidgeCV(alphas=np.logspace(-3, 5, 17), alpha_per_target=True), features, targets)
+    _copy_layer(head, np.atleast_2d(estimator.coef_), np.atleast_1d(estimator.intercept_))
+    logger.info("ridge-cv: alpha=%s chosen by leave-one-out cross-validation", np.round(estimator.alpha_, 4))
+    return float(np.mean((estimator.predict(features).reshape(targets.shape) - targets) ** 2))
 
 
 def _as_softmax_layer(

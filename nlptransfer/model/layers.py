@@ -71,11 +71,7 @@ def phase_tables(model: nn.Module, phases: Sequence[Any]) -> str:
     parts = []
     for i, phase in enumerate(phases, 1):
         phase.configure(model)
-        how = (
-            f"{phase.epochs} epoch{'s' * (phase.epochs != 1)}"
-            if phase.loop != "logistic-cv"
-            else "closed form"
-        )
+        how = "closed form" if phase.closed_form else f"{phase.epochs} epoch{'s' * (phase.epochs != 1)}"
         parts.append(
             f"Phase {i}: {phase.name} ({phase.loop}, {how})\n\n{format_table(trainable_rows(model))}"
         )

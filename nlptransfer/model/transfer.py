@@ -29,7 +29,7 @@ from nlptransfer.errors import ConfigError, ModelLoadError
 from nlptransfer.files import replace_files
 from nlptransfer.model.heads import LinearHead, build_head
 from nlptransfer.model.pooling import Pooling
-from nlptransfer.tasks.base import DEFAULT_TASK, build_task
+from nlptransfer.tasks.base import DEFAULT_TASK, Task, build_task
 from nlptransfer.version import __version__
 
 logger = logging.getLogger(__name__)
@@ -42,25 +42,55 @@ _CONFIG_KEYS = {"nlptransfer_version", "backbone", "pooling", "head", "labels", 
 
 @dataclass
 class Predictions:
-    """Predicted label names and the class probabilities behind them."""
+    """The answers for each input, and the scores behind them.
 
-    labels: list[str]
+    ``labels``: one label per input (single-label), a list of labels (multi-label; maybe empty),
+    or the predicted value (regression; a dict of target name -> value with several targets).
+    ``probabilities``: (inputs, outputs) class or label probabilities, or the predicted values.
+    """
+
+    labels: list[Any]
     probabilities: np.ndarray
     label_names: list[str]
+    problem_type: str = DEFAULT_TASK
 
     @property
     def scores(self) -> np.ndarray:
-        return self.probabilities.max(axis=1)
+        """The probability of the predicted class; for label sets and values, the scores themselves."""
+        if self.problem_type == DEFAULT_TASK:
+            return self.probabilities.max(axis=1)
+        return self.probabilities
+
+    def columns(self, separator: str = ";") -> dict[str, list[Any]]:
+        """The predictions as table columns: the answer (a label set joined by ``separator``; a
+        value per target), the predicted class's score, then each class's or label's probability."""
+        if self.problem_type == "regression":
+            if len(self.label_names) == 1:
+                return {"prediction": self.probabilities[:, 0].tolist()}
+            return {
+                f"prediction_{n}": self.probabilities[:, i].tolist() for i, n in enumerate(self.label_names)
+            }
+        answers = self.labels
+        columns: dict[str, list[Any]] = {}
+        if self.problem_type == DEFAULT_TASK:
+            columns = {"prediction": answers, "score": self.scores.tolist()}
+        else:
+            columns = {"prediction": [separator.join(map(str, labels)) for labels in answers]}
+        for i, name in enumerate(self.label_names):
+            columns[f"prob_{name}"] = self.probabilities[:, i].tolist()
+        return columns
 
     def to_records(self) -> list[dict[str, Any]]:
-        return [
-            {
-                "label": label,
-                "score": float(probs.max()),
-                "probabilities": dict(zip(self.label_names, map(float, probs), strict=True)),
-            }
-            for label, probs in zip(self.labels, self.probabilities, strict=True)
-        ]
+        records = []
+        for answer, row in zip(self.labels, self.probabilities, strict=True):
+            named = dict(zip(self.label_names, map(float, row), strict=True))
+            if self.problem_type == "regression":
+                records.append({"value": answer})
+            elif self.problem_type == DEFAULT_TASK:
+                records.append({"label": answer, "score": float(row.max()), "probabilities": named})
+            else:
+                records.append({"labels": answer, "probabilities": named})
+        return records
 
 
 class TransferModel(nn.Module):
@@ -78,7 +108,7 @@ class TransferModel(nn.Module):
         head: nn.Module,
         labels: list[str],
         max_length: int = 128,
-        task: str = DEFAULT_TASK,
+        task: str | dict[str, Any] | Task = DEFAULT_TASK,
     ) -> None:
         super().__init__()
         if len(labels) != head.num_labels:
@@ -88,7 +118,8 @@ class TransferModel(nn.Module):
         self.head = head
         self.labels = list(labels)
         self.max_length = max_length
-        self.task = build_task(task)  # the loss, the activation and how outputs become answers
+        # The loss, the activation and how outputs become answers (with the task's saved state).
+        self.task = task if isinstance(task, Task) else build_task(task)
 
     @classmethod
     def from_backbone(
@@ -101,13 +132,14 @@ class TransferModel(nn.Module):
         head_dropout: float = 0.1,
         max_length: int = 128,
         trust_remote_code: bool = False,
-        task: str = DEFAULT_TASK,
+        task: str | Task = DEFAULT_TASK,
     ) -> TransferModel:
         """A new classifier on a pretrained source (short name, folder, hub id or Backbone).
 
         ``layers="all"`` pools every hidden state; ``layer_mix`` is ``"concat"`` or
-        ``"scalar"`` (ELMo's learned mix; the default for ``"all"``). ``task`` names a registered
-        :class:`~nlptransfer.tasks.base.Task` (what the model predicts and trains with).
+        ``"scalar"`` (ELMo's learned mix; the default for ``"all"``). ``task`` is a
+        :class:`~nlptransfer.tasks.base.Task` or a registered task's name (what the model predicts
+        and trains with); ``labels`` names the head's outputs (classes, labels or targets).
         """
         if isinstance(model, Backbone):
             backbone = model
@@ -164,7 +196,8 @@ class TransferModel(nn.Module):
 
     @torch.inference_mode()
     def predict(self, inputs: Any, text_pairs: list[str] | None = None, batch_size: int = 32) -> Predictions:
-        """Labels and probabilities for raw texts (optionally text pairs), or for images.
+        """Answers and their scores for raw texts (optionally text pairs), or for images: a label and
+        class probabilities, a label set and each label's probability, or predicted values.
 
         ``inputs``: a text or a list of texts; for an image model an image (path, array,
         PIL image) or a list of them, or an ``(N, H, W[, C])`` array.
@@ -184,7 +217,7 @@ class TransferModel(nn.Module):
             logits = self(**{k: v.to(device) for k, v in batch.items()})
             probs[idx] = self.task.activate(logits).cpu().numpy()
         self.train(was_training)
-        return Predictions(self.task.decode(probs, self.labels), probs, list(self.labels))
+        return Predictions(self.task.decode(probs, self.labels), probs, list(self.labels), self.task.name)
 
     def merge_adapter(self) -> TransferModel:
         """Fold a LoRA-like adapter into the body's weights: a plain model that loads without peft.
@@ -206,7 +239,7 @@ class TransferModel(nn.Module):
             "head": self.head.get_config(),
             "labels": self.labels,
             "max_length": self.max_length,
-            "task": self.task.name,
+            "task": self.task.get_config(),
         }
 
     def save_pretrained(self, directory: str | os.PathLike[str]) -> None:
@@ -251,7 +284,8 @@ class TransferModel(nn.Module):
             )
         saved = config["pooling"]
         pooling = Pooling(saved["type"], saved.get("layers", [-1]), mix=saved.get("mix", "concat"))
-        task = config.get("task", DEFAULT_TASK)  # models saved before tasks existed are single-label
+        # Models saved before tasks existed are single-label; before task state, a name.
+        task = build_task(config.get("task", DEFAULT_TASK))
         model = cls(backbone, pooling, head, config["labels"], config["max_length"], task)
         try:
             load_model(model, str(path / WEIGHTS_NAME), strict=True)

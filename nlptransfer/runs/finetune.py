@@ -16,9 +16,11 @@ from nlptransfer.engine.context import RunContext
 from nlptransfer.data import LabelledData, load_data
 from nlptransfer.errors import ConfigError, SaveError
 from nlptransfer.engine.features import feature_cache_report
-from nlptransfer.engine.inference import evaluate_split
+from nlptransfer.engine.inference import predict_split
 from nlptransfer.model.layers import count_parameters, phase_tables
-from nlptransfer.tasks.metrics import MetricSet
+from nlptransfer.tasks.base import DEFAULT_TASK, Task
+from nlptransfer.tasks.metrics import MetricSet, per_label_table
+from nlptransfer.tasks.setup import configure_task
 from nlptransfer.model.transfer import TransferModel, load_backbone
 from nlptransfer.runs.modelcard import CardInfo, build_card, push_to_hub
 from nlptransfer.runs.outputs import (
@@ -44,10 +46,12 @@ def build_model(
     strategy: Strategy,
     vocabulary_texts: list[str] | None = None,
     modality: str = "text",
+    task: Task | None = None,
 ) -> TransferModel:
     """The model a run trains: source backbone, pooling and a new head, configured by the strategy.
 
-    ``modality`` is what the data holds ("text" or "image"); the backbone must read it.
+    ``modality`` is what the data holds ("text" or "image"); the backbone must read it. ``task``
+    (default: single-label classification) is what the head predicts; ``labels`` name its outputs.
     """
     vocabulary = config.vocabulary
     word_options = vocab_options(vocabulary, config.seed)
@@ -69,6 +73,7 @@ def build_model(
         layer_mix=config.layer_mix,
         head_dropout=config.head_dropout,
         max_length=config.max_length,
+        task=task or DEFAULT_TASK,
     )
 
 
@@ -101,10 +106,10 @@ class RunPlan:
 
 def plan_run(
     config: FinetuneConfig, strategy: Strategy, labels: list[str], texts: list[str] | None = None,
-    modality: str = "text",
+    modality: str = "text", task: Task | None = None,
 ) -> RunPlan:  # fmt: skip
     """Build the model and configure every phase: what train, layers, compare and advise all do first."""
-    model = build_model(config, labels, strategy, texts, modality)
+    model = build_model(config, labels, strategy, texts, modality, task)
     phases = strategy.phases(model, config)
     return RunPlan(model, phases, phase_tables(model, phases))
 
@@ -132,16 +137,20 @@ def train(config: FinetuneConfig) -> dict[str, Any]:
     run_start = time.time()  # this run alone; results.json's wall_seconds counts from the process start
     strategy = get_strategy(config.strategy)
     image_options(config)  # a bad --augment or --batchnorm fails before anything runs
-    metrics = MetricSet(config.metrics, config.trust_remote_code)
+    if config.metrics is not None:
+        MetricSet(config.metrics, config.trust_remote_code)  # a bad metric name fails before anything runs
     output_dir = resolve_output_dir(config)
     if not config.resume_from_checkpoint:
         check_output_dir(output_dir, config.overwrite_output_dir)
-    session = start_session(config, output_dir, "nlptransfer-finetune")
-    ctx = RunContext(config, strategy, session.accelerator, metrics, session)
-    set_seed(config.seed)
     data = load_data(config.data)
     logger.info("data: %s", _describe(data))
-    plan = plan_run(config, strategy, data.label_names, texts_for_vocabulary(data), data.modality)
+    # Task-dependent defaults are filled in before the session: checkpoints hold the resolved config.
+    config, task, task_notes = configure_task(config, data)
+    session = start_session(config, output_dir, "nlptransfer-finetune")
+    metrics = MetricSet(config.metrics, config.trust_remote_code)
+    ctx = RunContext(config, strategy, session.accelerator, metrics, session)
+    set_seed(config.seed)
+    plan = plan_run(config, strategy, data.label_names, texts_for_vocabulary(data), data.modality, task)
     model, table = plan.model, plan.table
     logger.info("strategy %s, trainable layers:\n%s", strategy.name, table)
     start = time.perf_counter()
@@ -153,10 +162,11 @@ def train(config: FinetuneConfig) -> dict[str, Any]:
         "feature_extraction_seconds": result.feature_extraction_seconds,
     }
     model.to(ctx.accelerator.device)
-    splits = result.eval_datasets
-    test = evaluate_split(model, splits["test"], ctx, "test") if "test" in splits else None
+    final = final_evaluation(model, result.eval_datasets, ctx)
     report = distributed_report(ctx.accelerator, result.seen_indices, len(data.train))
-    results = _results(ctx, model, data, result, test, timings, report)
+    results = _results(ctx, model, data, result, final.get("test"), timings, report)
+    results.update({k: v for k, v in final.items() if k != "test"})
+    results["task"] = {**task_notes, **final.pop("tuned", {})}
     results["feature_cache"] = feature_cache_report(result.features)
     finish_session(session, output_dir, config.metric_for_best_model)
     if ctx.accelerator.is_main_process:
@@ -164,11 +174,30 @@ def train(config: FinetuneConfig) -> dict[str, Any]:
         results.update(resource_usage(run_start))
         results["hardware"] = hardware()  # its load average at the end of the run
         write_run(output_dir, model, config, results, table, _card(config, results, table, output_dir))
-        logger.info("saved model and results to %s; test: %s", output_dir, test)
+        logger.info("saved model and results to %s; test: %s", output_dir, results["test"])
         if config.push_to_hub:
             push_to_hub(output_dir, config.hub_model_id)
     ctx.accelerator.wait_for_everyone()
     return results
+
+
+def final_evaluation(model: TransferModel, splits: dict[str, Any], ctx: RunContext) -> dict[str, Any]:
+    """After the best weights are back: decisions tuned on validation (multi-label thresholds), the
+    test scores, and the per-class (per-label, per-target) table of the test split (else validation)."""
+    task, final = model.task, {}
+    outputs, references = predict_split(model, splits["validation"], ctx, "validation")
+    tuned = task.tune(outputs, references)
+    if tuned is not None:
+        final["tuned"] = tuned
+        final["validation_tuned"] = ctx.metrics.compute(task.predictions(outputs), references)
+        logger.info("tuned on validation: %s; validation %s", tuned, final["validation_tuned"])
+    name = "test" if "test" in splits else "validation"
+    if name == "test":
+        outputs, references = predict_split(model, splits["test"], ctx, "test")
+        final["test"] = ctx.metrics.compute(task.predictions(outputs), references)
+    table = per_label_table(task.name, task.predictions(outputs), references, model.labels)
+    final["per_label"] = {"split": name, "table": table}
+    return final
 
 
 def _card(config: FinetuneConfig, results: dict[str, Any], table: str, output_dir: Path) -> CardInfo:
@@ -231,6 +260,7 @@ def _results(
         "strategy": ctx.strategy.name,
         "model": ctx.config.model,
         "labels": data.label_names,
+        "problem_type": data.problem_type,
         "modality": data.modality,
         "test": test,
         "validation": best,

@@ -17,7 +17,9 @@ from nlptransfer.registry import Registry
 ParamGroups = list[dict[str, Any]]
 
 # Training loops a phase can ask for (implemented in nlptransfer.engine.fit and friends).
-LOOPS = ("gradient", "logistic-cv", "contrastive")
+LOOPS = ("gradient", "logistic-cv", "ridge-cv", "contrastive")
+# Heads fitted in closed form on frozen features (scikit-learn); each is also a loop of that name.
+CLOSED_FORM_HEADS = ("logistic-cv", "ridge-cv")
 
 
 @dataclass
@@ -37,6 +39,11 @@ class Phase:
     loop: str = "gradient"
     # False for phases whose model has no usable head yet (contrastive body training).
     evaluate: bool = True
+
+    @property
+    def closed_form(self) -> bool:
+        """A head fitted in one solve (no epochs, no learning rate)."""
+        return self.loop in CLOSED_FORM_HEADS
 
 
 class Strategy(ABC):
@@ -85,7 +92,7 @@ class Strategy(ABC):
     def phases(self, model: nn.Module, config: FinetuneConfig) -> list[Phase]:
         """The stages of this strategy; one by default."""
         frozen = self.freezes_body(config)
-        if config.head == "logistic-cv":
+        if config.head in CLOSED_FORM_HEADS:
             return [
                 head_phase(
                     self.name, config, frozen_body=frozen, configure=lambda m: self.configure(m, config)
@@ -108,13 +115,14 @@ def head_phase(
     patience: int | None = 5, default_head: str = "linear",
 ) -> Phase:  # fmt: skip
     """A phase that trains only the head (and layer mix) on frozen features, by --head's method."""
-    if (config.head or default_head) == "logistic-cv":
+    head = config.head or default_head
+    if head in CLOSED_FORM_HEADS:
         if not frozen_body:
             raise ConfigError(
-                "--head logistic-cv fits on frozen features; use it with feature-extraction, "
+                f"--head {head} fits on frozen features; use it with feature-extraction, "
                 "contrastive, or finetune --unfreeze_layers 0, or drop it (linear head)."
             )
-        return Phase(name, configure or train_head_only(lr, config.weight_decay), 1, True, loop="logistic-cv")
+        return Phase(name, configure or train_head_only(lr, config.weight_decay), 1, True, loop=head)
     return Phase(name, configure or train_head_only(lr, config.weight_decay), epochs, True, patience=patience)
 
 

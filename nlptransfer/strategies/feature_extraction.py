@@ -6,7 +6,7 @@ from torch import nn
 
 from nlptransfer.config import FinetuneConfig
 from nlptransfer.errors import ConfigError
-from nlptransfer.strategies.base import STRATEGIES, ParamGroups, Strategy, param_groups
+from nlptransfer.strategies.base import CLOSED_FORM_HEADS, STRATEGIES, ParamGroups, Strategy, param_groups
 
 
 @STRATEGIES.register("feature-extraction")
@@ -42,9 +42,9 @@ class FeatureExtraction(Strategy):
                 "--reinit_layers re-initialises layers that must then train; feature-extraction "
                 "freezes them. Use --strategy finetune (or lp-ft) with it."
             )
-        if config.head == "logistic-cv" and model.pooling.mix is not None:
+        if config.head in CLOSED_FORM_HEADS and model.pooling.mix is not None:
             raise ConfigError(
-                "--head logistic-cv cannot learn the scalar layer mix; use --layer_mix concat "
+                f"--head {config.head} cannot learn the scalar layer mix; use --layer_mix concat "
                 "(or --layers with one layer), or the linear head."
             )
         model.backbone.requires_grad_(False)

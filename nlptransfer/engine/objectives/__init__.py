@@ -1,7 +1,7 @@
 """Training objectives, registered by name: each is a loader and a loss (see ``base.Objective``)."""
 
 from nlptransfer.engine.objectives.base import OBJECTIVES, Objective
-from nlptransfer.engine.objectives.classification import Classification, LogisticRegression
+from nlptransfer.engine.objectives.classification import Classification, ClosedFormHead
 from nlptransfer.engine.objectives.contrastive import ContrastivePairs
 from nlptransfer.engine.objectives.language_model import CausalLM, LanguageModeling, MaskedLM, SpanCorruption
 
@@ -9,9 +9,9 @@ __all__ = [
     "OBJECTIVES",
     "CausalLM",
     "Classification",
+    "ClosedFormHead",
     "ContrastivePairs",
     "LanguageModeling",
-    "LogisticRegression",
     "MaskedLM",
     "Objective",
     "SpanCorruption",

@@ -11,7 +11,8 @@ from torch.utils.data import DataLoader, Dataset
 from nlptransfer.data import Collator, EncodedDataset, EpochSampler, FeatureDataset, LengthGroupedSampler
 from nlptransfer.engine.objectives.base import OBJECTIVES, Objective
 from nlptransfer.errors import ConfigError
-from nlptransfer.model.heads import fit_logistic_head
+from nlptransfer.model.heads import fit_logistic_head, fit_one_vs_rest_head, fit_ridge_head
+from nlptransfer.tasks.base import MultiLabelClassification, Regression
 
 if TYPE_CHECKING:
     from nlptransfer.backbones import Backbone
@@ -83,23 +84,34 @@ class Classification(Objective):
         return self.task.loss(model(**batch), labels)
 
 
+@OBJECTIVES.register("ridge-cv")
 @OBJECTIVES.register("logistic-cv")
-class LogisticRegression(Objective):
-    """The head fitted by scikit-learn logistic regression on frozen features (regularisation by CV)."""
+class ClosedFormHead(Objective):
+    """The head fitted by scikit-learn on frozen features, by the model's task: logistic regression
+    (one-vs-rest for label sets, weighted as the task weighs classes) or ridge regression, the
+    regularisation chosen by cross-validation."""
 
     closed_form = True
 
     def __init__(self, train: Dataset, seed: int) -> None:
         if not isinstance(train, FeatureDataset):
-            raise ConfigError("--head logistic-cv fits on frozen features; this phase trains the body.")
+            raise ConfigError(
+                "A closed-form head (logistic-cv, ridge-cv) fits on frozen features; "
+                "this phase trains the body."
+            )
         self.train, self.seed = train, seed
 
     @classmethod
-    def from_phase(cls, run: PhaseRun) -> LogisticRegression:
+    def from_phase(cls, run: PhaseRun) -> ClosedFormHead:
         return cls(run.datasets["train"], run.ctx.config.seed)
 
     def solve(self, model: torch.nn.Module) -> float:
         with torch.no_grad():
             features = torch.as_tensor(np.asarray(self.train.features), dtype=torch.float32)
-            features = model.pooling.combine(features)
-        return fit_logistic_head(model.head, features.numpy(), self.train.labels.numpy(), self.seed)
+            features = model.pooling.combine(features).numpy()
+        task, targets = model.task, self.train.labels
+        if isinstance(task, Regression):
+            return fit_ridge_head(model.head, features, task.standardise(targets.float()).numpy())
+        if isinstance(task, MultiLabelClassification):
+            return fit_one_vs_rest_head(model.head, features, targets.numpy(), self.seed, task.pos_weight)
+        return fit_logistic_head(model.head, features, targets.numpy(), self.seed, task.class_weights)

@@ -21,6 +21,7 @@ from torch.utils.data import DataLoader, Dataset
 from nlptransfer.data import EncodedDataset, EpochSampler
 from nlptransfer.engine.objectives.base import OBJECTIVES, Objective
 from nlptransfer.errors import ConfigError
+from nlptransfer.tasks.base import Regression
 
 if TYPE_CHECKING:
     from nlptransfer.engine.fit import PhaseRun
@@ -28,33 +29,72 @@ if TYPE_CHECKING:
 logger = logging.getLogger(__name__)
 
 
-def sample_pairs(labels: list[int], iterations: int, max_pairs: int, seed: int) -> np.ndarray:
-    """(pairs, 3) rows of (index a, index b, same class 0/1), half positive and half negative.
+def sample_pairs(
+    labels: list[int] | np.ndarray, iterations: int, max_pairs: int, seed: int, balanced: bool = False
+) -> np.ndarray:
+    """(pairs, 3) rows of (index a, index b, target similarity), half positive and half negative.
 
-    Each round gives every anchor one partner from its class and one from
-    another class (SetFit's scheme); rounds stop at ``max_pairs``.
+    Each round gives every anchor one partner from its class and one from another class
+    (SetFit's scheme); rounds stop at ``max_pairs``. ``labels``: class ids, or a 0/1 label matrix
+    (multi-label: a partner shares a label, or shares none, and the target is the Jaccard overlap
+    of the two label sets). ``balanced``: anchors are drawn so that each class gives as many.
     """
     labels_arr = np.asarray(labels)
-    classes = np.unique(labels_arr)
-    if len(classes) < 2:
-        raise ConfigError("Contrastive training needs examples of at least two labels.")
-    members = {c: np.flatnonzero(labels_arr == c) for c in classes}
-    others = {c: np.flatnonzero(labels_arr != c) for c in classes}
-    anchors = np.arange(len(labels_arr))
     rng = np.random.default_rng(seed)
+    anchors = np.arange(len(labels_arr))
     rounds = min(iterations, max(1, math.ceil(max_pairs / (2 * len(anchors)))))
-    rows = []
-    for _ in range(rounds):
-        for a in rng.permutation(anchors):
-            c = labels_arr[a]
-            same = members[c]
-            # A class with one example pairs it with itself: still a valid positive.
-            rows.append((a, same[rng.integers(len(same))], 1))
-            rows.append((a, others[c][rng.integers(len(others[c]))], 0))
-    pairs = np.asarray(rows, dtype=np.int64)
+    if labels_arr.ndim == 2:
+        rows = _label_set_pairs(labels_arr.astype(bool), rounds, rng)
+    else:
+        rows = _class_pairs(labels_arr, rounds, rng, balanced)
+    pairs = np.asarray(rows, dtype=np.float64)
     if len(pairs) > max_pairs:
         pairs = pairs[rng.choice(len(pairs), max_pairs, replace=False)]
     return pairs
+
+
+def _class_pairs(labels: np.ndarray, rounds: int, rng: np.random.Generator, balanced: bool) -> list[tuple]:
+    classes, counts = np.unique(labels, return_counts=True)
+    if len(classes) < 2:
+        raise ConfigError("Contrastive training needs examples of at least two labels.")
+    members = {c: np.flatnonzero(labels == c) for c in classes}
+    others = {c: np.flatnonzero(labels != c) for c in classes}
+    weight = (1.0 / counts)[np.searchsorted(classes, labels)] if balanced else None
+    rows = []
+    for _ in range(rounds):
+        order = (
+            rng.choice(len(labels), len(labels), p=weight / weight.sum())
+            if balanced
+            else rng.permutation(len(labels))
+        )
+        for a in order:
+            c = labels[a]
+            same = members[c]
+            # A class with one example pairs it with itself: still a valid positive.
+            rows.append((a, same[rng.integers(len(same))], 1.0))
+            rows.append((a, others[c][rng.integers(len(others[c]))], 0.0))
+    return rows
+
+
+def _label_set_pairs(sets: np.ndarray, rounds: int, rng: np.random.Generator) -> list[tuple]:
+    members = [np.flatnonzero(column) for column in sets.T]
+    empty = np.flatnonzero(~sets.any(1))
+
+    def overlap(a: int, b: int) -> float:
+        union = (sets[a] | sets[b]).sum()
+        return 1.0 if union == 0 else float((sets[a] & sets[b]).sum() / union)
+
+    rows = []
+    for _ in range(rounds):
+        for a in rng.permutation(len(sets)):
+            own = np.flatnonzero(sets[a])
+            pool = members[own[rng.integers(len(own))]] if len(own) else empty
+            b = pool[rng.integers(len(pool))]
+            # A partner sharing no label: a few random draws (label sets overlap often).
+            candidates = rng.integers(len(sets), size=8)
+            c = next((int(i) for i in candidates if not (sets[a] & sets[i]).any()), int(candidates[0]))
+            rows += [(a, b, overlap(a, b)), (a, c, overlap(a, c))]
+    return rows
 
 
 class PairDataset(Dataset):
@@ -68,8 +108,12 @@ class PairDataset(Dataset):
         return len(self.pairs)
 
     def __getitem__(self, i: int) -> dict[str, Any]:
-        a, b, same = (int(v) for v in self.pairs[i])
-        return {"a": self.encoded.encodings[a], "b": self.encoded.encodings[b], "target": float(same)}
+        a, b, target = self.pairs[i]
+        return {
+            "a": self.encoded.encodings[int(a)],
+            "b": self.encoded.encodings[int(b)],
+            "target": float(target),
+        }
 
 
 class PairCollator:
@@ -107,9 +151,21 @@ class ContrastivePairs(Objective):
         config, train = run.ctx.config, run.datasets["train"]
         if not isinstance(train, EncodedDataset):
             raise ConfigError("The contrastive phase trains the body and needs tokenised inputs.")
-        pairs = sample_pairs(train.labels, config.contrastive_iterations, config.max_pairs, config.seed)
+        task = run.model.task
+        if isinstance(task, Regression):
+            raise ConfigError(
+                f"The contrastive strategy pairs examples by their labels; a {task.name} task has none. "
+                "Use feature-extraction, finetune or an adapter strategy."
+            )
+        balanced = getattr(task, "class_weights", None) is not None
+        pairs = sample_pairs(
+            train.labels, config.contrastive_iterations, config.max_pairs, config.seed, balanced
+        )
         logger.info(
-            "contrastive: %d pairs (%d positive) from %d examples", len(pairs), pairs[:, 2].sum(), len(train)
+            "contrastive: %d pairs (%d positive) from %d examples",
+            len(pairs),
+            (pairs[:, 2] > 0).sum(),
+            len(train),
         )
         return cls(train, run.model.backbone, config.batch_size, config.seed + run.index, pairs)
 
