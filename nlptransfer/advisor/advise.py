@@ -77,6 +77,7 @@ def measure(
     """Profile the data, measure the source's familiarity with it, and time each probed arm."""
     from nlptransfer.runs.finetune import plan_run, texts_for_vocabulary
     from nlptransfer.strategies import get_strategy
+    from nlptransfer.tasks.setup import configure_task
 
     start = time.perf_counter()
     data = data or load_data(config.data)
@@ -91,7 +92,10 @@ def measure(
         reinit_layers=0,
     )
     texts = texts_for_vocabulary(data)
-    base = plan_run(probe_config, get_strategy("finetune"), data.label_names, texts, data.modality).model
+    _, task, _ = configure_task(probe_config, data)
+    base = plan_run(
+        probe_config, get_strategy("finetune"), data.label_names, texts, data.modality, task
+    ).model
     profile = profile_data(data, base.backbone, config.max_length, config.seed)
     sample = sample_texts(data.train.inputs, familiarity_examples, config.seed) if texts else []
     familiarity = measure_familiarity(

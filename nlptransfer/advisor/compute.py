@@ -133,7 +133,7 @@ def _inputs(batch: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
 
 
 def _step(model: TransferModel, optimizer: torch.optim.Optimizer, batch: dict[str, torch.Tensor]) -> None:
-    loss = torch.nn.functional.cross_entropy(model(**_inputs(batch)), batch["labels"])
+    loss = model.task.loss(model(**_inputs(batch)), batch["labels"])
     loss.backward()
     optimizer.step()
     optimizer.zero_grad(set_to_none=True)

@@ -10,6 +10,7 @@ import numpy as np
 
 from nlptransfer.backbones import Backbone
 from nlptransfer.data import LabelledData
+from nlptransfer.tasks.setup import IMBALANCE_RATIO
 
 # Tokenise this many texts to measure lengths: the percentiles settle long before that.
 LENGTH_SAMPLE = 2000
@@ -51,15 +52,22 @@ class DataProfile:
 
 
 def profile_data(data: LabelledData, backbone: Backbone, max_length: int, seed: int = 0) -> DataProfile:
-    """Sizes, examples per label, and (for text) token lengths against ``max_length``."""
-    counts = Counter(data.label_names[y] for y in data.train.labels)
+    """Sizes, examples per label, balance, and (for text) token lengths against ``max_length``."""
     profile = DataProfile(
         num_train=len(data.train),
         num_validation=len(data.validation),
         num_test=len(data.test) if data.test is not None else 0,
-        per_label={str(name): counts.get(name, 0) for name in data.label_names},
+        per_label=examples_per_label(data),
         modality=data.modality,
     )
+    if data.problem_type == "single_label_classification" and profile.imbalance >= IMBALANCE_RATIO:
+        rarest = min(profile.per_label, key=profile.per_label.__getitem__)
+        profile.notes.append(
+            f"The classes are imbalanced: the largest has {profile.imbalance:.1f}x the examples of the "
+            f"smallest ('{rarest}', {profile.min_per_label}). Training weighs classes as balanced "
+            "(--class_weight auto) and picks the best epoch by f1_macro; results.json reports each "
+            "class's precision, recall and F1."
+        )
     if data.modality != "text":
         return profile
     lengths = token_lengths(backbone, data.train.inputs, data.train.pairs, seed)
@@ -73,6 +81,18 @@ def profile_data(data: LabelledData, backbone: Backbone, max_length: int, seed: 
             f"their end; 95% fit in {int(profile.length_p95)} tokens."
         )
     return profile
+
+
+def examples_per_label(data: LabelledData) -> dict[str, int]:
+    """Training examples of each class (each label, for label sets); for a regression, all of them
+    under one name: what the size rules read."""
+    if data.problem_type == "regression":
+        return {"(all targets)": len(data.train)}
+    if data.problem_type == "multi_label_classification":
+        counts = np.asarray(data.train.labels).sum(0).astype(int).tolist()
+        return dict(zip(map(str, data.label_names), counts, strict=True))
+    found = Counter(data.label_names[y] for y in data.train.labels)
+    return {str(name): found.get(name, 0) for name in data.label_names}
 
 
 def token_lengths(

@@ -24,7 +24,7 @@ def targets_tensor(labels: list[int] | np.ndarray | torch.Tensor) -> torch.Tenso
     if isinstance(labels, torch.Tensor):
         return labels
     if isinstance(labels, np.ndarray) and labels.dtype.kind == "f":
-        return torch.as_tensor(labels, dtype=torch.float32)
+        return torch.tensor(labels, dtype=torch.float32)  # a copy: the array may be read-only
     return torch.as_tensor(np.asarray(labels, dtype=np.int64))
 
 

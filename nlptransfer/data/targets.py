@@ -115,16 +115,12 @@ def _several_columns(frame: pd.DataFrame, columns: tuple[str, ...], wanted: str 
             "--problem_type single_label_classification reads one --label_column; --label_columns "
             "serve multi-label (0/1 columns) or regression (numeric columns)."
         )
-    target = Target(REGRESSION, columns, "numbers")
-    values = target.numbers(frame, "train")
+    values = Target(REGRESSION, columns, "numbers").numbers(frame, "train", check=wanted == REGRESSION)
     binary = all(values[c].dropna().isin([0, 1]).all() for c in columns)
-    if wanted == MULTI or (wanted is None and binary):
-        if not binary:
-            bad = [c for c in columns if not values[c].dropna().isin([0, 1]).all()]
-            raise DataError(
-                f"Multi-label columns must hold 0 or 1 (or true/false); {bad} hold other values. "
-                "For numeric targets pass --problem_type regression."
-            )
+    text = [c for c in columns if (values[c].isna() & frame[c].notna()).any()]
+    if wanted == MULTI or (wanted is None and (binary or text)):
+        for column in columns:
+            _check_binary(frame[column], values[column], f"The train data's label column '{column}'")
         return Target(MULTI, columns, "columns", reason=f"{len(columns)} label columns, all 0/1")
     reason = "the label columns hold numbers other than 0/1" if wanted is None else "--problem_type"
     return Target(REGRESSION, columns, "numbers", reason=reason)
