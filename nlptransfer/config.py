@@ -368,7 +368,18 @@ class FinetuneConfig(TrainingOptions, DataOptions, AdapterOptions, VocabularyOpt
         "BatchNorm in image bodies: frozen-eval (frozen layers keep their running statistics), eval "
         "(every BatchNorm in inference mode, Keras' advice for fine-tuning), or train (all update).",
     )
-    max_length: int = _opt(128, "Truncate token sequences to this length.")
+    max_length: int = _opt(
+        128, "Truncate token sequences to this length (the window size with --long_text chunk)."
+    )
+    long_text: str = _opt(
+        "truncate",
+        "Texts longer than --max_length: truncate (keep their start), or chunk (read them whole in "
+        "overlapping windows of --max_length tokens, pooled into one representation per text).",
+    )
+    chunk_stride: int | None = _opt(
+        None, "--long_text chunk: tokens consecutive windows share (default: a quarter of --max_length)."
+    )
+    chunk_pooling: str = _opt("mean", "--long_text chunk: how a text's windows combine: mean or max.")
     metric_for_best_model: str | None = _opt(
         None,
         "Validation metric that picks the best epoch. Default: accuracy (f1_macro when the classes are "
@@ -419,6 +430,12 @@ class FinetuneConfig(TrainingOptions, DataOptions, AdapterOptions, VocabularyOpt
         self._check_layers()
         self._check_choice("class_weight", CLASS_WEIGHTS)
         self._check_choice("regression_loss", ("mse", "huber"))
+        self._check_choice("long_text", ("truncate", "chunk"))
+        self._check_choice("chunk_pooling", ("mean", "max"))
+        if self.chunk_stride is not None and self.long_text != "chunk":
+            raise ConfigError(
+                "--chunk_stride applies to --long_text chunk; add --long_text chunk or drop it."
+            )
         if self.metrics is not None and self.metric_for_best_model not in (None, *self.metrics):
             raise ConfigError(
                 f"--metric_for_best_model '{self.metric_for_best_model}' is not among --metrics "

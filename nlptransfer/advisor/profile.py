@@ -14,6 +14,8 @@ from nlptransfer.tasks.setup import IMBALANCE_RATIO
 
 # Tokenise this many texts to measure lengths: the percentiles settle long before that.
 LENGTH_SAMPLE = 2000
+# advise recommends --long_text chunk when at least this share of texts (in %) is truncated.
+CHUNK_ABOVE_PCT = 20.0
 _NO_LIMIT = 1_000_000
 
 
@@ -76,10 +78,17 @@ def profile_data(data: LabelledData, backbone: Backbone, max_length: int, seed: 
     profile.length_p95 = float(np.percentile(lengths, 95))
     profile.truncated_pct = 100.0 * float(np.mean(lengths > max_length))
     if profile.truncated_pct > 5:
-        profile.notes.append(
+        note = (
             f"{profile.truncated_pct:.1f}% of texts are longer than --max_length {max_length} and lose "
             f"their end; 95% fit in {int(profile.length_p95)} tokens."
         )
+        if profile.truncated_pct >= CHUNK_ABOVE_PCT:
+            note += (
+                f" Pass --long_text chunk to read them whole: windows of {max_length} tokens, overlapping "
+                f"by a quarter, pooled per text (a median text has {profile.length_median:.0f} tokens, "
+                f"about {max(1, round(profile.length_median / (0.75 * max_length)))} windows)."
+            )
+        profile.notes.append(note)
     return profile
 
 

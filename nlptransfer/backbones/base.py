@@ -70,6 +70,15 @@ class Backbone(nn.Module, ABC):
     def collate(self, features: list[dict[str, Any]]) -> dict[str, torch.Tensor]:
         """Pad a list of per-example features into a batch of tensors."""
 
+    def tokenize_windows(self, texts: list[str], max_length: int, stride: int) -> list[list[dict[str, Any]]]:
+        """Each text as overlapping windows of at most ``max_length`` tokens, consecutive windows
+        sharing ``stride`` tokens (``--long_text chunk``). Backbones that read token sequences
+        implement it."""
+        raise ConfigError(
+            f"--long_text chunk splits token sequences into windows; the {self.registry_name} backbone "
+            "reads each text whole. Use --long_text truncate, or a Hugging Face text model."
+        )
+
     @abstractmethod
     def forward(self, output_hidden_states: bool = False, **inputs: torch.Tensor) -> BackboneOutput:
         """Run the model on a collated batch."""

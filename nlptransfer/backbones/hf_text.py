@@ -100,6 +100,19 @@ class HFTextBackbone(HFBackbone):
                     )
         return result
 
+    def tokenize_windows(self, texts: list[str], max_length: int, stride: int) -> list[list[dict[str, Any]]]:
+        encoded = self.tokenizer(
+            texts, truncation=True, max_length=max_length, stride=stride, return_overflowing_tokens=True
+        )
+        windows: list[list[dict[str, Any]]] = [[] for _ in texts]
+        keys = [key for key in self._input_keys if key in encoded]
+        for row, owner in enumerate(encoded["overflow_to_sample_mapping"]):
+            windows[owner].append({key: encoded[key][row] for key in keys})
+        for row, text_windows in enumerate(windows):
+            if not text_windows or not text_windows[0]["input_ids"]:  # an empty text: one short window
+                windows[row] = [{k: v[0] for k, v in self.tokenize([texts[row]], None, max_length).items()}]
+        return windows
+
     def collate(self, features: list[dict[str, Any]]) -> dict[str, torch.Tensor]:
         # Always right padding: position ids then match unpadded inputs in decoders too,
         # and the `last` pooling finds the last real token from the attention mask.

@@ -49,8 +49,25 @@ class EncodedDataset(Dataset):
 
 
 def example_length(encoding: dict[str, Any]) -> int:
-    """Tokens in one encoded example; 1 for inputs of fixed size (images)."""
+    """Tokens in one encoded example (all its windows); 1 for inputs of fixed size (images)."""
+    if WINDOWS in encoding:
+        return sum(len(window["input_ids"]) for window in encoding[WINDOWS])
     return len(encoding["input_ids"]) if "input_ids" in encoding else 1
+
+
+# A long text read in windows (--long_text chunk): its example holds them under this key, and a
+# batch says which example each window belongs to under ``WINDOW_OWNER``.
+WINDOWS, WINDOW_OWNER = "windows", "window_owner"
+
+
+def collate_examples(backbone: Backbone, examples: list[dict[str, Any]]) -> dict[str, torch.Tensor]:
+    """The backbone's padded batch of examples; texts read in windows give one row per window."""
+    if WINDOWS not in examples[0]:
+        return backbone.collate(examples)
+    batch = backbone.collate([window for example in examples for window in example[WINDOWS]])
+    owners = [i for i, example in enumerate(examples) for _ in example[WINDOWS]]
+    batch[WINDOW_OWNER] = torch.tensor(owners, dtype=torch.long)
+    return batch
 
 
 class FeatureDataset(Dataset):
@@ -92,7 +109,7 @@ class Collator:
 
     def __call__(self, items: list[dict[str, Any]]) -> dict[str, torch.Tensor]:
         tokens = [{k: v for k, v in item.items() if k not in ("labels", "idx")} for item in items]
-        batch = self.backbone.collate(tokens)
+        batch = collate_examples(self.backbone, tokens)
         batch["labels"] = stack_targets([item["labels"] for item in items])
         batch["idx"] = torch.tensor([item["idx"] for item in items], dtype=torch.long)
         return batch

@@ -10,6 +10,7 @@ from __future__ import annotations
 import logging
 import time
 from collections.abc import Mapping
+from dataclasses import asdict
 from typing import Any
 
 import torch
@@ -79,6 +80,8 @@ def body_key_parts(model: TransferModel, ctx: RunContext) -> dict[str, Any]:
         "dtypes": sorted({str(p.dtype) for p in backbone.parameters()}),
         "pooling": model.pooling.mode,
         "layers": list(model.pooling.layers),
+        # Long texts in windows: the windows' tokens are in the examples' key; how they pool is here.
+        "long_text": asdict(model.long_text) if model.long_text is not None else None,
         "mixed_precision": ctx.config.mixed_precision,
         # CPU and GPU kernels round differently: a cached feature must be bit-for-bit what this run computes.
         "device": ctx.accelerator.device.type,

@@ -137,3 +137,19 @@ class Pooling(nn.Module):
 
     def get_config(self) -> dict[str, Any]:
         return {"type": self.mode, "layers": self.layers, "mix": self.mix_mode}
+
+
+WINDOW_POOLING = ("mean", "max")
+
+
+def pool_windows(features: torch.Tensor, owner: torch.Tensor, mode: str = "mean") -> torch.Tensor:
+    """Per-window features (windows, ...) pooled into one row per text (texts, ...): ``owner[w]``
+    is the text of window ``w``; every text has at least one window."""
+    count = int(owner.max()) + 1 if len(owner) else 0
+    shape = (count, *features.shape[1:])
+    index = owner.view(-1, *([1] * (features.dim() - 1))).expand_as(features)
+    if mode == "max":
+        return features.new_full(shape, float("-inf")).scatter_reduce(0, index, features, "amax")
+    sums = features.new_zeros(shape).index_add(0, owner, features)
+    sizes = torch.bincount(owner, minlength=count).clamp(min=1).to(features.dtype)
+    return sums / sizes.view(-1, *([1] * (features.dim() - 1)))

@@ -5,7 +5,7 @@ from __future__ import annotations
 import json
 import logging
 import os
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
@@ -24,11 +24,11 @@ from nlptransfer.backbones import (
     load_source,
     peft_adapter,
 )
-from nlptransfer.data.loaders import example_length
+from nlptransfer.data.loaders import WINDOWS, collate_examples, example_length
 from nlptransfer.errors import ConfigError, ModelLoadError
 from nlptransfer.files import replace_files
 from nlptransfer.model.heads import LinearHead, build_head
-from nlptransfer.model.pooling import Pooling
+from nlptransfer.model.pooling import WINDOW_POOLING, Pooling, pool_windows
 from nlptransfer.tasks.base import DEFAULT_TASK, Task, build_task
 from nlptransfer.version import __version__
 
@@ -37,7 +37,34 @@ logger = logging.getLogger(__name__)
 CONFIG_NAME = "transfer_config.json"
 WEIGHTS_NAME = "model.safetensors"
 BACKBONE_DIR = "backbone"
-_CONFIG_KEYS = {"nlptransfer_version", "backbone", "pooling", "head", "labels", "max_length", "task"}
+_CONFIG_KEYS = {
+    "nlptransfer_version",
+    "backbone",
+    "pooling",
+    "head",
+    "labels",
+    "max_length",
+    "task",
+    "long_text",
+}
+
+
+@dataclass(frozen=True)
+class LongText:
+    """Texts longer than ``max_length`` read whole: overlapping windows of ``max_length`` tokens,
+    consecutive ones sharing ``stride`` tokens, their features pooled (mean or max) per text."""
+
+    stride: int
+    pooling: str = "mean"
+
+    def check(self, max_length: int) -> None:
+        if self.pooling not in WINDOW_POOLING:
+            raise ConfigError(f"--chunk_pooling must be mean or max, got '{self.pooling}'.")
+        if not 0 <= self.stride <= max_length // 2:
+            raise ConfigError(
+                f"--chunk_stride {self.stride} must be between 0 and half of --max_length {max_length}: "
+                "consecutive windows share that many tokens, and each window must move on."
+            )
 
 
 @dataclass
@@ -109,6 +136,7 @@ class TransferModel(nn.Module):
         labels: list[str],
         max_length: int = 128,
         task: str | dict[str, Any] | Task = DEFAULT_TASK,
+        long_text: LongText | None = None,
     ) -> None:
         super().__init__()
         if len(labels) != head.num_labels:
@@ -120,6 +148,8 @@ class TransferModel(nn.Module):
         self.max_length = max_length
         # The loss, the activation and how outputs become answers (with the task's saved state).
         self.task = task if isinstance(task, Task) else build_task(task)
+        # None: texts are cut at max_length; else read in overlapping windows pooled per text.
+        self.long_text = long_text
 
     @classmethod
     def from_backbone(
@@ -133,6 +163,7 @@ class TransferModel(nn.Module):
         max_length: int = 128,
         trust_remote_code: bool = False,
         task: str | Task = DEFAULT_TASK,
+        long_text: LongText | None = None,
     ) -> TransferModel:
         """A new classifier on a pretrained source (short name, folder, hub id or Backbone).
 
@@ -156,7 +187,9 @@ class TransferModel(nn.Module):
         if limit is not None and max_length > limit:
             logger.warning("max_length %d exceeds what the model accepts; using %d.", max_length, limit)
             max_length = limit
-        return cls(backbone, pooler, head, labels, max_length=max_length, task=task)
+        if long_text is not None:
+            long_text.check(max_length)
+        return cls(backbone, pooler, head, labels, max_length=max_length, task=task, long_text=long_text)
 
     def new_parameters(self) -> list[tuple[str, nn.Parameter]]:
         """Parameters this toolkit adds on top of the source model: the head and any layer mix."""
@@ -168,10 +201,19 @@ class TransferModel(nn.Module):
     def num_labels(self) -> int:
         return len(self.labels)
 
-    def layer_features(self, **inputs: torch.Tensor) -> torch.Tensor:
-        """(batch, layers, hidden): what a frozen body contributes, cacheable across epochs."""
+    def layer_features(
+        self, window_owner: torch.Tensor | None = None, **inputs: torch.Tensor
+    ) -> torch.Tensor:
+        """(batch, layers, hidden): what a frozen body contributes, cacheable across epochs.
+
+        A batch of windows (``window_owner``: the text of each) gives one row per text, its
+        windows' features pooled."""
         output = self.backbone(output_hidden_states=self.pooling.needs_hidden_states, **inputs)
-        return self.pooling.pool_layers(output)
+        features = self.pooling.pool_layers(output)
+        if window_owner is None:
+            return features
+        assert self.long_text is not None
+        return pool_windows(features, window_owner, self.long_text.pooling)
 
     def encode(self, **inputs: torch.Tensor) -> torch.Tensor:
         """Pooled, combined body features for a collated batch."""
@@ -189,7 +231,13 @@ class TransferModel(nn.Module):
         return pooled if return_embeddings else self.head(pooled)
 
     def preprocess(self, texts: list[Any], text_pairs: list[str] | None = None) -> list[dict[str, Any]]:
-        """Per-example model inputs for raw texts (token ids) or images (resized pixels)."""
+        """Per-example model inputs for raw texts (token ids; windows of them for long texts) or
+        images (resized pixels)."""
+        if self.long_text is not None:
+            if text_pairs is not None:
+                raise ConfigError("--long_text chunk reads single texts; text pairs are cut at --max_length.")
+            windows = self.backbone.tokenize_windows(list(texts), self.max_length, self.long_text.stride)
+            return [{WINDOWS: text_windows} for text_windows in windows]
         encoded = self.backbone.tokenize(list(texts), text_pairs, self.max_length)
         keys = list(encoded)
         return [dict(zip(keys, values, strict=True)) for values in zip(*encoded.values(), strict=True)]
@@ -213,7 +261,7 @@ class TransferModel(nn.Module):
         probs = np.zeros((len(examples), self.num_labels), dtype=np.float32)
         for start in range(0, len(order), batch_size):
             idx = order[start : start + batch_size]
-            batch = self.backbone.collate([examples[i] for i in idx])
+            batch = collate_examples(self.backbone, [examples[i] for i in idx])
             logits = self(**{k: v.to(device) for k, v in batch.items()})
             probs[idx] = self.task.activate(logits).cpu().numpy()
         self.train(was_training)
@@ -240,6 +288,7 @@ class TransferModel(nn.Module):
             "labels": self.labels,
             "max_length": self.max_length,
             "task": self.task.get_config(),
+            "long_text": asdict(self.long_text) if self.long_text is not None else None,
         }
 
     def save_pretrained(self, directory: str | os.PathLike[str]) -> None:
@@ -286,7 +335,8 @@ class TransferModel(nn.Module):
         pooling = Pooling(saved["type"], saved.get("layers", [-1]), mix=saved.get("mix", "concat"))
         # Models saved before tasks existed are single-label; before task state, a name.
         task = build_task(config.get("task", DEFAULT_TASK))
-        model = cls(backbone, pooling, head, config["labels"], config["max_length"], task)
+        long_text = LongText(**config["long_text"]) if config.get("long_text") else None
+        model = cls(backbone, pooling, head, config["labels"], config["max_length"], task, long_text)
         try:
             load_model(model, str(path / WEIGHTS_NAME), strict=True)
         except Exception as err:  # safetensors raises several unrelated types

@@ -21,7 +21,7 @@ from nlptransfer.model.layers import count_parameters, phase_tables
 from nlptransfer.tasks.base import DEFAULT_TASK, Task
 from nlptransfer.tasks.metrics import MetricSet, per_label_table
 from nlptransfer.tasks.setup import configure_task
-from nlptransfer.model.transfer import TransferModel, load_backbone
+from nlptransfer.model.transfer import LongText, TransferModel, load_backbone
 from nlptransfer.runs.modelcard import CardInfo, build_card, push_to_hub
 from nlptransfer.runs.outputs import (
     check_output_dir,
@@ -74,7 +74,16 @@ def build_model(
         head_dropout=config.head_dropout,
         max_length=config.max_length,
         task=task or DEFAULT_TASK,
+        long_text=long_text_options(config),
     )
+
+
+def long_text_options(config: FinetuneConfig) -> LongText | None:
+    """How texts longer than --max_length are read: None (truncated), or windows pooled per text."""
+    if config.long_text != "chunk":
+        return None
+    stride = config.max_length // 4 if config.chunk_stride is None else config.chunk_stride
+    return LongText(stride, config.chunk_pooling)
 
 
 def image_options(config: FinetuneConfig) -> ImageOptions | None:

@@ -19,6 +19,7 @@ import torch.nn.functional as F
 from torch.utils.data import DataLoader, Dataset
 
 from nlptransfer.data import EncodedDataset, EpochSampler
+from nlptransfer.data.loaders import collate_examples
 from nlptransfer.engine.objectives.base import OBJECTIVES, Objective
 from nlptransfer.errors import ConfigError
 from nlptransfer.tasks.base import Regression
@@ -123,7 +124,7 @@ class PairCollator:
         self.backbone = backbone
 
     def __call__(self, items: list[dict[str, Any]]) -> dict[str, torch.Tensor]:
-        batch = self.backbone.collate([item["a"] for item in items] + [item["b"] for item in items])
+        batch = collate_examples(self.backbone, [item["a"] for item in items] + [item["b"] for item in items])
         batch["target"] = torch.tensor([item["target"] for item in items], dtype=torch.float32)
         return batch
 
