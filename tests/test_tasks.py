@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import itertools
 import json
 import logging
 import random
@@ -374,3 +375,86 @@ def test_imbalanced_run_reports_per_class_scores(tiny_bert: str, tmp_path: Path)
     table = results["per_label"]["table"]
     assert set(table) == {"neg", "pos"} and table["pos"]["support"] > 0
     assert results["data"]["targets"]["imbalance_ratio"] >= 3
+
+
+# Long documents
+
+
+def long_frame(n: int, seed: int = 0, filler: int = 150) -> pd.DataFrame:
+    """Texts whose only sentiment words come after ``filler`` neutral ones: truncation loses them."""
+    rng = random.Random(seed)
+    rows = []
+    for i in range(n):
+        pos = i % 2 == 0
+        words = [rng.choice(FILLER) for _ in range(filler)] + [
+            rng.choice(POSITIVE if pos else NEGATIVE) for _ in range(5)
+        ]
+        rows.append({"text": " ".join(words), "label": "pos" if pos else "neg"})
+    return pd.DataFrame(rows)
+
+
+def test_pool_windows_averages_or_maxes_each_texts_windows() -> None:
+    from nlptransfer.model.pooling import pool_windows
+
+    features = torch.tensor([[1.0, 4.0], [3.0, 0.0], [5.0, 5.0], [-1.0, 2.0]])
+    owner = torch.tensor([0, 0, 1, 2])
+    torch.testing.assert_close(
+        pool_windows(features, owner), torch.tensor([[2.0, 2.0], [5.0, 5.0], [-1.0, 2.0]])
+    )
+    torch.testing.assert_close(
+        pool_windows(features, owner, "max"), torch.tensor([[3.0, 4.0], [5.0, 5.0], [-1.0, 2.0]])
+    )
+
+
+def test_windows_cover_the_whole_text_with_the_stated_overlap(tiny_bert: str) -> None:
+    model = TransferModel.from_backbone(tiny_bert, ["neg", "pos"], max_length=16)
+    text = " ".join(["good", "bad", "dull"] * 20)  # 60 words, one token each
+    windows = model.backbone.tokenize_windows([text, ""], 16, 4)
+    assert len(windows[1]) == 1  # an empty text is one short window
+    whole = model.backbone.tokenize([text], None, 10_000)["input_ids"][0][1:-1]  # without [CLS] [SEP]
+    inner = [w["input_ids"][1:-1] for w in windows[0]]
+    assert all(len(w["input_ids"]) <= 16 for w in windows[0])
+    for before, after in itertools.pairwise(inner):
+        assert before[-4:] == after[:4]  # consecutive windows share 4 tokens
+    rebuilt = inner[0] + [t for w in inner[1:] for t in w[4:]]
+    assert rebuilt == whole
+
+
+def test_chunking_reads_what_truncation_cuts_and_round_trips(tiny_bert: str, tmp_path: Path) -> None:
+    csv = tmp_path / "long.csv"
+    long_frame(120).to_csv(csv, index=False)
+    scores = {}
+    for mode in ("truncate", "chunk"):
+        results, out = _run(tmp_path, tiny_bert, csv, mode, long_text=mode, max_length=32, head="logistic-cv")
+        scores[mode] = results["test"]["accuracy"]
+    assert scores["chunk"] >= 0.9 and scores["chunk"] > scores["truncate"] + 0.3
+    model = TransferModel.from_pretrained(out)
+    assert model.long_text is not None and model.long_text.stride == 8  # a quarter of 32
+    texts = long_frame(4, seed=5)["text"].tolist()
+    first = model.predict(texts)
+    np.testing.assert_array_equal(
+        TransferModel.from_pretrained(out).predict(texts).probabilities, first.probabilities
+    )
+    assert first.labels == ["pos", "neg", "pos", "neg"]
+
+
+def test_chunked_features_are_cached_one_row_per_document(tiny_bert: str, tmp_path: Path) -> None:
+    csv = tmp_path / "long.csv"
+    long_frame(40).to_csv(csv, index=False)
+    first, _ = _run(tmp_path, tiny_bert, csv, "a", long_text="chunk", max_length=32)
+    again, _ = _run(tmp_path, tiny_bert, csv, "b", long_text="chunk", max_length=32)
+    assert not any(first["feature_cache"]["hits"].values()) and all(again["feature_cache"]["hits"].values())
+    maxed, _ = _run(tmp_path, tiny_bert, csv, "c", long_text="chunk", max_length=32, chunk_pooling="max")
+    assert not any(maxed["feature_cache"]["hits"].values())  # another pooling of the windows: another entry
+
+
+def test_chunking_options_that_cannot_apply_are_clear_errors(tiny_bert: str, tagged_csv: Path) -> None:
+    with pytest.raises(ConfigError, match="--chunk_stride applies to --long_text chunk"):
+        FinetuneConfig(chunk_stride=8)
+    from nlptransfer.model.transfer import LongText
+
+    with pytest.raises(ConfigError, match="must be between 0 and half of --max_length 32"):
+        TransferModel.from_backbone(tiny_bert, ["a", "b"], max_length=32, long_text=LongText(20))
+    model = TransferModel.from_backbone(tiny_bert, ["a", "b"], max_length=32, long_text=LongText(8))
+    with pytest.raises(ConfigError, match="reads single texts"):
+        model.preprocess(["a text"], ["its pair"])
