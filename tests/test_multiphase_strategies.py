@@ -182,7 +182,7 @@ def test_pairs_are_balanced_correct_and_bounded() -> None:
     pairs = sample_pairs(labels, iterations=20, max_pairs=10_000, seed=0)
     assert len(pairs) == 2 * 30 * 20
     assert pairs[:, 2].sum() == len(pairs) // 2
-    same = np.array(labels)[pairs[:, 0]] == np.array(labels)[pairs[:, 1]]
+    same = np.array(labels)[pairs[:, 0].astype(int)] == np.array(labels)[pairs[:, 1].astype(int)]
     assert (same == pairs[:, 2].astype(bool)).all()
     many = [i % 50 for i in range(20_000)]  # many classes and examples: still capped
     assert len(sample_pairs(many, iterations=20, max_pairs=5_000, seed=0)) == 5_000

@@ -166,7 +166,7 @@ def test_a_metric_that_is_not_built_in_runs_only_with_trust_remote_code(
     out = tmp_path / "out"
     assert cli_main([*flags, "--output_dir", str(out)]) == 2
     error = capsys.readouterr().err
-    assert "--trust_remote_code" in error and "accuracy, f1_macro, precision_macro, recall_macro" in error
+    assert "--trust_remote_code" in error and "built in: accuracy, f1_macro, f1_micro" in error
     assert not marker.exists() and not out.exists()
     # The same through a YAML config, and as --metric_for_best_model.
     (tmp_path / "run.yaml").write_text(f"metrics: [accuracy, {metric}]\nmetric_for_best_model: {metric}\n")

@@ -218,7 +218,9 @@ def _card(config: FinetuneConfig, results: dict[str, Any], table: str, output_di
         "Strategy": f"`{config.strategy}` (phases: {', '.join(p['name'] for p in results['phases'])})",
         "Data": f"{data}: {results['num_train_examples']} training, {results['num_validation_examples']} "
         f"validation, {results['num_test_examples']} test examples",
-        "Labels": ", ".join(map(str, results["labels"])),
+        "Task": f"{results['problem_type']} ({results['task']['problem_type_reason']})",
+        "Targets" if results["problem_type"] == "regression" else "Labels": ", ".join(map(str, results["labels"])),
+        "Class weights": f"{results['task']['class_weight']} ({results['task']['class_weight_rule']})",
         "Trainable parameters": f"{trainable:,} of {total:,} ({100 * trainable / max(total, 1):.2f}%)",
         "Epochs": f"{results['epochs_run']} run, best epoch {results['best_epoch']} by validation "
         f"{config.metric_for_best_model}",
@@ -234,7 +236,7 @@ def _card(config: FinetuneConfig, results: dict[str, Any], table: str, output_di
     )
     return build_card(
         config, results, output_dir, "recipes/finetune.py",
-        summary=f"{'An image' if kind == 'image' else 'A text'} classifier trained by transfer learning "
+        summary=f"{'An image' if kind == 'image' else 'A text'} {_model_kind(results['problem_type'])} trained by transfer learning "
         f"from `{config.model}` on {data} "
         f"with [nlptransfer](https://github.com/nlptransfer/nlptransfer)'s `{config.strategy}` strategy.",
         pipeline_tag=f"{kind}-classification",
@@ -245,6 +247,12 @@ def _card(config: FinetuneConfig, results: dict[str, Any], table: str, output_di
         dataset=config.dataset if not config.train_file else None,
         sections={"Trainable layers": table},
     )  # fmt: skip
+
+
+def _model_kind(problem_type: str) -> str:
+    return {"regression": "regression model", "multi_label_classification": "multi-label classifier"}.get(
+        problem_type, "classifier"
+    )
 
 
 def _describe(data: LabelledData) -> str:
