@@ -303,7 +303,7 @@ def test_compare_writes_a_report_and_resumes_without_rerunning(tiny_bert, tmp_pa
     assert "The advisor's pick against the measured best" in report
     assert "accelerate launch recipes/compare.py" in report
     assert (out / "compare.png").stat().st_size > 10_000
-    first = {(c["arm"], c["budget"], c["seed"]): c["accuracy"] for c in cells}
+    first = {(c["arm"], c["budget"], c["seed"]): c["score"] for c in cells}
 
     def no_training(*args, **kwargs):
         raise AssertionError("a finished run was trained again")
@@ -311,7 +311,7 @@ def test_compare_writes_a_report_and_resumes_without_rerunning(tiny_bert, tmp_pa
     monkeypatch.setattr("nlptransfer.runs.finetune.train", no_training)
     assert main(argv) == 0  # every run is reused from its folder
     again = json.loads((out / "cells.json").read_text())
-    assert {(c["arm"], c["budget"], c["seed"]): c["accuracy"] for c in again} == first
+    assert {(c["arm"], c["budget"], c["seed"]): c["score"] for c in again} == first
     # An interrupted run (no completion marker) is run again; the others are reused.
     (out / "runs" / "finetune-4-seed1" / "compare_cell.json").unlink()
     monkeypatch.undo()

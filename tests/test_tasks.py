@@ -458,3 +458,23 @@ def test_chunking_options_that_cannot_apply_are_clear_errors(tiny_bert: str, tag
     model = TransferModel.from_backbone(tiny_bert, ["a", "b"], max_length=32, long_text=LongText(8))
     with pytest.raises(ConfigError, match="reads single texts"):
         model.preprocess(["a text"], ["its pair"])
+
+
+def test_compare_scores_a_regression_by_its_own_metric_on_example_budgets(
+    tiny_bert: str, tagged_csv: Path, tmp_path: Path
+) -> None:
+    from nlptransfer.cli import main
+
+    out = tmp_path / "compare"
+    argv = ["compare", "--model", tiny_bert, "--train_file", str(tagged_csv), "--label_column", "score",
+            "--output_dir", str(out), "--arms", "feature-extraction", "--budgets", "40", "all",
+            "--seeds", "0", "--batch_size", "8", "--min_steps", "4", "--probe_steps", "1",
+            "--familiarity_examples", "10"]  # fmt: skip
+    assert main(argv) == 0
+    cells = json.loads((out / "cells.json").read_text())
+    assert {c["metric"] for c in cells} == {"spearman"}
+    assert [c["num_train"] for c in cells if c["budget"] == "40"] == [
+        40
+    ]  # 40 training examples, not per label
+    report = (out / "report.md").read_text()
+    assert "## Test spearman" in report and "its spearman" in report

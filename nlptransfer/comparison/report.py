@@ -25,6 +25,7 @@ def write_report(
     cells: list[Cell],
 ) -> Path:
     stats = summarise(cells)
+    metric = cells[0].metric if cells else "accuracy"
     budgets = [budget_name(k) for k in config.budget_values()]
     figure = out / "compare.png"
     plot(stats, budgets, config.arms, picks, figure)
@@ -35,7 +36,7 @@ def write_report(
         "",
         _setup(config, measured, cells, run),
         "",
-        "## Test accuracy",
+        f"## Test {metric}",
         "",
         "Mean ± std over seeds; ★ marks the advisor's pick at each budget, **bold** the best arm.",
         "",
@@ -43,9 +44,9 @@ def write_report(
         "",
         "## The advisor's pick against the measured best",
         "",
-        advisor_table(stats, budgets, picks),
+        advisor_table(stats, budgets, picks, metric),
         "",
-        f"![learning curves, accuracy vs training time, trainable parameters]({figure.name})",
+        f"![learning curves, {metric} vs training time, trainable parameters]({figure.name})",
         "",
         "## Cost",
         "",
@@ -163,9 +164,10 @@ def accuracy_table(
 
 
 def advisor_table(
-    stats: dict[tuple[str, str], dict[str, float]], budgets: list[str], picks: dict[str, Recommendation]
-) -> str:
-    columns = ["budget", "advisor's pick", "its accuracy", "measured best", "best accuracy", "gap (points)",
+    stats: dict[tuple[str, str], dict[str, float]], budgets: list[str], picks: dict[str, Recommendation],
+    metric: str = "accuracy",
+) -> str:  # fmt: skip
+    columns = ["budget", "advisor's pick", f"its {metric}", "measured best", f"best {metric}", "gap (points)",
                f"within {TOLERANCE_POINTS:g} point"]  # fmt: skip
     lines = ["| " + " | ".join(columns) + " |", "|---" * len(columns) + "|"]
     hits = counted = 0

@@ -25,6 +25,8 @@ from nlptransfer.config import FinetuneConfig, _opt
 from nlptransfer.data import LabelledData, load_data
 from nlptransfer.errors import ConfigError, NLPTransferError
 
+SINGLE = "single_label_classification"
+
 logger = logging.getLogger(__name__)
 
 ALL = "all"
@@ -44,7 +46,11 @@ class CompareConfig(AdviseConfig):
         list(DEFAULT_ARMS), "Strategies to compare: preset arms (see `nlptransfer.advisor.ARMS`), "
         "finetune-topK, or any --strategy name with its defaults.",
     )  # fmt: skip
-    budgets: list[str] = _opt(list(DEFAULT_BUDGETS), "Labelled examples per label to train on, or 'all'.")
+    budgets: list[str] = _opt(
+        list(DEFAULT_BUDGETS),
+        "Labelled examples per label to train on (training examples for multi-label and regression), "
+        "or 'all'.",
+    )
     seeds: list[int] = _opt([0, 1, 2], "Seeds of every small budget (each draws other examples).")
     one_seed_from: int = _opt(
         512, "Budgets of at least this many examples per label, and 'all', run the first seed only."
@@ -97,7 +103,9 @@ class Cell:
     arm: str
     budget: str
     seed: int
-    accuracy: float
+    # The test score of the metric that picks the best epoch (accuracy, f1_macro when imbalanced,
+    # f1_micro for label sets, spearman for regression).
+    score: float
     macro_f1: float | None
     train_seconds: float
     trainable_parameters: int
@@ -105,13 +113,16 @@ class Cell:
     epochs_run: int
     # Taken from the folder of an earlier invocation of the same sweep, not run by this one.
     reused: bool = False
+    metric: str = "accuracy"
 
     @staticmethod
     def from_results(arm: str, budget: str, seed: int, results: dict[str, Any], reused: bool = False) -> Cell:
         test = results["test"] or {}
-        return Cell(arm, budget, seed, float(test["accuracy"]), test.get("f1_macro"),
+        metric = (results.get("task") or {}).get("metric_for_best_model", "accuracy")
+        return Cell(arm, budget, seed, float(test[metric]), test.get("f1_macro"),
                     float(results["train_seconds"]), int(results["trainable_parameters"]),
-                    int(results["num_train_examples"]), int(results["epochs_run"]), reused)  # fmt: skip
+                    int(results["num_train_examples"]), int(results["epochs_run"]), reused,
+                    metric)  # fmt: skip
 
 
 def budget_name(value: int | None) -> str:
@@ -127,7 +138,7 @@ def sweep_data(config: CompareConfig) -> tuple[FinetuneConfig, LabelledData]:
                     100 * FALLBACK_TEST_SPLIT)  # fmt: skip
         run = dataclasses.replace(run, test_split=FALLBACK_TEST_SPLIT)
         data = load_data(run.data)
-    return run, data
+    return dataclasses.replace(run, problem_type=data.problem_type), data
 
 
 def check_arms(config: CompareConfig, run: FinetuneConfig, data: LabelledData) -> None:
@@ -173,6 +184,8 @@ def run_sweep(config: CompareConfig, run: FinetuneConfig, measured: Measurements
     cells = []
     for arm, k, seed in tqdm(plan(config), desc="compare", unit="run"):
         num_train = measured.profile.with_budget(k).num_train
+        if run.problem_type != SINGLE and k is not None:  # a budget of training examples
+            num_train = min(k, measured.profile.num_train)
         options = cell_config(config, run, arm, k, seed, out, num_train)
         folder = Path(options.output_dir or "")
         key = json.dumps({**options.to_dict(), "nlptransfer_version": None}, sort_keys=True, default=str)
@@ -198,10 +211,13 @@ def cell_config(
     """
     plan_ = schedule(arm, num_train, run.batch_size, config.min_steps)
     options = {key: value for key, value in arm.options.items() if key != "epochs"}
+    # Examples per label exist for single labels only; other tasks' budgets count training examples.
+    per_label = run.problem_type in (None, SINGLE)
+    sizes = {"samples_per_label": k} if per_label else {"max_train_examples": k}
     return dataclasses.replace(
-        run, **options, seed=seed, samples_per_label=k, epochs=plan_.epochs, batch_size=plan_.batch_size,
+        run, **options, **sizes, seed=seed, epochs=plan_.epochs, batch_size=plan_.batch_size,
         early_stopping_patience=plan_.patience,
-        validation_samples_per_label=k if config.validation_protocol == "k" else None,
+        validation_samples_per_label=k if config.validation_protocol == "k" and per_label else None,
         output_dir=str(out / "runs" / f"{arm.name}-{budget_name(k)}-seed{seed}"), overwrite_output_dir=True,
         save_steps=0, save_every_epoch=False, report_to=["none"], push_to_hub=False,
     )  # fmt: skip
@@ -214,8 +230,8 @@ def summarise(cells: list[Cell]) -> dict[tuple[str, str], dict[str, float]]:
         groups.setdefault((cell.arm, cell.budget), []).append(cell)
     return {
         key: {
-            "mean": statistics.mean(c.accuracy for c in group),
-            "std": statistics.pstdev([c.accuracy for c in group]),
+            "mean": statistics.mean(c.score for c in group),
+            "std": statistics.pstdev([c.score for c in group]),
             "seeds": len(group),
             "seconds": statistics.mean(c.train_seconds for c in group),
             "trainable": group[0].trainable_parameters,
