@@ -302,7 +302,9 @@ def _run(tmp_path: Path, tiny_bert: str, csv: Path, name: str, **options) -> tup
     return train(config), out
 
 
-@pytest.mark.parametrize("strategy", ["feature-extraction", "finetune", "contrastive"])
+@pytest.mark.parametrize(
+    "strategy", ["feature-extraction", "finetune", "contrastive", "lora", "gradual-unfreezing"]
+)
 def test_multi_label_trains_tunes_thresholds_saves_and_predicts_label_sets(
     tiny_bert: str, tagged_csv: Path, tmp_path: Path, strategy: str
 ) -> None:
@@ -478,3 +480,40 @@ def test_compare_scores_a_regression_by_its_own_metric_on_example_budgets(
     ]  # 40 training examples, not per label
     report = (out / "report.md").read_text()
     assert "## Test spearman" in report and "its spearman" in report
+
+
+def test_predict_command_writes_label_sets_and_values(
+    tiny_bert: str, tagged_csv: Path, tmp_path: Path, capsys: pytest.CaptureFixture
+) -> None:
+    from nlptransfer.cli import main
+
+    _, multi = _run(tmp_path, tiny_bert, tagged_csv, "ml", label_columns=["pos", "neg"], head="logistic-cv")
+    _, values = _run(
+        tmp_path, tiny_bert, tagged_csv, "reg", label_columns=["score", "score2"], head="ridge-cv"
+    )
+    texts = tmp_path / "texts.csv"
+    pd.DataFrame({"text": ["the good film", "a bad and awful plot", "the plot"]}).to_csv(texts, index=False)
+    assert (
+        main(
+            [
+                "predict",
+                "--model",
+                str(multi),
+                "--input_file",
+                str(texts),
+                "--output_file",
+                str(tmp_path / "ml.csv"),
+            ]
+        )
+        == 0
+    )
+    written = pd.read_csv(tmp_path / "ml.csv", keep_default_na=False)
+    assert list(written.columns) == ["text", "prediction", "prob_pos", "prob_neg"]
+    sets = [answer.split(";") if answer else [] for answer in written["prediction"]]  # joined by ';'
+    assert "pos" in sets[0] and "neg" in sets[1]
+    assert main(["predict", "--model", str(values), "--text", "the good film"]) == 0
+    shown = capsys.readouterr().out.strip().splitlines()[-1].split("\t")
+    assert len(shown) == 3 and shown[-1] == "the good film"  # score, score2, the text
+    # score2 = 100 - 50 x score: standardised, the two targets are one up to sign, so the answers in
+    # their own units keep that relation exactly (up to the 4 printed decimals).
+    assert float(shown[1]) == pytest.approx(100 - 50 * float(shown[0]), abs=0.01)
