@@ -380,6 +380,12 @@ class FinetuneConfig(TrainingOptions, DataOptions, AdapterOptions, VocabularyOpt
         None, "--long_text chunk: tokens consecutive windows share (default: a quarter of --max_length)."
     )
     chunk_pooling: str = _opt("mean", "--long_text chunk: how a text's windows combine: mean or max.")
+    pair_encoding: str = _opt(
+        "joint",
+        "Text pairs (--text_pair_column): joint (one sequence, as a cross-encoder reads them) or separate "
+        "(each text encoded alone, then [u, v, |u-v|, u*v], as sentence-transformers' bi-encoders: "
+        "suits frozen bodies).",
+    )
     metric_for_best_model: str | None = _opt(
         None,
         "Validation metric that picks the best epoch. Default: accuracy (f1_macro when the classes are "
@@ -432,6 +438,9 @@ class FinetuneConfig(TrainingOptions, DataOptions, AdapterOptions, VocabularyOpt
         self._check_choice("regression_loss", ("mse", "huber"))
         self._check_choice("long_text", ("truncate", "chunk"))
         self._check_choice("chunk_pooling", ("mean", "max"))
+        self._check_choice("pair_encoding", ("joint", "separate"))
+        if self.pair_encoding == "separate" and not self.text_pair_column:
+            raise ConfigError("--pair_encoding separate encodes text pairs: give --text_pair_column too.")
         if self.chunk_stride is not None and self.long_text != "chunk":
             raise ConfigError(
                 "--chunk_stride applies to --long_text chunk; add --long_text chunk or drop it."

@@ -51,7 +51,7 @@ class Task:
 
 WHISSELL_3 = ["pleasantness", "activation", "imagery"]
 THREE = ["--label_columns", *WHISSELL_3]
-PAIR = ["--text_pair_column", "text_pair"]
+PAIR, SEPARATE = ["--text_pair_column", "text_pair"], ["--pair_encoding", "separate"]
 LOGISTIC, RIDGE, CHUNK = ["--head", "logistic-cv"], ["--head", "ridge-cv"], ["--long_text", "chunk"]
 METRICS = {
     "single_label_classification": ["accuracy", "f1_macro", "precision_macro", "recall_macro"],
@@ -68,7 +68,8 @@ TASKS = {
         Task("regression-3", "whissell", "regression", WHISSELL_3, "spearman",
              {"default": THREE, "ridge-cv": [*THREE, *RIDGE]}),
         Task("pair-regression", "simlex", "regression", ["label"], "spearman",
-             {"default": PAIR, "ridge-cv": [*PAIR, *RIDGE]}, pair="text_pair"),
+             {"default": PAIR, "ridge-cv": [*PAIR, *RIDGE], "separate": [*PAIR, *SEPARATE],
+              "separate-ridge-cv": [*PAIR, *SEPARATE, *RIDGE]}, pair="text_pair"),
         Task("imbalanced", "movie-reviews-imbalanced", "single_label_classification", ["label"], "f1_macro",
              {"default": [], "logistic-cv": LOGISTIC}),
         Task("long-documents", "convention-speeches", "single_label_classification", ["label"], "accuracy",

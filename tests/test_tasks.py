@@ -517,3 +517,35 @@ def test_predict_command_writes_label_sets_and_values(
     # score2 = 100 - 50 x score: standardised, the two targets are one up to sign, so the answers in
     # their own units keep that relation exactly (up to the 4 printed decimals).
     assert float(shown[1]) == pytest.approx(100 - 50 * float(shown[0]), abs=0.01)
+
+
+def test_pairs_encoded_apart_train_save_and_predict(tiny_bert: str, tmp_path: Path) -> None:
+    rng = random.Random(0)
+    rows = []
+    for _ in range(160):
+        a, b = rng.choice(POSITIVE + NEGATIVE), rng.choice(POSITIVE + NEGATIVE)
+        rows.append({"text": f"{a} {rng.choice(FILLER)}", "pair": f"{b} {rng.choice(FILLER)}",
+                     "score": float((a in POSITIVE) == (b in POSITIVE)) + rng.gauss(0, 0.1)})  # fmt: skip
+    csv = tmp_path / "pairs.csv"
+    pd.DataFrame(rows).to_csv(csv, index=False)
+    results, out = _run(tmp_path, tiny_bert, csv, "apart", label_column="score", text_pair_column="pair",
+                        pair_encoding="separate", head="ridge-cv")  # fmt: skip
+    model = TransferModel.from_pretrained(out)
+    assert model.pair_encoding == "separate"
+    # [u, v, |u - v|, u * v] of each pooled 32-wide layer
+    assert model.head.in_features == 4 * 32 * len(model.pooling.layers)
+    first = model.predict(["good the", "bad a"], ["great a", "great a"]).probabilities
+    np.testing.assert_array_equal(
+        TransferModel.from_pretrained(out)
+        .predict(["good the", "bad a"], ["great a", "great a"])
+        .probabilities,
+        first,
+    )
+    with pytest.raises(ConfigError, match="reads text pairs"):
+        model.predict(["good the"])
+    joint, _ = _run(
+        tmp_path, tiny_bert, csv, "joint", label_column="score", text_pair_column="pair", head="ridge-cv"
+    )
+    assert results["feature_cache"]["entries"] != joint["feature_cache"]["entries"]
+    with pytest.raises(ConfigError, match="give --text_pair_column too"):
+        FinetuneConfig(pair_encoding="separate")

@@ -82,6 +82,7 @@ def body_key_parts(model: TransferModel, ctx: RunContext) -> dict[str, Any]:
         "layers": list(model.pooling.layers),
         # Long texts in windows: the windows' tokens are in the examples' key; how they pool is here.
         "long_text": asdict(model.long_text) if model.long_text is not None else None,
+        "pair_encoding": model.pair_encoding,
         "mixed_precision": ctx.config.mixed_precision,
         # CPU and GPU kernels round differently: a cached feature must be bit-for-bit what this run computes.
         "device": ctx.accelerator.device.type,

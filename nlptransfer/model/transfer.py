@@ -46,7 +46,11 @@ _CONFIG_KEYS = {
     "max_length",
     "task",
     "long_text",
+    "pair_encoding",
 }
+
+
+PAIR_ENCODINGS = ("joint", "separate")
 
 
 @dataclass(frozen=True)
@@ -137,6 +141,7 @@ class TransferModel(nn.Module):
         max_length: int = 128,
         task: str | dict[str, Any] | Task = DEFAULT_TASK,
         long_text: LongText | None = None,
+        pair_encoding: str = "joint",
     ) -> None:
         super().__init__()
         if len(labels) != head.num_labels:
@@ -150,6 +155,9 @@ class TransferModel(nn.Module):
         self.task = task if isinstance(task, Task) else build_task(task)
         # None: texts are cut at max_length; else read in overlapping windows pooled per text.
         self.long_text = long_text
+        # Text pairs: "joint" (one sequence, as a cross-encoder reads them) or "separate" (each text
+        # encoded alone, then [u, v, |u - v|, u * v], as sentence-transformers' bi-encoders do).
+        self.pair_encoding = pair_encoding
 
     @classmethod
     def from_backbone(
@@ -164,6 +172,7 @@ class TransferModel(nn.Module):
         trust_remote_code: bool = False,
         task: str | Task = DEFAULT_TASK,
         long_text: LongText | None = None,
+        pair_encoding: str = "joint",
     ) -> TransferModel:
         """A new classifier on a pretrained source (short name, folder, hub id or Backbone).
 
@@ -181,7 +190,10 @@ class TransferModel(nn.Module):
             layers, layer_mix = list(range(num_states)), layer_mix or "scalar"
         pooler = Pooling(pooling, layers or [-1], mix=layer_mix or "concat")
         pooler.check_layers(num_states)
-        width = pooler.output_dim(_pooled_width(backbone, pooler))
+        if pair_encoding not in PAIR_ENCODINGS:
+            raise ConfigError(f"--pair_encoding must be joint or separate, got '{pair_encoding}'.")
+        pooled = _pooled_width(backbone, pooler)
+        width = pooler.output_dim(4 * pooled if pair_encoding == "separate" else pooled)
         head = LinearHead(width, len(labels), dropout=head_dropout)
         limit = backbone.max_positions
         if limit is not None and max_length > limit:
@@ -189,7 +201,11 @@ class TransferModel(nn.Module):
             max_length = limit
         if long_text is not None:
             long_text.check(max_length)
-        return cls(backbone, pooler, head, labels, max_length=max_length, task=task, long_text=long_text)
+            if pair_encoding == "separate":
+                raise ConfigError(
+                    "--long_text chunk reads single texts; --pair_encoding separate reads pairs."
+                )
+        return cls(backbone, pooler, head, labels, max_length, task, long_text, pair_encoding)
 
     def new_parameters(self) -> list[tuple[str, nn.Parameter]]:
         """Parameters this toolkit adds on top of the source model: the head and any layer mix."""
@@ -212,7 +228,9 @@ class TransferModel(nn.Module):
         features = self.pooling.pool_layers(output)
         if window_owner is None:
             return features
-        assert self.long_text is not None
+        if self.long_text is None:  # a pair's two texts, encoded apart: [u, v, |u - v|, u * v]
+            u, v = features[0::2], features[1::2]
+            return torch.cat([u, v, (u - v).abs(), u * v], dim=-1)
         return pool_windows(features, window_owner, self.long_text.pooling)
 
     def encode(self, **inputs: torch.Tensor) -> torch.Tensor:
@@ -238,6 +256,16 @@ class TransferModel(nn.Module):
                 raise ConfigError("--long_text chunk reads single texts; text pairs are cut at --max_length.")
             windows = self.backbone.tokenize_windows(list(texts), self.max_length, self.long_text.stride)
             return [{WINDOWS: text_windows} for text_windows in windows]
+        if self.pair_encoding == "separate":
+            if text_pairs is None:
+                raise ConfigError(
+                    "This model reads text pairs (--pair_encoding separate): give each text its pair."
+                )
+            first, second = (self._encode_each(part) for part in (texts, text_pairs))
+            return [{WINDOWS: [a, b]} for a, b in zip(first, second, strict=True)]
+        return self._encode_each(texts, text_pairs)
+
+    def _encode_each(self, texts: list[Any], text_pairs: list[str] | None = None) -> list[dict[str, Any]]:
         encoded = self.backbone.tokenize(list(texts), text_pairs, self.max_length)
         keys = list(encoded)
         return [dict(zip(keys, values, strict=True)) for values in zip(*encoded.values(), strict=True)]
@@ -289,6 +317,7 @@ class TransferModel(nn.Module):
             "max_length": self.max_length,
             "task": self.task.get_config(),
             "long_text": asdict(self.long_text) if self.long_text is not None else None,
+            "pair_encoding": self.pair_encoding,
         }
 
     def save_pretrained(self, directory: str | os.PathLike[str]) -> None:
@@ -336,7 +365,8 @@ class TransferModel(nn.Module):
         # Models saved before tasks existed are single-label; before task state, a name.
         task = build_task(config.get("task", DEFAULT_TASK))
         long_text = LongText(**config["long_text"]) if config.get("long_text") else None
-        model = cls(backbone, pooling, head, config["labels"], config["max_length"], task, long_text)
+        pairs = config.get("pair_encoding", "joint")
+        model = cls(backbone, pooling, head, config["labels"], config["max_length"], task, long_text, pairs)
         try:
             load_model(model, str(path / WEIGHTS_NAME), strict=True)
         except Exception as err:  # safetensors raises several unrelated types

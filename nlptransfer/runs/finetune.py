@@ -75,6 +75,7 @@ def build_model(
         max_length=config.max_length,
         task=task or DEFAULT_TASK,
         long_text=long_text_options(config),
+        pair_encoding=config.pair_encoding,
     )
 
 
