@@ -369,3 +369,14 @@ def test_word_vectors_get_coverage_and_an_arm_they_can_run(tmp_path):
     advice = recommend(measured.profile, _familiar(), config, measured.compute)  # medium data: top-2 wanted
     assert advice.arm == "finetune"
     assert any("finetune-top2 does not apply to this model" in r for r in advice.reasons)
+
+
+def test_advice_chunks_long_texts_when_a_fifth_are_cut():
+    import dataclasses
+
+    long = dataclasses.replace(_profile(300), max_length=128, length_median=656.0, truncated_pct=97.3)
+    advice = recommend(long, _familiar(), FinetuneConfig())
+    assert advice.options["long_text"] == "chunk" and "--long_text chunk" in advice.command
+    assert any("97% are longer than --max_length 128 (median 656 tokens)" in r for r in advice.reasons)
+    short = dataclasses.replace(long, truncated_pct=12.0)
+    assert "long_text" not in recommend(short, _familiar(), FinetuneConfig()).options

@@ -23,7 +23,7 @@ from typing import Any
 from nlptransfer.advisor.arms import get_arm, schedule
 from nlptransfer.advisor.compute import ComputeProfile
 from nlptransfer.advisor.familiarity import Familiarity
-from nlptransfer.advisor.profile import DataProfile
+from nlptransfer.advisor.profile import CHUNK_ABOVE_PCT, DataProfile
 from nlptransfer.config import FinetuneConfig
 from nlptransfer.runs.modelcard import command_line
 
@@ -89,6 +89,11 @@ def recommend(
     options = {**arm.options, "epochs": plan.epochs, "batch_size": plan.batch_size}
     if plan.patience is not None:
         options["early_stopping_patience"] = plan.patience
+    if (profile.truncated_pct or 0) >= CHUNK_ABOVE_PCT and not config.text_pair_column:
+        options["long_text"] = "chunk"
+        reasons.append(f"long texts: {profile.truncated_pct:.0f}% are longer than --max_length "
+                       f"{profile.max_length} (median {profile.length_median:.0f} tokens); chunking reads "
+                       "them whole")  # fmt: skip
     run = _run_config(config, options)
     return Recommendation(
         arm=name, size=size, similarity=similarity, epochs=plan.epochs, patience=plan.patience,
