@@ -174,9 +174,10 @@ def train(config: FinetuneConfig) -> dict[str, Any]:
     model.to(ctx.accelerator.device)
     final = final_evaluation(model, result.eval_datasets, ctx)
     report = distributed_report(ctx.accelerator, result.seen_indices, len(data.train))
-    results = _results(ctx, model, data, result, final.get("test"), timings, report)
-    results.update({k: v for k, v in final.items() if k != "test"})
-    results["task"] = {**task_notes, **final.pop("tuned", {})}
+    tuned = final.pop("tuned", {})
+    results = _results(ctx, model, data, result, final.pop("test", None), timings, report)
+    results.update(final)  # the per-label table, and the validation scores after tuning
+    results["task"] = {**task_notes, **tuned}
     results["feature_cache"] = feature_cache_report(result.features)
     finish_session(session, output_dir, config.metric_for_best_model)
     if ctx.accelerator.is_main_process:
@@ -195,13 +196,14 @@ def final_evaluation(model: TransferModel, splits: dict[str, Any], ctx: RunConte
     """After the best weights are back: decisions tuned on validation (multi-label thresholds), the
     test scores, and the per-class (per-label, per-target) table of the test split (else validation)."""
     task, final = model.task, {}
-    outputs, references = predict_split(model, splits["validation"], ctx, "validation")
-    tuned = task.tune(outputs, references)
+    name = "test" if "test" in splits else "validation"
+    if task.tunes or name == "validation":
+        outputs, references = predict_split(model, splits["validation"], ctx, "validation")
+    tuned = task.tune(outputs, references) if task.tunes else None
     if tuned is not None:
         final["tuned"] = tuned
         final["validation_tuned"] = ctx.metrics.compute(task.predictions(outputs), references)
         logger.info("tuned on validation: %s; validation %s", tuned, final["validation_tuned"])
-    name = "test" if "test" in splits else "validation"
     if name == "test":
         outputs, references = predict_split(model, splits["test"], ctx, "test")
         final["test"] = ctx.metrics.compute(task.predictions(outputs), references)

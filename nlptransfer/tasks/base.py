@@ -36,6 +36,8 @@ class Task:
     valid_metrics: ClassVar[tuple[str, ...]]
     # The --head that fits in closed form on frozen features.
     closed_form_head: ClassVar[str] = "logistic-cv"
+    # Whether ``tune`` fits decisions on the validation outputs after training.
+    tunes: ClassVar[bool] = False
 
     def loss(self, outputs: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
         """The training loss of a batch of the head's outputs (logits) against its targets."""
@@ -115,6 +117,7 @@ class MultiLabelClassification(Task):
     name = "multi_label_classification"
     metrics = ("f1_micro", "f1_macro", "f1_samples", "subset_accuracy", "hamming_loss")
     best_metric = "f1_micro"
+    tunes = True
     valid_metrics = (*metrics, "accuracy", "precision_macro", "recall_macro")
     # A label's threshold is tuned only with this many positive validation examples: fewer
     # would fit noise.
