@@ -1,6 +1,15 @@
-"""nlptransfer: transfer learning for NLP (and images) in one command."""
+"""nlptransfer: transfer learning for NLP (and images) in one command.
 
-from nlptransfer.backbones import Backbone
+The options and errors load at once; everything that needs torch or transformers loads on
+first use (``from nlptransfer import TransferModel``), so ``import nlptransfer`` and
+``nlptransfer --help`` take a fraction of a second.
+"""
+
+from __future__ import annotations
+
+import importlib
+from typing import TYPE_CHECKING, Any
+
 from nlptransfer.config import FinetuneConfig
 from nlptransfer.errors import (
     ConfigError,
@@ -13,12 +22,42 @@ from nlptransfer.errors import (
     TrainingInterrupted,
     UnknownNameError,
 )
-from nlptransfer.model.layers import format_table, trainable_rows
-from nlptransfer.model.transfer import Predictions, TransferModel, load_backbone
-from nlptransfer.runs.finetune import train
-from nlptransfer.runs.pretrain import PretrainConfig
-from nlptransfer.strategies import STRATEGIES, get_strategy
 from nlptransfer.version import __version__
+
+if TYPE_CHECKING:
+    from nlptransfer.backbones import Backbone
+    from nlptransfer.model.layers import format_table, trainable_rows
+    from nlptransfer.model.transfer import Predictions, TransferModel, load_backbone
+    from nlptransfer.runs.finetune import train
+    from nlptransfer.runs.pretrain import PretrainConfig
+    from nlptransfer.strategies import STRATEGIES, get_strategy
+
+# name -> the module that defines it, imported when the name is first used.
+_LAZY = {
+    "Backbone": "nlptransfer.backbones",
+    "format_table": "nlptransfer.model.layers",
+    "trainable_rows": "nlptransfer.model.layers",
+    "Predictions": "nlptransfer.model.transfer",
+    "TransferModel": "nlptransfer.model.transfer",
+    "load_backbone": "nlptransfer.model.transfer",
+    "train": "nlptransfer.runs.finetune",
+    "PretrainConfig": "nlptransfer.runs.pretrain",
+    "STRATEGIES": "nlptransfer.strategies",
+    "get_strategy": "nlptransfer.strategies",
+}
+
+
+def __getattr__(name: str) -> Any:
+    if name not in _LAZY:
+        raise AttributeError(f"module 'nlptransfer' has no attribute '{name}'")
+    value = getattr(importlib.import_module(_LAZY[name]), name)
+    globals()[name] = value  # the next lookup is a plain attribute
+    return value
+
+
+def __dir__() -> list[str]:
+    return sorted(__all__)
+
 
 __all__ = [
     "STRATEGIES",

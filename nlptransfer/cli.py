@@ -49,11 +49,12 @@ def setup_logging() -> None:
 
 
 def _train(argv: Sequence[str]) -> int:
+    # The options parse (and --help prints) before torch and transformers load.
+    config = parse_config(FinetuneConfig, argv, description="Train a text classifier by transfer learning.")
     from accelerate import PartialState
 
     from nlptransfer.runs.finetune import train
 
-    config = parse_config(FinetuneConfig, argv, description="Train a text classifier by transfer learning.")
     setup_logging()
     results = train(config)
     if PartialState().is_main_process:
@@ -104,14 +105,14 @@ def _compare(argv: Sequence[str]) -> int:
 
 
 def _layers(argv: Sequence[str]) -> int:
-    from nlptransfer.runs.finetune import plan_run
-    from nlptransfer.strategies import get_strategy
-
     config = parse_config(
         FinetuneConfig,
         argv,
         description="Print which layers a run with these options would train (same flags as train).",
     )
+    from nlptransfer.runs.finetune import plan_run
+    from nlptransfer.strategies import get_strategy
+
     print(plan_run(config, get_strategy(config.strategy), ["label_0", "label_1"]).table)
     return 0
 

@@ -144,3 +144,38 @@ def test_no_function_over_sixty_lines() -> None:
 def test_architecture_page_describes_every_package(package: str) -> None:
     page = (REPO / "docs" / "architecture.md").read_text()
     assert f"`{package}/`" in page, f"docs/architecture.md does not describe nlptransfer/{package}/"
+
+
+@pytest.mark.parametrize(
+    "code",
+    [
+        "import nlptransfer",
+        "from nlptransfer import FinetuneConfig, ConfigError, __version__",
+        "from nlptransfer.cli import main; main(['--help'])",
+        "from nlptransfer.cli import main; main(['train', '--help'])",
+        "from nlptransfer.cli import main; main(['layers', '--help'])",
+    ],
+)
+def test_import_and_help_load_neither_torch_nor_transformers(code: str) -> None:
+    import subprocess
+    import sys
+
+    # --help ends in SystemExit; what counts is which heavy modules got imported by then.
+    script = (
+        "import contextlib, io, sys\n"
+        "with contextlib.redirect_stdout(io.StringIO()), contextlib.suppress(SystemExit):\n"
+        f"    exec({code!r})\n"
+        "print(sorted(m for m in ('torch', 'transformers', 'sklearn') if m in sys.modules))"
+    )
+    done = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.strip().splitlines()[-1] == "[]"
+
+
+def test_lazy_names_of_the_package_resolve() -> None:
+    import nlptransfer
+
+    for name in nlptransfer.__all__:
+        assert getattr(nlptransfer, name) is not None
+    with pytest.raises(AttributeError, match="no attribute 'nope'"):
+        nlptransfer.nope  # noqa: B018
