@@ -7,8 +7,7 @@ first use (``from nlptransfer import TransferModel``), so ``import nlptransfer``
 
 from __future__ import annotations
 
-import importlib
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
 
 from nlptransfer.config import FinetuneConfig
 from nlptransfer.errors import (
@@ -22,6 +21,7 @@ from nlptransfer.errors import (
     TrainingInterrupted,
     UnknownNameError,
 )
+from nlptransfer.registry import lazy_attributes
 from nlptransfer.version import __version__
 
 if TYPE_CHECKING:
@@ -47,17 +47,7 @@ _LAZY = {
 }
 
 
-def __getattr__(name: str) -> Any:
-    if name not in _LAZY:
-        raise AttributeError(f"module 'nlptransfer' has no attribute '{name}'")
-    value = getattr(importlib.import_module(_LAZY[name]), name)
-    globals()[name] = value  # the next lookup is a plain attribute
-    return value
-
-
-def __dir__() -> list[str]:
-    return sorted(__all__)
-
+__getattr__, __dir__ = lazy_attributes(__name__, _LAZY)
 
 __all__ = [
     "STRATEGIES",

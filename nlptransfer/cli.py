@@ -20,6 +20,7 @@ commands:
   pretrain continue pretraining on unlabelled text (same as `accelerate launch recipes/pretrain.py`)
   advise   measure your data, domain gap and compute; recommend a strategy and print its command
   compare  run strategies x label budgets x seeds on your data; write a report with plots
+  tune     search the strategy's hyperparameters with Optuna (trials, pruning, resumable)
   layers   show which layers a strategy trains, without training
   predict  predict labels with a saved model
   merge-adapter  fold a LoRA / IA3 / LoHa adapter into the body: a plain model (RUN_DIR OUTPUT_DIR)
@@ -79,7 +80,7 @@ def _pretrain(argv: Sequence[str]) -> int:
 
 
 def _advise(argv: Sequence[str]) -> int:
-    from nlptransfer.advisor import AdviseConfig, advise, render
+    from nlptransfer.advisor.advise import AdviseConfig, advise, render
 
     config = parse_config(
         AdviseConfig, argv, description="Measure your data, its familiarity to the model and the compute "
@@ -104,15 +105,34 @@ def _compare(argv: Sequence[str]) -> int:
     return 0
 
 
+def _tune(argv: Sequence[str]) -> int:
+    from nlptransfer.tuning import TuneConfig, run_tune
+
+    config = parse_config(
+        TuneConfig, argv, description="Search the hyperparameters the strategy exposes (Optuna: pruning, "
+        "a trial or time budget); rerun the same command to continue the study. Same flags as train.",
+    )  # fmt: skip
+    setup_logging()
+    report = run_tune(config)
+    print(f"report: {report}")
+    return 0
+
+
 def _layers(argv: Sequence[str]) -> int:
     config = parse_config(
         FinetuneConfig,
         argv,
         description="Print which layers a run with these options would train (same flags as train).",
     )
+    from nlptransfer.errors import ConfigError
     from nlptransfer.runs.finetune import plan_run
     from nlptransfer.strategies import get_strategy
 
+    if config.strategy == "auto":
+        raise ConfigError(
+            "--strategy auto chooses the strategy from the data when train runs (it prints and saves "
+            "the choice and its trainable layers); pass --strategy NAME to see one strategy's layers."
+        )
     print(plan_run(config, get_strategy(config.strategy), ["label_0", "label_1"]).table)
     return 0
 
@@ -242,6 +262,7 @@ COMMANDS: dict[str, Callable[[Sequence[str]], int]] = {
     "pretrain": _pretrain,
     "advise": _advise,
     "compare": _compare,
+    "tune": _tune,
     "layers": _layers,
     "predict": _predict,
     "train-vectors": _train_vectors,

@@ -22,6 +22,8 @@ C = TypeVar("C")
 
 MIXED_PRECISION = ("no", "fp16", "bf16")
 HEAD_TYPES = ("linear", "logistic-cv", "ridge-cv")
+# How a run's choices are made and scored (--protocol).
+PROTOCOLS = ("auto", "holdout", "cross-validation")
 # The names transformers uses in ``config.problem_type``.
 PROBLEM_TYPES = ("single_label_classification", "multi_label_classification", "regression")
 CLASS_WEIGHTS = ("auto", "balanced", "none")
@@ -310,9 +312,22 @@ class FinetuneConfig(TrainingOptions, DataOptions, AdapterOptions, VocabularyOpt
     # Source model and strategy
     model: str = _opt("minilm", "Short name (minilm), local folder or hub id of the source model.")
     strategy: str = _opt(
-        "feature-extraction",
-        "Transfer strategy: feature-extraction, finetune, layerwise-lr-decay, gradual-unfreezing, "
-        "lp-ft, contrastive, or a PEFT adapter (lora, ia3, prefix-tuning, prompt-tuning).",
+        "auto",
+        "Transfer strategy: auto (chosen for the data and --time_budget_minutes, see docs/auto.md), "
+        "feature-extraction, finetune, layerwise-lr-decay, gradual-unfreezing, lp-ft, contrastive, or a "
+        "PEFT adapter (lora, ia3, prefix-tuning, prompt-tuning).",
+    )
+    time_budget_minutes: float | None = _opt(
+        5.0,
+        "The longest training run auto may choose (and advise may recommend): a strategy estimated to "
+        "take longer gives way to a cheaper one. 0: no limit.",
+    )
+    protocol: str = _opt(
+        "auto",
+        "How a closed-form head's regularisation is chosen and scored: holdout (on the validation "
+        "split), cross-validation (k-fold on the training data, which then takes the validation split "
+        "in too; the validation scores are out-of-fold), or auto (cross-validation when the validation "
+        "split would be tiny and was split off the training data; see docs/auto.md).",
     )
     pooling: str = _opt("mean", "How token states become one vector: cls, mean, max or last.")
     layers: list[int | str] | None = _opt(
@@ -330,10 +345,12 @@ class FinetuneConfig(TrainingOptions, DataOptions, AdapterOptions, VocabularyOpt
     head_dropout: float = _opt(0.1, "Dropout before the linear head.")
     head: str | None = _opt(
         None,
-        "Classifier on the pooled features: linear (trained by gradient) or logistic-cv (scikit-learn "
+        "Classifier on the pooled features: linear (trained by gradient), logistic-cv (scikit-learn "
         "logistic regression, regularisation chosen by cross-validation, on frozen features; one-vs-rest "
-        "for multi-label), or ridge-cv (regression: ridge, penalty chosen by cross-validation). "
-        "Default: logistic-cv for contrastive, linear otherwise.",
+        "for multi-label), ridge-cv (regression: ridge, penalty chosen by cross-validation), or auto. "
+        "Default (auto): the task's closed-form head on a frozen body when no --epochs, --learning_rate "
+        "or --early_stopping_patience asks for gradient training; linear otherwise (logistic-cv for "
+        "contrastive).",
     )
     layer_lr_decay: float | None = _opt(
         None,
@@ -371,20 +388,22 @@ class FinetuneConfig(TrainingOptions, DataOptions, AdapterOptions, VocabularyOpt
     max_length: int = _opt(
         128, "Truncate token sequences to this length (the window size with --long_text chunk)."
     )
-    long_text: str = _opt(
-        "truncate",
+    long_text: str | None = _opt(
+        None,
         "Texts longer than --max_length: truncate (keep their start), or chunk (read them whole in "
-        "overlapping windows of --max_length tokens, pooled into one representation per text).",
+        "overlapping windows of --max_length tokens, pooled into one representation per text). "
+        "Default: chunk when at least a fifth of the training texts are longer (single texts on a "
+        "Hugging Face text model), truncate otherwise.",
     )
     chunk_stride: int | None = _opt(
         None, "--long_text chunk: tokens consecutive windows share (default: a quarter of --max_length)."
     )
     chunk_pooling: str = _opt("mean", "--long_text chunk: how a text's windows combine: mean or max.")
-    pair_encoding: str = _opt(
-        "joint",
+    pair_encoding: str | None = _opt(
+        None,
         "Text pairs (--text_pair_column): joint (one sequence, as a cross-encoder reads them) or separate "
-        "(each text encoded alone, then [u, v, |u-v|, u*v], as sentence-transformers' bi-encoders: "
-        "suits frozen bodies).",
+        "(each text encoded alone, then [u, v, |u-v|, u*v], as sentence-transformers' bi-encoders). "
+        "Default: separate when the body stays frozen, joint when it trains.",
     )
     metric_for_best_model: str | None = _opt(
         None,
@@ -423,8 +442,15 @@ class FinetuneConfig(TrainingOptions, DataOptions, AdapterOptions, VocabularyOpt
         self._check_range("head_dropout", 0.0, 0.99)
         self._check_positive(("max_length",))
         self._check_positive(("early_stopping_patience",), optional=True)
+        if self.head == "auto":
+            self.head = None
         if self.head is not None and self.head not in HEAD_TYPES:
-            raise ConfigError(f"--head must be one of {', '.join(HEAD_TYPES)}, got '{self.head}'.")
+            raise ConfigError(f"--head must be auto or one of {', '.join(HEAD_TYPES)}, got '{self.head}'.")
+        if self.time_budget_minutes is not None and self.time_budget_minutes < 0:
+            raise ConfigError(
+                f"--time_budget_minutes must be >= 0 (0: no limit), got {self.time_budget_minutes}."
+            )
+        self._check_choice("protocol", PROTOCOLS)
         if self.layer_lr_decay is not None:
             self._check_range("layer_lr_decay", 1e-3, 1.0)
         for name in ("reinit_layers",):
@@ -436,20 +462,27 @@ class FinetuneConfig(TrainingOptions, DataOptions, AdapterOptions, VocabularyOpt
         self._check_layers()
         self._check_choice("class_weight", CLASS_WEIGHTS)
         self._check_choice("regression_loss", ("mse", "huber"))
-        self._check_choice("long_text", ("truncate", "chunk"))
+        if self.long_text is not None:
+            self._check_choice("long_text", ("truncate", "chunk"))
         self._check_choice("chunk_pooling", ("mean", "max"))
-        self._check_choice("pair_encoding", ("joint", "separate"))
+        if self.pair_encoding is not None:
+            self._check_choice("pair_encoding", ("joint", "separate"))
         if self.pair_encoding == "separate" and not self.text_pair_column:
             raise ConfigError("--pair_encoding separate encodes text pairs: give --text_pair_column too.")
-        if self.chunk_stride is not None and self.long_text != "chunk":
+        if self.chunk_stride is not None and self.long_text == "truncate":
             raise ConfigError(
-                "--chunk_stride applies to --long_text chunk; add --long_text chunk or drop it."
+                "--chunk_stride applies to --long_text chunk; drop --long_text truncate or --chunk_stride."
             )
         if self.metrics is not None and self.metric_for_best_model not in (None, *self.metrics):
             raise ConfigError(
                 f"--metric_for_best_model '{self.metric_for_best_model}' is not among --metrics "
                 f"({', '.join(self.metrics)}); add it to --metrics or pick one of those."
             )
+
+    @property
+    def time_budget_seconds(self) -> float | None:
+        """The time budget in seconds; None when there is none."""
+        return self.time_budget_minutes * 60 if self.time_budget_minutes else None
 
     @property
     def data(self) -> DataOptions:

@@ -86,3 +86,10 @@ def resolve_cache_dir(cache_dir: str | None = None) -> Path:
     if chosen:
         return Path(chosen).expanduser()
     return Path.home() / ".cache" / "nlptransfer" / "features"
+
+
+def atomic_write_text(path: Path, text: str) -> None:
+    """Write ``text`` to ``path`` through a temporary file and a rename: never half a file."""
+    tmp = path.with_name(f"{TMP_PREFIX}{path.name}")
+    tmp.write_text(text)
+    os.replace(tmp, path)

@@ -82,7 +82,7 @@ def test_schedule_gives_small_data_enough_steps_and_early_stopping():
     [
         (8, True, "feature-extraction"),
         (8, False, "feature-extraction-all-layers"),
-        (300, True, "finetune-top2"),
+        (300, True, "feature-extraction"),
         (300, False, "finetune"),
         (5000, True, "finetune"),
         (5000, False, "finetune"),
@@ -100,11 +100,16 @@ def test_recommend_follows_the_size_by_similarity_matrix(per_label, familiar, ar
 
 def test_recommendation_command_keeps_the_users_data_options_and_adds_the_strategy():
     config = FinetuneConfig(model="my-model", train_file="reviews.csv", text_column="review", strategy="lora")
-    advice = recommend(_profile(300), _familiar(), config)
+    advice = recommend(_profile(300), _unfamiliar(), config)
     assert advice.command.startswith("accelerate launch recipes/finetune.py")
-    for flag in ("--model my-model", "--train_file reviews.csv", "--text_column review",
-                 "--strategy finetune", "--unfreeze_layers 2"):  # fmt: skip
+    for flag in (
+        "--model my-model",
+        "--train_file reviews.csv",
+        "--text_column review",
+        "--strategy finetune",
+    ):
         assert flag in advice.command
+    assert "--unfreeze_layers" not in advice.command  # all layers
     assert "lora" not in advice.command  # the user's own --strategy is replaced by the advice
 
 
@@ -366,9 +371,8 @@ def test_word_vectors_get_coverage_and_an_arm_they_can_run(tmp_path):
     assert measured.familiarity.source_kind == "word-vectors"
     assert 0 < measured.familiarity.signals["vector_token_coverage_pct"] < 100
     assert "finetune-top2" not in measured.compute.costs and "lora" not in measured.compute.costs
-    advice = recommend(measured.profile, _familiar(), config, measured.compute)  # medium data: top-2 wanted
-    assert advice.arm == "finetune"
-    assert any("finetune-top2 does not apply to this model" in r for r in advice.reasons)
+    advice = recommend(measured.profile, _familiar(), config, measured.compute)  # medium data, familiar
+    assert advice.arm == "feature-extraction"
 
 
 def test_advice_chunks_long_texts_when_a_fifth_are_cut():

@@ -38,7 +38,7 @@ def _model(tiny_bert: str, **options) -> TransferModel:
 
 
 def _ctx(**options) -> RunContext:
-    config = FinetuneConfig(**options)
+    config = FinetuneConfig(**{"strategy": "feature-extraction", **options})
     return RunContext(config, get_strategy(config.strategy), Accelerator(cpu=True), MetricSet(config.metrics))
 
 

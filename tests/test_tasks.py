@@ -452,7 +452,7 @@ def test_chunked_features_are_cached_one_row_per_document(tiny_bert: str, tmp_pa
 
 def test_chunking_options_that_cannot_apply_are_clear_errors(tiny_bert: str, tagged_csv: Path) -> None:
     with pytest.raises(ConfigError, match="--chunk_stride applies to --long_text chunk"):
-        FinetuneConfig(chunk_stride=8)
+        FinetuneConfig(chunk_stride=8, long_text="truncate")
     from nlptransfer.model.transfer import LongText
 
     with pytest.raises(ConfigError, match="must be between 0 and half of --max_length 32"):
@@ -544,7 +544,14 @@ def test_pairs_encoded_apart_train_save_and_predict(tiny_bert: str, tmp_path: Pa
     with pytest.raises(ConfigError, match="reads text pairs"):
         model.predict(["good the"])
     joint, _ = _run(
-        tmp_path, tiny_bert, csv, "joint", label_column="score", text_pair_column="pair", head="ridge-cv"
+        tmp_path,
+        tiny_bert,
+        csv,
+        "joint",
+        label_column="score",
+        text_pair_column="pair",
+        head="ridge-cv",
+        pair_encoding="joint",
     )
     assert results["feature_cache"]["entries"] != joint["feature_cache"]["entries"]
     with pytest.raises(ConfigError, match="give --text_pair_column too"):

@@ -171,7 +171,8 @@ def test_train_your_own_vectors_then_reuse_them(tmp_path: Path) -> None:
 def test_feature_extraction_refuses_to_freeze_a_random_encoder(vector_files, tmp_path: Path) -> None:
     sentiment_frame(40).to_csv(tmp_path / "train.csv", index=False)
     args = ["train", "--model", vector_files["glove"], "--train_file", str(tmp_path / "train.csv"),
-            "--word_encoder", "bilstm", "--output_dir", str(tmp_path / "out")]  # fmt: skip
+            "--word_encoder", "bilstm", "--output_dir", str(tmp_path / "out"),
+            "--strategy", "feature-extraction"]  # fmt: skip
     assert cli_main(args) == 2
     assert not (tmp_path / "out" / "results.json").exists()
 

@@ -34,9 +34,6 @@ class AdviseConfig(FinetuneConfig):
         100, "Texts sampled to measure the domain gap (perplexity, fragmentation)."
     )
     probe_steps: int = _opt(3, "Timed training steps per strategy (after one warm-up step).")
-    time_budget_minutes: float | None = _opt(
-        None, "Longest acceptable training run: a slower pick gives way to a cheaper strategy."
-    )
     advice_file: str | None = _opt(None, "Also write the measurements and the advice here (JSON).")
 
     def __post_init__(self) -> None:
@@ -44,8 +41,6 @@ class AdviseConfig(FinetuneConfig):
         for name in ("familiarity_examples", "probe_steps"):
             if getattr(self, name) < 1:
                 raise ConfigError(f"--{name} must be at least 1, got {getattr(self, name)}.")
-        if self.time_budget_minutes is not None and not self.time_budget_minutes > 0:
-            raise ConfigError(f"--time_budget_minutes must be positive, got {self.time_budget_minutes}.")
 
     def run_config(self) -> FinetuneConfig:
         """The training options alone."""
@@ -130,8 +125,7 @@ def _applies(arm: str, base: TransferModel) -> bool:
 def advise(config: AdviseConfig) -> tuple[Measurements, Recommendation]:
     run = config.run_config()
     measured = measure(run, config.familiarity_examples, config.probe_steps)
-    budget = config.time_budget_minutes * 60 if config.time_budget_minutes else None
-    advice = recommend(measured.profile, measured.familiarity, run, measured.compute, budget)
+    advice = recommend(measured.profile, measured.familiarity, run, measured.compute, run.time_budget_seconds)
     if config.advice_file:
         record = {**measured.to_dict(), "recommendation": advice.to_dict(), "config": run.to_dict()}
         Path(config.advice_file).write_text(json.dumps(record, indent=2))

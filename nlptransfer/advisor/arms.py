@@ -58,6 +58,13 @@ ARMS: dict[str, Arm] = {
         ),
         # 3 epochs, not the strategy's 5: on thousands of examples LoRA at 1e-3 has converged by then,
         # and a sweep over label budgets must stay affordable.
+        # Not a strategy of its own: --strategy auto, which picks one (with its head, protocol and
+        # schedule) for the data of each budget, as a user's default run would.
+        Arm(
+            "auto",
+            "whatever --strategy auto picks for the data: strategy, head, protocol, schedule",
+            {"strategy": "auto"},
+        ),
         Arm(
             "lora",
             "a LoRA adapter (rank 8) on the frozen body, and the head; 3 epochs",
@@ -105,11 +112,14 @@ class Schedule:
     batch_size: int
 
 
-def schedule(arm: Arm, num_train: int, batch_size: int, min_steps: int = MIN_STEPS) -> Schedule:
-    """Batch size and epochs for ``num_train`` examples: the arm's defaults, or enough for ``min_steps``."""
+def schedule(
+    arm: Arm, num_train: int, batch_size: int, min_steps: int = MIN_STEPS, shrink_batch: bool = True
+) -> Schedule:
+    """Batch size and epochs for ``num_train`` examples: the arm's defaults, or enough for ``min_steps``
+    (``shrink_batch=False``: at ``batch_size``, more epochs only)."""
     strategy = get_strategy(arm.strategy)
     default = arm.default_epochs
-    batch = min(batch_size, max(MIN_BATCH, num_train // STEPS_PER_EPOCH))
+    batch = min(batch_size, max(MIN_BATCH, num_train // STEPS_PER_EPOCH)) if shrink_batch else batch_size
     steps_per_epoch = max(1, math.ceil(num_train / batch))
     epochs = max(default, min(MAX_EPOCHS, math.ceil(min_steps / steps_per_epoch)))
     patience = strategy.default_patience

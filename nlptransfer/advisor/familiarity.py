@@ -77,9 +77,10 @@ class Familiarity:
 
 def measure_familiarity(
     model_name: str, texts: list[str], trust_remote_code: bool = False, lowercase: bool = True,
-    allow_pickle: bool = False, modality: str = "text",
+    allow_pickle: bool = False, modality: str = "text", language_model: bool = True,
 ) -> Familiarity:  # fmt: skip
-    """The familiarity signals of ``texts`` (a sample of the target data) for ``model_name``."""
+    """The familiarity signals of ``texts`` (a sample of the target data) for ``model_name``;
+    ``language_model=False`` skips the (pseudo-)perplexity pass, the one costly signal."""
     if modality != "text":
         result = Familiarity("image")
         result.notes.append("Domain familiarity is measured for text only.")
@@ -90,7 +91,7 @@ def measure_familiarity(
         result = Familiarity("characters", len(texts))
         result.notes.append("ELMo reads characters: every word has a representation; nothing to measure.")
         return result
-    return _hf_familiarity(model_name, texts, trust_remote_code)
+    return _hf_familiarity(model_name, texts, trust_remote_code, language_model)
 
 
 def _vector_familiarity(
@@ -111,11 +112,16 @@ def _vector_familiarity(
     return result
 
 
-def _hf_familiarity(model_name: str, texts: list[str], trust_remote_code: bool) -> Familiarity:
+def _hf_familiarity(
+    model_name: str, texts: list[str], trust_remote_code: bool, language_model: bool = True
+) -> Familiarity:
     from nlptransfer.backbones.hf_base import load_hf_config
 
     source = load_hf_config(model_name, trust_remote_code)
     result = Familiarity("subword", len(texts))
+    if not language_model:
+        _fragmentation(_tokenizer(source), texts, result)
+        return result
     lm, tokenizer, objective = _language_model(source, result)
     _fragmentation(tokenizer, texts, result)
     if lm is not None:
@@ -140,6 +146,12 @@ def _fragmentation(tokenizer: Any, texts: list[str], result: Familiarity) -> Non
         result.add("unknown_token_pct", 100.0 * sum(row.count(unk) for row in ids) / pieces)
 
 
+def _tokenizer(source: Any) -> Any:
+    import transformers
+
+    return transformers.AutoTokenizer.from_pretrained(source.path, **source.kwargs)
+
+
 def _language_model(source: Any, result: Familiarity) -> tuple[torch.nn.Module | None, Any, str]:
     """The model with its LM head when the checkpoint holds a trained one, its tokenizer, the objective."""
     import transformers
@@ -147,7 +159,7 @@ def _language_model(source: Any, result: Familiarity) -> tuple[torch.nn.Module |
     from nlptransfer.runs.pretrain import default_objective
 
     objective = default_objective(source.config)
-    tokenizer = transformers.AutoTokenizer.from_pretrained(source.path, **source.kwargs)
+    tokenizer = _tokenizer(source)
     auto = {"mlm": transformers.AutoModelForMaskedLM, "clm": transformers.AutoModelForCausalLM}.get(objective)
     if auto is None or type(source.config) not in auto._model_mapping:
         result.notes.append(f"No {objective} language-model head in transformers for this architecture; "

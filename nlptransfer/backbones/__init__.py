@@ -1,10 +1,15 @@
-"""Source models behind one :class:`Backbone` contract."""
+"""Source models behind one :class:`Backbone` contract.
+
+Hugging Face image models load transformers' image processors (3 s): their module is imported
+when an image model is first loaded, never for a text run.
+"""
+
+from typing import Any
 
 from nlptransfer.backbones.base import BACKBONES, Backbone, BackboneOutput, LayerGroup
 from nlptransfer.backbones.elmo import ElmoBackbone
-from nlptransfer.backbones.hf_base import HFBackbone, load_hf_config
+from nlptransfer.backbones.hf_base import HFBackbone, is_vision_config, load_hf_config
 from nlptransfer.backbones.hf_text import HFTextBackbone
-from nlptransfer.backbones.hf_vision import HFVisionBackbone, is_vision_config
 from nlptransfer.backbones.sources import SHORT_NAMES, resolve_model
 from nlptransfer.backbones.torch_vision import TorchVisionBackbone, is_torch_vision_source
 from nlptransfer.backbones.vision import ImageBackbone, ImageOptions
@@ -43,8 +48,21 @@ def load_source(
         return TorchVisionBackbone.from_pretrained(name_or_path, from_scratch, image_options)
     source = load_hf_config(name_or_path, trust_remote_code)
     if is_vision_config(source.config):
+        from nlptransfer.backbones.hf_vision import HFVisionBackbone
+
         return HFVisionBackbone.from_source(source, from_scratch, image_options)
     return HFTextBackbone.from_source(source, from_scratch)
+
+
+BACKBONES.register_lazy("hf-image", "nlptransfer.backbones.hf_vision")
+
+
+def __getattr__(name: str) -> Any:
+    if name == "HFVisionBackbone":
+        from nlptransfer.backbones.hf_vision import HFVisionBackbone
+
+        return HFVisionBackbone
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
 
 
 __all__ = [

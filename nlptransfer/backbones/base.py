@@ -101,6 +101,11 @@ class Backbone(nn.Module, ABC):
         """Rebuild from :meth:`save` output with randomly initialised weights."""
 
     @property
+    def reads_windows(self) -> bool:
+        """True when the backbone implements ``tokenize_windows`` (``--long_text chunk``)."""
+        return type(self).tokenize_windows is not Backbone.tokenize_windows
+
+    @property
     def max_positions(self) -> int | None:
         """Longest input the model accepts, if it has such a limit."""
         return None

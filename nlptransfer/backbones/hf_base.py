@@ -154,3 +154,8 @@ def rebuild_hf_model(directory: Path, remote: bool) -> tuple[PretrainedConfig, n
     except (OSError, ValueError) as err:
         raise ModelLoadError(f"Could not rebuild the saved model in {directory}: {err}") from err
     return hf_config, model
+
+
+def is_vision_config(config: Any) -> bool:
+    """True for image models: their config has image channels and no vocabulary."""
+    return hasattr(config, "num_channels") and not hasattr(config, "vocab_size")

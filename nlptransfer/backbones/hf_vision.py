@@ -41,11 +41,6 @@ from nlptransfer.errors import ConfigError, ModelLoadError
 logger = logging.getLogger(__name__)
 
 
-def is_vision_config(config: PretrainedConfig) -> bool:
-    """True for image models: their config has image channels and no vocabulary."""
-    return hasattr(config, "num_channels") and not hasattr(config, "vocab_size")
-
-
 @BACKBONES.register("hf-image")
 class HFVisionBackbone(HFBackbone, ImageBackbone):
     """Any Hugging Face image model without its classification head."""

@@ -8,6 +8,7 @@ from pathlib import Path
 from typing import Any
 
 from nlptransfer.advisor import Measurements, Recommendation
+from nlptransfer.advisor.auto import AUTO
 from nlptransfer.comparison.sweep import ALL, Cell, CompareConfig, budget_name, summarise
 from nlptransfer.runs.modelcard import command_line
 from nlptransfer.runs.outputs import hardware, resource_usage, source_commit, versions
@@ -46,6 +47,7 @@ def write_report(
         "",
         advisor_table(stats, budgets, picks, metric),
         "",
+        *_auto_section(stats, budgets, cells, metric),
         f"![learning curves, {metric} vs training time, trainable parameters]({figure.name})",
         "",
         "## Cost",
@@ -196,10 +198,25 @@ def advisor_table(
     lines.append("")
     lines.append(f"Within {TOLERANCE_POINTS:g} point of the best at **{hits} of {counted}** budgets.")
     for budget in budgets:
-        if budget in picks:
+        if budget in picks and picks[budget].reasons:
             reasons = "; ".join(r.rstrip(".") for r in picks[budget].reasons)
             lines.append(f"- {_budget_label(budget)} → {picks[budget].arm}: {reasons}.")
     return "\n".join(lines)
+
+
+def _auto_section(
+    stats: dict[tuple[str, str], dict[str, float]], budgets: list[str], cells: list[Cell], metric: str
+) -> list[str]:
+    """When the `auto` arm ran: what it chose at each budget, against the measured best."""
+    chosen = {c.budget: c.auto for c in cells if c.arm == AUTO}
+    if not chosen:
+        return []
+    picks = {
+        budget: Recommendation(AUTO, "", "", 0, None, {}, [f"`{flags}`"] if flags else [])
+        for budget, flags in chosen.items()
+    }
+    table = advisor_table(stats, budgets, picks, metric)
+    return ["## `--strategy auto` against the measured best", "", table, ""]
 
 
 def cost_table(stats: dict[tuple[str, str], dict[str, float]], budgets: list[str], arms: list[str]) -> str:

@@ -20,7 +20,8 @@ from nlptransfer.advisor import (
     recommend,
     schedule,
 )
-from nlptransfer.advisor.arms import MIN_STEPS, Arm
+from nlptransfer.advisor.arms import MIN_STEPS, Arm, Schedule
+from nlptransfer.advisor.auto import AUTO
 from nlptransfer.config import FinetuneConfig, _opt
 from nlptransfer.data import LabelledData, load_data
 from nlptransfer.errors import ConfigError, NLPTransferError
@@ -114,6 +115,9 @@ class Cell:
     # Taken from the folder of an earlier invocation of the same sweep, not run by this one.
     reused: bool = False
     metric: str = "accuracy"
+    # What auto chose in this cell's run, as flags (all of it for the auto arm; the head, say, for
+    # others).
+    auto: str = ""
 
     @staticmethod
     def from_results(arm: str, budget: str, seed: int, results: dict[str, Any], reused: bool = False) -> Cell:
@@ -122,7 +126,13 @@ class Cell:
         return Cell(arm, budget, seed, float(test[metric]), test.get("f1_macro"),
                     float(results["train_seconds"]), int(results["trainable_parameters"]),
                     int(results["num_train_examples"]), int(results["epochs_run"]), reused,
-                    metric)  # fmt: skip
+                    metric, _auto_flags(results))  # fmt: skip
+
+
+def _auto_flags(results: dict[str, Any]) -> str:
+    from nlptransfer.advisor.auto import AutoChoice
+
+    return AutoChoice(**results["auto"]).flags() if results.get("auto") else ""
 
 
 def budget_name(value: int | None) -> str:
@@ -149,6 +159,8 @@ def check_arms(config: CompareConfig, run: FinetuneConfig, data: LabelledData) -
     texts = texts_for_vocabulary(data)
     for name in config.arms:
         arm = get_arm(name)
+        if arm.strategy == AUTO:  # resolved per budget, when the run starts
+            continue
         options = dataclasses.replace(run, **{k: v for k, v in arm.options.items() if k != "epochs"})
         try:
             plan_run(options, get_strategy(arm.strategy), data.label_names, texts, data.modality)
@@ -160,10 +172,13 @@ def advisor_picks(
     config: CompareConfig, run: FinetuneConfig, measured: Measurements
 ) -> dict[str, Recommendation]:
     """What the advisor recommends at each budget, from the measurements of the whole data."""
-    budget = config.time_budget_minutes * 60 if config.time_budget_minutes else None
     return {
         budget_name(k): recommend(
-            measured.profile.with_budget(k), measured.familiarity, run, measured.compute, budget
+            measured.profile.with_budget(k),
+            measured.familiarity,
+            run,
+            measured.compute,
+            run.time_budget_seconds,
         )
         for k in config.budget_values()
     }
@@ -209,8 +224,11 @@ def cell_config(
 
     ``num_train``: the training examples the budget keeps, which the schedule is made for.
     """
-    plan_ = schedule(arm, num_train, run.batch_size, config.min_steps)
     options = {key: value for key, value in arm.options.items() if key != "epochs"}
+    if arm.strategy == AUTO:  # auto schedules (and chooses the rest) itself, as a default run does
+        plan_ = Schedule(run.epochs, run.early_stopping_patience, run.batch_size)  # type: ignore[arg-type]
+    else:
+        plan_ = schedule(arm, num_train, run.batch_size, config.min_steps)
     # Examples per label exist for single labels only; other tasks' budgets count training examples.
     per_label = run.problem_type in (None, SINGLE)
     sizes = {"samples_per_label": k} if per_label else {"max_train_examples": k}

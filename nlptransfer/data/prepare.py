@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import logging
-from collections.abc import Collection
+from collections.abc import Collection, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -48,13 +48,31 @@ class Split:
     def __len__(self) -> int:
         return len(self.inputs)
 
+    def select(self, rows: Sequence[int]) -> Split:
+        """The examples at ``rows``, in that order."""
+        labels = (
+            self.labels[list(rows)] if isinstance(self.labels, np.ndarray) else [self.labels[i] for i in rows]
+        )
+        pairs = [self.pairs[i] for i in rows] if self.pairs is not None else None
+        return Split([self.inputs[i] for i in rows], labels, pairs)
+
+    def concat(self, other: Split) -> Split:
+        """This split's examples followed by ``other``'s."""
+        if isinstance(self.labels, np.ndarray):
+            labels: list[int] | np.ndarray = np.concatenate([self.labels, np.asarray(other.labels)])
+        else:
+            labels = list(self.labels) + list(other.labels)
+        pairs = self.pairs + (other.pairs or []) if self.pairs is not None else None
+        return Split(self.inputs + other.inputs, labels, pairs)
+
 
 @dataclass
 class LabelledData:
     # Class names, label names (multi-label) or target names (regression): one per head output.
     label_names: list[str]
     train: Split
-    validation: Split
+    # None when no validation split is held out (--protocol cross-validation took it in).
+    validation: Split | None
     test: Split | None = None
     report: dict[str, Any] = field(default_factory=dict)
     # "text", or "image" when the inputs are images (see nlptransfer.data.images).

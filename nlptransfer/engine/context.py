@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import logging
 import os
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -31,6 +32,9 @@ class RunContext:
     metrics: MetricSet
     # Checkpoints, tracking and interruption; by default a session that saves nothing.
     session: TrainSession = None  # type: ignore[assignment]
+    # Called after each validated epoch with (epoch, score of --metric_for_best_model): a
+    # hyperparameter search reports to its trial there, and may stop the run (by raising).
+    epoch_hook: Callable[[int, float], None] | None = None
 
     def __post_init__(self) -> None:
         if self.session is None:

@@ -24,6 +24,7 @@ from nlptransfer.engine.features import extract_features
 from nlptransfer.engine.inference import encode_split, evaluate_split
 from nlptransfer.engine.loop import run_phase
 from nlptransfer.engine.objectives import OBJECTIVES
+from nlptransfer.errors import ConfigError
 from nlptransfer.model.layers import count_parameters
 from nlptransfer.model.transfer import TransferModel, align_padding
 from nlptransfer.strategies.base import ParamGroups, Phase
@@ -74,6 +75,8 @@ class FitResult:
     # Index of the phase whose datasets ``eval_datasets`` are (-1: the token splits).
     eval_phase: int = -1
     body_trained: bool = False
+    # --protocol cross-validation: the out-of-fold outputs of the training split and its targets.
+    out_of_fold: tuple[torch.Tensor, Any] | None = None
 
     def add_extraction(self, seconds: dict[str, float]) -> None:
         self.feature_extraction_seconds += sum(seconds.values())
@@ -97,13 +100,13 @@ class PhaseRun:
     groups: ParamGroups
     ctx: RunContext
     seen: list[int] | None = None  # filled with the example indices of the first epoch
+    # Filled by a closed-form head under --protocol cross-validation (no validation split).
+    out_of_fold: tuple[torch.Tensor, Any] | None = None
 
 
 def encode_splits(model: TransferModel, data: LabelledData) -> dict[str, EncodedDataset]:
-    splits = {"train": data.train, "validation": data.validation}
-    if data.test is not None:
-        splits["test"] = data.test
-    return {name: encode_split(model, split) for name, split in splits.items()}
+    splits = {"train": data.train, "validation": data.validation, "test": data.test}
+    return {name: encode_split(model, split) for name, split in splits.items() if split is not None}
 
 
 class BestWeights:
@@ -237,11 +240,7 @@ class Validation:
         # Derived, not remembered: a resumed run gets the same answer.
         phase_best = max(self.phase_start, result.best_epoch)
         epoch = len(result.history) + 1
-        scores = (
-            evaluate_split(run.model, run.datasets["validation"], run.ctx, "validation")
-            if phase.evaluate
-            else {}
-        )
+        scores = self._scores() if phase.evaluate else {}
         result.history.append(EpochLog(epoch, phase.name, train_loss, scores))
         logger.info(
             "epoch %d (%s): train_loss=%.4f validation %s", epoch, phase.name, train_loss, _fmt(scores)
@@ -252,6 +251,8 @@ class Validation:
         if not phase.evaluate:
             return False
         metric = run.ctx.config.metric_for_best_model or run.model.task.best_metric
+        if run.ctx.epoch_hook is not None:
+            run.ctx.epoch_hook(epoch, scores[metric])
         if result.best_epoch == 0 or _improves(scores[metric], result.best_score, metric):
             result.best_epoch, result.best_score = epoch, scores[metric]
             result.eval_datasets, result.eval_phase = run.datasets, run.index
@@ -260,6 +261,21 @@ class Validation:
             logger.info("early stopping: no %s gain for %d epochs", metric, phase.patience)
             return True
         return False
+
+    def _scores(self) -> dict[str, float]:
+        """Validation scores: of the validation split, or out-of-fold (--protocol cross-validation)."""
+        run = self.run
+        if "validation" in run.datasets:
+            return evaluate_split(run.model, run.datasets["validation"], run.ctx, "validation")
+        if run.out_of_fold is None:
+            raise ConfigError(
+                "This phase has no validation split to score on: --protocol cross-validation serves "
+                "closed-form heads only. Use --protocol holdout."
+            )
+        self.result.out_of_fold = run.out_of_fold
+        outputs, targets = run.out_of_fold
+        task = run.model.task
+        return run.ctx.metrics.compute(task.predictions(outputs), task.references(targets))
 
 
 def _improves(score: float, best: float, metric: str) -> bool:

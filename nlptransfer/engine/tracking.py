@@ -134,13 +134,14 @@ def flat_config(config: dict[str, Any]) -> dict[str, Any]:
 
 
 def plot_curves(log_path: Path, png_path: Path, metric: str | None = None) -> Path | None:
-    """Training loss and learning rate per step, validation metric per epoch, as one PNG."""
+    """Training loss and learning rate per step, validation metric per epoch, as one PNG (None when
+    nothing trained by steps: a closed-form head's single score is in results.json)."""
     if not Path(log_path).is_file():
         return None
     records = read_log(log_path)
     steps = [r for r in records if "train/loss" in r]
     epochs = [r for r in records if any(k.startswith("validation/") for k in r)]
-    if not steps and not epochs:
+    if not steps and len(epochs) < 2:  # a head fitted in closed form: no curve to draw (and 1 s saved)
         return None
     import matplotlib
 

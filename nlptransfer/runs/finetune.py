@@ -4,14 +4,17 @@ from __future__ import annotations
 
 import logging
 import time
+from collections.abc import Callable
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
 from accelerate.utils import set_seed
 
+from nlptransfer.advisor.auto import AUTO, AutoChoice, resolve_auto
 from nlptransfer.backbones import Backbone, ImageOptions, VocabOptions, is_word_vector_source
 from nlptransfer.config import FinetuneConfig, VocabularyOptions
+from nlptransfer.engine.checkpoint import read_checkpoint, resolve_checkpoint
 from nlptransfer.engine.context import RunContext
 from nlptransfer.data import LabelledData, load_data
 from nlptransfer.errors import ConfigError, SaveError
@@ -40,19 +43,10 @@ from nlptransfer.engine.fit import FitResult, distributed_report, fit
 logger = logging.getLogger(__name__)
 
 
-def build_model(
-    config: FinetuneConfig,
-    labels: list[str],
-    strategy: Strategy,
-    vocabulary_texts: list[str] | None = None,
-    modality: str = "text",
-    task: Task | None = None,
-) -> TransferModel:
-    """The model a run trains: source backbone, pooling and a new head, configured by the strategy.
-
-    ``modality`` is what the data holds ("text" or "image"); the backbone must read it. ``task``
-    (default: single-label classification) is what the head predicts; ``labels`` name its outputs.
-    """
+def load_source(
+    config: FinetuneConfig, vocabulary_texts: list[str] | None = None, modality: str = "text"
+) -> Backbone:
+    """The source backbone of a run, checked against what the data holds ("text" or "image")."""
     vocabulary = config.vocabulary
     word_options = vocab_options(vocabulary, config.seed)
     if not is_word_vector_source(config.model) and word_options != VocabOptions(seed=config.seed):
@@ -62,6 +56,25 @@ def build_model(
         from_scratch=config.from_scratch, image_options=image_options(config),
     )  # fmt: skip
     _check_modality(backbone, modality, config.model)
+    return backbone
+
+
+def build_model(
+    config: FinetuneConfig,
+    labels: list[str],
+    strategy: Strategy,
+    vocabulary_texts: list[str] | None = None,
+    modality: str = "text",
+    task: Task | None = None,
+    backbone: Backbone | None = None,
+) -> TransferModel:
+    """The model a run trains: source backbone, pooling and a new head, configured by the strategy.
+
+    ``modality`` is what the data holds ("text" or "image"); the backbone must read it. ``task``
+    (default: single-label classification) is what the head predicts; ``labels`` name its outputs.
+    ``backbone``: the source already loaded (by :func:`load_source`), else it is loaded here.
+    """
+    backbone = backbone or load_source(config, vocabulary_texts, modality)
     if config.reinit_layers:
         backbone.reinit_top_blocks(config.reinit_layers)
     return TransferModel.from_backbone(
@@ -75,8 +88,14 @@ def build_model(
         max_length=config.max_length,
         task=task or DEFAULT_TASK,
         long_text=long_text_options(config),
-        pair_encoding=config.pair_encoding,
+        pair_encoding=config.pair_encoding or default_pair_encoding(config, strategy),
     )
+
+
+def default_pair_encoding(config: FinetuneConfig, strategy: Strategy) -> str:
+    """Text pairs read by a frozen body are encoded apart (as bi-encoders read them); joined when
+    the body trains (as cross-encoders learn to)."""
+    return "separate" if config.text_pair_column and strategy.freezes_body(config) else "joint"
 
 
 def long_text_options(config: FinetuneConfig) -> LongText | None:
@@ -116,10 +135,10 @@ class RunPlan:
 
 def plan_run(
     config: FinetuneConfig, strategy: Strategy, labels: list[str], texts: list[str] | None = None,
-    modality: str = "text", task: Task | None = None,
+    modality: str = "text", task: Task | None = None, backbone: Backbone | None = None,
 ) -> RunPlan:  # fmt: skip
     """Build the model and configure every phase: what train, layers, compare and advise all do first."""
-    model = build_model(config, labels, strategy, texts, modality, task)
+    model = build_model(config, labels, strategy, texts, modality, task, backbone)
     phases = strategy.phases(model, config)
     return RunPlan(model, phases, phase_tables(model, phases))
 
@@ -138,29 +157,29 @@ def vocab_options(vocabulary: VocabularyOptions, seed: int) -> VocabOptions:
     )  # fmt: skip
 
 
-def train(config: FinetuneConfig) -> dict[str, Any]:
+def train(config: FinetuneConfig, epoch_hook: Callable[[int, float], None] | None = None) -> dict[str, Any]:
     """Train, evaluate and save a classifier as configured; return the results dict.
 
     Everything that can fail on bad input (strategy, metrics, output folder, data,
     model) is checked before training starts and before an earlier run is replaced.
+    ``epoch_hook(epoch, validation score)`` is called after every validated epoch (``tune``).
     """
     run_start = time.time()  # this run alone; results.json's wall_seconds counts from the process start
-    strategy = get_strategy(config.strategy)
-    image_options(config)  # a bad --augment or --batchnorm fails before anything runs
-    if config.metrics is not None:
-        MetricSet(config.metrics, config.trust_remote_code)  # a bad metric name fails before anything runs
-    output_dir = resolve_output_dir(config)
-    if not config.resume_from_checkpoint:
-        check_output_dir(output_dir, config.overwrite_output_dir)
+    output_dir = _check_options(config)
     data = load_data(config.data)
     logger.info("data: %s", _describe(data))
     # Task-dependent defaults are filled in before the session: checkpoints hold the resolved config.
     config, task, task_notes = configure_task(config, data)
+    set_seed(config.seed)  # a body with random parts (a BiLSTM on word vectors) starts seeded
+    backbone = load_source(config, texts_for_vocabulary(data), data.modality)
+    config, data, auto = resolve_auto(config, data, task, backbone, _resumed_options(config, output_dir))
+    logger.info("%s", auto.render())
+    strategy = get_strategy(config.strategy)
     session = start_session(config, output_dir, "nlptransfer-finetune")
     metrics = MetricSet(config.metrics, config.trust_remote_code)
-    ctx = RunContext(config, strategy, session.accelerator, metrics, session)
+    ctx = RunContext(config, strategy, session.accelerator, metrics, session, epoch_hook)
     set_seed(config.seed)
-    plan = plan_run(config, strategy, data.label_names, texts_for_vocabulary(data), data.modality, task)
+    plan = plan_run(config, strategy, data.label_names, None, data.modality, task, backbone)
     model, table = plan.model, plan.table
     logger.info("strategy %s, trainable layers:\n%s", strategy.name, table)
     start = time.perf_counter()
@@ -172,12 +191,14 @@ def train(config: FinetuneConfig) -> dict[str, Any]:
         "feature_extraction_seconds": result.feature_extraction_seconds,
     }
     model.to(ctx.accelerator.device)
-    final = final_evaluation(model, result.eval_datasets, ctx)
+    final = final_evaluation(model, result.eval_datasets, ctx, result.out_of_fold)
     report = distributed_report(ctx.accelerator, result.seen_indices, len(data.train))
     tuned = final.pop("tuned", {})
     results = _results(ctx, model, data, result, final.pop("test", None), timings, report)
     results.update(final)  # the per-label table, and the validation scores after tuning
     results["task"] = {**task_notes, **tuned}
+    results["auto"] = auto.to_dict()
+    results["protocol"] = config.protocol
     results["feature_cache"] = feature_cache_report(result.features)
     finish_session(session, output_dir, config.metric_for_best_model)
     if ctx.accelerator.is_main_process:
@@ -192,12 +213,39 @@ def train(config: FinetuneConfig) -> dict[str, Any]:
     return results
 
 
-def final_evaluation(model: TransferModel, splits: dict[str, Any], ctx: RunContext) -> dict[str, Any]:
+def _check_options(config: FinetuneConfig) -> Path:
+    """Options that can fail on their own fail before anything loads; returns the output folder."""
+    if config.strategy != AUTO:
+        get_strategy(config.strategy)
+    image_options(config)  # --augment, --batchnorm
+    if config.metrics is not None:
+        MetricSet(config.metrics, config.trust_remote_code)
+    output_dir = resolve_output_dir(config)
+    if not config.resume_from_checkpoint:
+        check_output_dir(output_dir, config.overwrite_output_dir)
+    return output_dir
+
+
+def _resumed_options(config: FinetuneConfig, output_dir: Path) -> dict[str, Any] | None:
+    """The resolved options of the run a --resume_from_checkpoint continues (auto decides once)."""
+    if not config.resume_from_checkpoint:
+        return None
+    path = resolve_checkpoint(config.resume_from_checkpoint, output_dir)
+    return read_checkpoint(path).state.get("config")
+
+
+def final_evaluation(
+    model: TransferModel, splits: dict[str, Any], ctx: RunContext, out_of_fold: tuple[Any, Any] | None = None
+) -> dict[str, Any]:
     """After the best weights are back: decisions tuned on validation (multi-label thresholds), the
-    test scores, and the per-class (per-label, per-target) table of the test split (else validation)."""
+    test scores, and the per-class (per-label, per-target) table of the test split (else validation,
+    or the out-of-fold outputs of --protocol cross-validation)."""
     task, final = model.task, {}
     name = "test" if "test" in splits else "validation"
-    if task.tunes or name == "validation":
+    if "validation" not in splits and name == "validation":
+        assert out_of_fold is not None  # a run without a validation split is cross-validated
+        outputs, references = out_of_fold[0], task.references(out_of_fold[1])
+    elif task.tunes or name == "validation":
         outputs, references = predict_split(model, splits["validation"], ctx, "validation")
     tuned = task.tune(outputs, references) if task.tunes else None
     if tuned is not None:
@@ -227,7 +275,13 @@ def _card(config: FinetuneConfig, results: dict[str, Any], table: str, output_di
         "Trainable parameters": f"{trainable:,} of {total:,} ({100 * trainable / max(total, 1):.2f}%)",
         "Epochs": f"{results['epochs_run']} run, best epoch {results['best_epoch']} by validation "
         f"{config.metric_for_best_model}",
+        "Validation": "out-of-fold scores of 5-fold cross-validation on the training data"
+        if results["protocol"] == "cross-validation"
+        else "the held-out validation split",
     }
+    chosen = AutoChoice(**results["auto"]).flags()
+    if chosen:
+        details["Chosen by auto"] = f"`{chosen}`"
     kind = results.get("modality", "text")
     example = '["an example text"]' if kind == "text" else '["an_image.jpg"]'
     # A model trained with remote code loads only with the same explicit opt-in.
@@ -248,8 +302,15 @@ def _card(config: FinetuneConfig, results: dict[str, Any], table: str, output_di
         results={k: v for k, v in splits.items() if v},
         tags=[f"{kind}-classification", config.strategy],
         dataset=config.dataset if not config.train_file else None,
-        sections={"Trainable layers": table},
+        sections={"Trainable layers": table, **_auto_section(results["auto"])},
     )  # fmt: skip
+
+
+def _auto_section(auto: dict[str, Any]) -> dict[str, str]:
+    """The model card's account of what auto chose and why (nothing when it chose nothing)."""
+    if not auto["reasons"]:
+        return {}
+    return {"Why these options (auto)": "\n".join(f"- {reason}" for reason in auto["reasons"])}
 
 
 def _model_kind(problem_type: str) -> str:
@@ -259,7 +320,7 @@ def _model_kind(problem_type: str) -> str:
 
 
 def _describe(data: LabelledData) -> str:
-    sizes = f"train={len(data.train)} validation={len(data.validation)}"
+    sizes = f"train={len(data.train)} validation={len(data.validation) if data.validation else 0}"
     if data.test is not None:
         sizes += f" test={len(data.test)}"
     return f"{sizes} labels={data.label_names}"
@@ -295,7 +356,7 @@ def _results(
         "trainable_parameters": trainable,
         "total_parameters": total,
         "num_train_examples": len(data.train),
-        "num_validation_examples": len(data.validation),
+        "num_validation_examples": len(data.validation) if data.validation is not None else 0,
         "num_test_examples": len(data.test) if data.test is not None else 0,
         "data": data.report,
         "backbone": getattr(model.backbone, "report", {}),

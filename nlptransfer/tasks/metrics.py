@@ -11,9 +11,8 @@ from __future__ import annotations
 
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-import evaluate
 import numpy as np
 from scipy.stats import pearsonr, spearmanr
 from sklearn.metrics import (
@@ -27,6 +26,9 @@ from sklearn.metrics import (
     r2_score,
     recall_score,
 )
+
+if TYPE_CHECKING:
+    import evaluate
 
 from nlptransfer.errors import UnknownNameError
 from nlptransfer.registry import Registry, closest_hint
@@ -126,6 +128,8 @@ def _load_external_metric(name: str, trust_remote_code: bool) -> evaluate.Evalua
             "to run it." + hint
         )
     try:
+        import evaluate  # 2 s to import (it loads transformers' pipelines): only for metrics not built in
+
         return evaluate.load(name, keep_in_memory=True)
     except Exception as err:  # evaluate raises FileNotFoundError, ConnectionError, ImportError, ...
         raise UnknownNameError(

@@ -20,6 +20,7 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 import cache
+import endtoend
 import extraction
 import fewshot
 import finetune
@@ -32,6 +33,7 @@ SECTIONS = {
     "fewshot": fewshot.run,
     "cache": cache.run,
     "vectors": vectors.run,
+    "endtoend": endtoend.run,
 }
 
 
@@ -81,6 +83,10 @@ def parse_args() -> argparse.Namespace:
         help="fewshot: keep the runs of an earlier fewshot-runs.json, measure the rest",
     )
     parser.add_argument("--cache_args", nargs="*", default=[], help="cache: extra recipes/finetune.py flags")
+    parser.add_argument("--endtoend_threads", type=int, default=2, help="endtoend: CPU threads of both tools")
+    parser.add_argument(
+        "--endtoend_only", nargs="*", default=[], help="endtoend: only rows whose name contains one of these"
+    )
     parser.add_argument("--output", default="runs/bench/results.json")
     return parser.parse_args()
 

@@ -11,7 +11,13 @@ from torch.utils.data import DataLoader, Dataset
 from nlptransfer.data import Collator, EncodedDataset, EpochSampler, FeatureDataset, LengthGroupedSampler
 from nlptransfer.engine.objectives.base import OBJECTIVES, Objective
 from nlptransfer.errors import ConfigError
-from nlptransfer.model.heads import fit_logistic_head, fit_one_vs_rest_head, fit_ridge_head
+from nlptransfer.model.heads import (
+    fit_logistic_head,
+    fit_one_vs_rest_head,
+    fit_ridge_head,
+    out_of_fold_logits,
+    out_of_fold_values,
+)
 from nlptransfer.tasks.base import MultiLabelClassification, Regression
 
 if TYPE_CHECKING:
@@ -93,25 +99,41 @@ class ClosedFormHead(Objective):
 
     closed_form = True
 
-    def __init__(self, train: Dataset, seed: int) -> None:
+    def __init__(self, train: Dataset, seed: int, run: PhaseRun | None = None) -> None:
         if not isinstance(train, FeatureDataset):
             raise ConfigError(
                 "A closed-form head (logistic-cv, ridge-cv) fits on frozen features; "
                 "this phase trains the body."
             )
         self.train, self.seed = train, seed
+        # Set under --protocol cross-validation (no validation split): receives the out-of-fold outputs.
+        self.run = run
 
     @classmethod
     def from_phase(cls, run: PhaseRun) -> ClosedFormHead:
-        return cls(run.datasets["train"], run.ctx.config.seed)
+        cross_validate = "validation" not in run.datasets
+        return cls(run.datasets["train"], run.ctx.config.seed, run if cross_validate else None)
 
     def solve(self, model: torch.nn.Module) -> float:
         with torch.no_grad():
-            features = torch.as_tensor(np.asarray(self.train.features), dtype=torch.float32)
+            features = torch.from_numpy(np.array(self.train.features, dtype=np.float32))
             features = model.pooling.combine(features).numpy()
         task, targets = model.task, self.train.labels
         if isinstance(task, Regression):
-            return fit_ridge_head(model.head, features, task.standardise(targets.float()).numpy())
+            goal = task.standardise(targets.float()).numpy()
+            loss = fit_ridge_head(model.head, features, goal)
+            if self.run is not None:
+                self._keep(out_of_fold_values(features, goal, model.head, self.seed))
+            return loss
         if isinstance(task, MultiLabelClassification):
             return fit_one_vs_rest_head(model.head, features, targets.numpy(), self.seed, task.pos_weight)
-        return fit_logistic_head(model.head, features, targets.numpy(), self.seed, task.class_weights)
+        loss = fit_logistic_head(model.head, features, targets.numpy(), self.seed, task.class_weights)
+        if self.run is not None:
+            self._keep(
+                out_of_fold_logits(features, targets.numpy(), model.head, self.seed, task.class_weights)
+            )
+        return loss
+
+    def _keep(self, outputs: np.ndarray) -> None:
+        assert self.run is not None
+        self.run.out_of_fold = (torch.as_tensor(outputs), self.train.labels)
