@@ -8,6 +8,7 @@ import logging
 import os
 import sys
 from collections.abc import Callable, Sequence
+from typing import Any
 
 from nlptransfer.config import FinetuneConfig, parse_config
 from nlptransfer.errors import DataError, NLPTransferError, TrainingInterrupted
@@ -95,26 +96,28 @@ def _advise(argv: Sequence[str]) -> int:
 def _compare(argv: Sequence[str]) -> int:
     from nlptransfer.comparison import CompareConfig, run_comparison
 
-    config = parse_config(
-        CompareConfig, argv, description="Run several strategies x label budgets x seeds on your data and "
-        "write a report (Markdown + plots). Rerun the same command to resume an interrupted sweep.",
+    return _run_to_report(
+        CompareConfig, run_comparison, argv, "Run several strategies x label budgets x seeds on your data "
+        "and write a report (Markdown + plots). Rerun the same command to resume an interrupted sweep.",
     )  # fmt: skip
-    setup_logging()
-    report = run_comparison(config)
-    print(f"report: {report}")
-    return 0
 
 
 def _tune(argv: Sequence[str]) -> int:
     from nlptransfer.tuning import TuneConfig, run_tune
 
-    config = parse_config(
-        TuneConfig, argv, description="Search the hyperparameters the strategy exposes (Optuna: pruning, "
-        "a trial or time budget); rerun the same command to continue the study. Same flags as train.",
+    return _run_to_report(
+        TuneConfig, run_tune, argv, "Search the hyperparameters the strategy exposes (Optuna: pruning, a "
+        "trial or time budget); rerun the same command to continue the study. Same flags as train.",
     )  # fmt: skip
+
+
+def _run_to_report(
+    config_class: type, run: Callable[[Any], Any], argv: Sequence[str], description: str
+) -> int:
+    """A command that parses its options, runs, and prints where its report is."""
+    config = parse_config(config_class, argv, description=description)
     setup_logging()
-    report = run_tune(config)
-    print(f"report: {report}")
+    print(f"report: {run(config)}")
     return 0
 
 

@@ -479,6 +479,10 @@ class FinetuneConfig(TrainingOptions, DataOptions, AdapterOptions, VocabularyOpt
                 f"({', '.join(self.metrics)}); add it to --metrics or pick one of those."
             )
 
+    def run_config(self) -> FinetuneConfig:
+        """The training options alone (of a command's config that adds its own to them)."""
+        return FinetuneConfig(**{f.name: getattr(self, f.name) for f in dataclasses.fields(FinetuneConfig)})
+
     @property
     def time_budget_seconds(self) -> float | None:
         """The time budget in seconds; None when there is none."""

@@ -154,6 +154,7 @@ def test_architecture_page_describes_every_package(package: str) -> None:
         "from nlptransfer.cli import main; main(['--help'])",
         "from nlptransfer.cli import main; main(['train', '--help'])",
         "from nlptransfer.cli import main; main(['layers', '--help'])",
+        "from nlptransfer.cli import main; main(['tune', '--help'])",
     ],
 )
 def test_import_and_help_load_neither_torch_nor_transformers(code: str) -> None:
@@ -172,10 +173,28 @@ def test_import_and_help_load_neither_torch_nor_transformers(code: str) -> None:
     assert done.stdout.strip().splitlines()[-1] == "[]"
 
 
+def test_a_text_run_loads_no_image_processor_and_no_evaluate() -> None:
+    """transformers' image processors (3 s) load for image models only; evaluate (2 s) for metrics
+    that are not built in."""
+    import subprocess
+    import sys
+
+    script = (
+        "import sys, nlptransfer.runs.finetune\n"
+        "print(sorted(m for m in ('nlptransfer.backbones.hf_vision', 'transformers.image_processing_utils', "
+        "'evaluate') if m in sys.modules))"
+    )
+    done = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.strip().splitlines()[-1] == "[]"
+
+
 def test_lazy_names_of_the_package_resolve() -> None:
     import nlptransfer
+    import nlptransfer.advisor
 
-    for name in nlptransfer.__all__:
-        assert getattr(nlptransfer, name) is not None
+    for package in (nlptransfer, nlptransfer.advisor):
+        for name in package.__all__:
+            assert getattr(package, name) is not None
     with pytest.raises(AttributeError, match="no attribute 'nope'"):
         nlptransfer.nope  # noqa: B018

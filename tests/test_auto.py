@@ -203,3 +203,11 @@ def test_compare_measures_auto_against_the_other_arms(tmp_path: Path, tiny_bert:
     report = (out / "report.md").read_text()
     assert "## `--strategy auto` against the measured best" in report
     assert "--head logistic-cv" in report
+
+
+def test_a_given_head_or_layer_count_decides_the_strategy(tmp_path: Path, tiny_bert: str) -> None:
+    csv = _csv(tmp_path, 2400)  # large enough that auto would fine-tune
+    config, _, choice = _resolve(tiny_bert, csv, time_budget_minutes=0, head="logistic-cv")
+    assert config.strategy == "feature-extraction" and "fits on frozen features" in choice.render()
+    config, _, _ = _resolve(tiny_bert, _csv(tmp_path, 120), unfreeze_layers=1)
+    assert (config.strategy, config.unfreeze_layers) == ("finetune", 1)

@@ -42,10 +42,6 @@ class AdviseConfig(FinetuneConfig):
             if getattr(self, name) < 1:
                 raise ConfigError(f"--{name} must be at least 1, got {getattr(self, name)}.")
 
-    def run_config(self) -> FinetuneConfig:
-        """The training options alone."""
-        return FinetuneConfig(**{f.name: getattr(self, f.name) for f in dataclasses.fields(FinetuneConfig)})
-
 
 @dataclass
 class Measurements:

@@ -16,7 +16,7 @@ import logging
 from dataclasses import dataclass, field
 from typing import Any
 
-from nlptransfer.advisor.arms import get_arm, schedule
+from nlptransfer.advisor.arms import Arm, get_arm, schedule
 from nlptransfer.advisor.compute import estimate_compute
 from nlptransfer.advisor.familiarity import Familiarity, measure_familiarity, sample_texts
 from nlptransfer.advisor.profile import CHUNK_ABOVE_PCT, DataProfile, profile_data
@@ -154,6 +154,7 @@ def _pick_strategy(
     if backbone.num_blocks() == 0 and arm.strategy != "feature-extraction":
         choice.reasons.append("a bag of word vectors has no layers to adapt: its features are fixed")
         arm = get_arm("feature-extraction")
+    arm = _given_strategy_options(config, arm, choice)
     if arm.strategy == "feature-extraction" and backbone.has_untrained_blocks:
         choice.set(options, "strategy", "finetune")
         choice.set(options, "unfreeze_layers", 1, "the word encoder on these vectors starts random, so it "
@@ -174,6 +175,17 @@ def _pick_strategy(
                        "make few optimizer steps in batches of 32")  # fmt: skip
     if advice.options.get("long_text") == "chunk" and config.long_text is None and backbone.reads_windows:
         choice.set(options, "long_text", "chunk")
+
+
+def _given_strategy_options(config: FinetuneConfig, arm: Arm, choice: AutoChoice) -> Arm:
+    """Options the user gave that only one strategy serves decide it (every given flag wins)."""
+    if config.head in ("logistic-cv", "ridge-cv") and arm.strategy != "feature-extraction":
+        choice.reasons.append(f"--head {config.head} fits on frozen features: feature-extraction")
+        return get_arm("feature-extraction")
+    if config.unfreeze_layers is not None and arm.strategy != "finetune":
+        choice.reasons.append(f"--unfreeze_layers {config.unfreeze_layers} trains the top layers: finetune")
+        return get_arm("finetune")
+    return arm
 
 
 def _quick_familiarity(config: FinetuneConfig, data: LabelledData) -> Familiarity:

@@ -51,9 +51,6 @@ class TuneConfig(FinetuneConfig):
         if self.tune_timeout_minutes is not None and not self.tune_timeout_minutes > 0:
             raise ConfigError(f"--tune_timeout_minutes must be positive, got {self.tune_timeout_minutes}.")
 
-    def run_config(self) -> FinetuneConfig:
-        return FinetuneConfig(**{f.name: getattr(self, f.name) for f in dataclasses.fields(FinetuneConfig)})
-
 
 @dataclass
 class TrialRecord:
@@ -84,7 +81,8 @@ def run_tune(config: TuneConfig) -> Path:
 
     state = PartialState()
     run = config.run_config()
-    base, num_blocks, metric = _resolved_base(run)
+    # Every process searches what the main one resolved (auto's timing estimate could differ).
+    base, num_blocks, metric = _broadcast(_resolved_base(run), state)
     space = search_space(base, num_blocks, given_options(run))
     if not space:
         raise ConfigError(
