@@ -84,6 +84,9 @@ def _logistic(labels: np.ndarray, seed: int, class_weight: dict[int, float] | No
             cv=folds,
             scoring="neg_log_loss",
             max_iter=2000,
+            # lbfgs to 1e-3 rather than 1e-4: the same C and the same test accuracy on the movie
+            # reviews at 512 examples, 2.8 s instead of 7.7 s (45 s -> 7 s on 10,201 examples).
+            tol=1e-3,
             random_state=seed,
             class_weight=class_weight,
         )
@@ -188,7 +191,7 @@ def out_of_fold_logits(
     if folds < 2:
         raise ValueError("cross-validation needs at least two examples of every class")
     estimator = LogisticRegression(
-        C=getattr(head, "chosen_c", 1.0), max_iter=2000, random_state=seed,
+        C=getattr(head, "chosen_c", 1.0), max_iter=2000, tol=1e-3, random_state=seed,
         class_weight=_class_weight(class_weights),
     )  # fmt: skip
     cv = StratifiedKFold(folds, shuffle=True, random_state=seed)
