@@ -127,3 +127,30 @@ def run(options: Any) -> list[Result]:
             details=row, condition=ours[metric] >= peer[metric] - TOLERANCE,
         ))  # fmt: skip
     return results
+
+
+def markdown(rows: list[dict]) -> str:
+    """The table of docs/benchmarks.md section 8, from the rows of one or more runs."""
+    lines = ["| data | train examples | auto's choice | baseline acc. / macro-F1 | nlptransfer acc. / "
+             "macro-F1 | baseline s | nlptransfer warm s (ratio) | cold s (ratio) | repeats |",
+             "|---|---|---|---|---|---|---|---|---|"]  # fmt: skip
+    for row in rows:
+        base, ours, b = row["baseline"], row["nlptransfer"], row["baseline_seconds"]
+        chosen = " ".join(f"--{k} {v}" for k, v in row["auto"].items() if k != "early_stopping_patience")
+        lines.append(
+            f"| {row['row']} | {row['train_examples']:,} | `{chosen}` | {base['accuracy']:.4f} / "
+            f"{base['f1_macro']:.4f} | {ours['accuracy']:.4f} / {ours['f1_macro']:.4f} | {b:.1f} | "
+            f"{row['warm_seconds']:.1f} ({row['warm_seconds'] / b:.2f}x) | "
+            f"{row['cold_seconds']:.1f} ({row['cold_seconds'] / b:.2f}x) | {row['repeats']} |"
+        )
+    return "\n".join(lines)
+
+
+if __name__ == "__main__":
+    # python scripts/bench/endtoend.py RESULTS.json ...: the table of the rows those runs measured
+    found = []
+    for path in sys.argv[1:]:
+        found += [
+            r["details"] for r in json.loads(Path(path).read_text())["results"] if r["section"] == "endtoend"
+        ]
+    print(markdown(found))
