@@ -162,8 +162,9 @@ def _pick_strategy(
         return
     choice.set(options, "strategy", arm.strategy)
     for name in ("unfreeze_layers", "body_lr_scale", "layers"):
-        if name in arm.options and getattr(config, name) == _DEFAULTS[name].default:
-            choice.set(options, name, arm.options[name])
+        value = arm.options.get(name, getattr(config, name))
+        if getattr(config, name) == _DEFAULTS[name].default and value != getattr(config, name):
+            choice.set(options, name, value)
     if arm.options.get("layer_mix") and config.layer_mix is None:
         # A learned mix needs gradient training; the closed-form head reads every layer side by side.
         mix = arm.options["layer_mix"] if _gradient_asked(config) else "concat"

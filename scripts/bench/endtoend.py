@@ -148,9 +148,10 @@ def markdown(rows: list[dict]) -> str:
 
 if __name__ == "__main__":
     # python scripts/bench/endtoend.py RESULTS.json ...: the table of the rows those runs measured
+    # (or docs/benchmarks-endtoend.json, which joins the invocations of section 8)
     found = []
     for path in sys.argv[1:]:
-        found += [
-            r["details"] for r in json.loads(Path(path).read_text())["results"] if r["section"] == "endtoend"
-        ]
+        record = json.loads(Path(path).read_text())
+        for run in record.get("invocations", [record]):
+            found += [r["details"] for r in run["results"] if r["section"] == "endtoend"]
     print(markdown(found))
