@@ -27,7 +27,13 @@ from conftest import REPO
 from nlptransfer.cli import COMMANDS, main
 
 # Recipe -> the nlptransfer subcommand it runs (recipes/*.py call run_recipe(NAME, argv)).
-RECIPES = {"finetune": "train", "pretrain": "pretrain", "compare": "compare", "predict": "predict"}
+RECIPES = {
+    "finetune": "train",
+    "pretrain": "pretrain",
+    "compare": "compare",
+    "predict": "predict",
+    "tune": "tune",
+}
 SKIPPED_LANGUAGES = {"python", "py", "yaml", "yml", "json", "toml", "jsonl", "text", "output"}  # not commands
 PATH = re.compile(r"(?<![\w./~-])((?:scripts|recipes|tests)/[\w./*-]*[\w*])")
 FLAG = re.compile(r"(?<![\w-])--[A-Za-z][\w-]*")
