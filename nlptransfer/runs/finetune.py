@@ -169,11 +169,8 @@ def train(config: FinetuneConfig, epoch_hook: Callable[[int, float], None] | Non
     data = load_data(config.data)
     logger.info("data: %s", _describe(data))
     # Task-dependent defaults are filled in before the session: checkpoints hold the resolved config.
-    config, task, task_notes = configure_task(config, data)
-    set_seed(config.seed)  # a body with random parts (a BiLSTM on word vectors) starts seeded
-    backbone = load_source(config, texts_for_vocabulary(data), data.modality)
-    config, data, auto = resolve_auto(config, data, task, backbone, _resumed_options(config, output_dir))
-    logger.info("%s", auto.render())
+    config, data, prepared = prepare_run(config, data, _resumed_options(config, output_dir))
+    task, task_notes, backbone, auto = prepared.task, prepared.task_notes, prepared.backbone, prepared.auto
     strategy = get_strategy(config.strategy)
     session = start_session(config, output_dir, "nlptransfer-finetune")
     metrics = MetricSet(config.metrics, config.trust_remote_code)
@@ -211,6 +208,29 @@ def train(config: FinetuneConfig, epoch_hook: Callable[[int, float], None] | Non
             push_to_hub(output_dir, config.hub_model_id)
     ctx.accelerator.wait_for_everyone()
     return results
+
+
+@dataclass
+class PreparedRun:
+    """What a run decides before it trains: the task, the loaded source, and auto's choice."""
+
+    task: Task
+    task_notes: dict[str, Any]
+    backbone: Backbone
+    auto: AutoChoice
+
+
+def prepare_run(
+    config: FinetuneConfig, data: LabelledData, resumed: dict[str, Any] | None = None
+) -> tuple[FinetuneConfig, LabelledData, PreparedRun]:
+    """The task's and auto's choices filled into ``config`` (and the data as the chosen protocol
+    uses it), with the source model loaded once: what ``train`` and ``tune`` do first."""
+    config, task, task_notes = configure_task(config, data)
+    set_seed(config.seed)  # a body with random parts (a BiLSTM on word vectors) starts seeded
+    backbone = load_source(config, texts_for_vocabulary(data), data.modality)
+    config, data, auto = resolve_auto(config, data, task, backbone, resumed)
+    logger.info("%s", auto.render())
+    return config, data, PreparedRun(task, task_notes, backbone, auto)
 
 
 def _check_options(config: FinetuneConfig) -> Path:

@@ -114,18 +114,13 @@ def run_tune(config: TuneConfig) -> Path:
 def _resolved_base(run: FinetuneConfig) -> tuple[FinetuneConfig, int, str]:
     """The run's strategy and head, as auto resolves them on the data (the search is over those),
     the body's block count, and the metric the trials are compared by."""
-    from nlptransfer.advisor.auto import resolve_auto
     from nlptransfer.data import load_data
-    from nlptransfer.runs.finetune import load_source, texts_for_vocabulary
-    from nlptransfer.tasks.setup import configure_task
+    from nlptransfer.runs.finetune import prepare_run
 
-    data = load_data(run.data)
-    resolved, task, _ = configure_task(run, data)
-    backbone = load_source(resolved, texts_for_vocabulary(data), data.modality)
-    resolved, _, choice = resolve_auto(resolved, data, task, backbone)
-    logger.info("tune: %s", choice.render())
+    resolved, _, prepared = prepare_run(run, load_data(run.data))
     base = dataclasses.replace(run, strategy=resolved.strategy, head=resolved.head)
-    return base, backbone.num_blocks(), resolved.metric_for_best_model or task.best_metric
+    metric = resolved.metric_for_best_model or prepared.task.best_metric
+    return base, prepared.backbone.num_blocks(), metric
 
 
 def _study(out: Path, base: FinetuneConfig, metric: str, config: TuneConfig) -> Any:
