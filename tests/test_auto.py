@@ -104,6 +104,26 @@ def test_large_data_fine_tunes_when_the_budget_allows(tmp_path: Path, tiny_bert:
     assert any("compute:" in reason and "budget" in reason for reason in choice.reasons)
 
 
+def test_fine_tuning_runs_fewer_epochs_when_that_fits_the_budget(
+    tmp_path: Path, tiny_bert: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from nlptransfer.advisor import auto
+    from nlptransfer.advisor.compute import ArmCost, ComputeProfile
+
+    def estimate(base, config, data, arms):  # 8,100 examples: 2 epochs ~ 82 s, 1 epoch ~ 41 s
+        costs = {"feature-extraction": ArmCost("feature-extraction", 0, 1, 0.001, 0.001, True),
+                 "finetune": ArmCost("finetune", 1, 1, 0.005, 0.001, False)}  # fmt: skip
+        return ComputeProfile("cpu", 2, costs)
+
+    monkeypatch.setattr(auto, "estimate_compute", estimate)
+    csv = _csv(tmp_path, 9000)  # 4,050 training examples per class, 254 steps of 32 per epoch
+    config, _, choice = _resolve(tiny_bert, csv, time_budget_minutes=1)
+    assert (config.strategy, config.epochs, config.body_lr_scale) == ("finetune", 1, 0.1)
+    assert choice.chosen["epochs"] == 1 and "1 epoch fits" in choice.render()
+    config, _, _ = _resolve(tiny_bert, csv, time_budget_minutes=0.5)  # not even one epoch fits
+    assert config.strategy == "feature-extraction"
+
+
 def test_a_resumed_run_keeps_the_strategy_it_chose(tmp_path: Path, tiny_bert: str) -> None:
     saved = dataclasses.asdict(FinetuneConfig(strategy="finetune", epochs=3, body_lr_scale=0.1))
     config, _, choice = _resolve(tiny_bert, _csv(tmp_path, 120), resumed=saved)

@@ -169,6 +169,8 @@ def _pick_strategy(
         # A learned mix needs gradient training; the closed-form head reads every layer side by side.
         mix = arm.options["layer_mix"] if _gradient_asked(config) else "concat"
         choice.set(options, "layer_mix", mix)
+    if arm.name == advice.arm and advice.budget_epochs is not None and config.epochs is None:
+        choice.set(options, "epochs", advice.budget_epochs)  # the reason: advice's compute line
     if arm.strategy != "feature-extraction" and config.batch_size == _DEFAULTS["batch_size"].default:
         batch = advice.options["batch_size"]
         if batch != config.batch_size:

@@ -13,17 +13,20 @@ cross-validated head stays within a point or two of fine-tuning up to about a th
 examples per class, at a small fraction of the cost (``compare`` on the movie reviews:
 top-2 fine-tuning never led); with more, or a distant domain, every layer trains at
 about 1/10 of the head's rate.
-Then compute: when the pick would not finish in ``time_budget`` seconds, the next
-cheaper arm that does is chosen instead (LoRA, then fewer layers, then features).
+Then compute: when the pick would not finish in ``time_budget`` seconds, it first runs fewer
+epochs, as long as they still make ``MIN_STEPS`` optimizer steps (a few thousand examples learn more
+from one pass of the whole body than from a frozen one); otherwise the next cheaper arm that fits is
+chosen instead (LoRA, then fewer layers, then features).
 """
 
 from __future__ import annotations
 
 import dataclasses
+import math
 from dataclasses import dataclass, field
 from typing import Any
 
-from nlptransfer.advisor.arms import get_arm, schedule
+from nlptransfer.advisor.arms import MIN_STEPS, Schedule, get_arm, schedule
 from nlptransfer.advisor.compute import ComputeProfile
 from nlptransfer.advisor.familiarity import Familiarity
 from nlptransfer.advisor.profile import CHUNK_ABOVE_PCT, DataProfile
@@ -62,6 +65,8 @@ class Recommendation:
     command: str = ""
     # The reason (among ``reasons``) for a schedule longer than the arm's default, if any.
     schedule_reason: str | None = None
+    # Fewer epochs than the schedule's, so that the arm fits the time budget; None: not shortened.
+    budget_epochs: int | None = None
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
@@ -83,12 +88,14 @@ def recommend(
         reasons.append(f"{name} does not apply to this model (too few layers, or no LoRA support); "
                        f"{runnable} is the closest that does")  # fmt: skip
         name = runnable
-    name = _fit_compute(name, profile, config, compute, time_budget, reasons)
+    name, budget_epochs = _fit_compute(name, profile, config, compute, time_budget, reasons)
     arm = get_arm(name)
     plan = schedule(arm, profile.num_train, config.batch_size)
+    if budget_epochs is not None:
+        plan = Schedule(budget_epochs, None, plan.batch_size)
     seconds = _estimate(name, profile, compute, plan.epochs)
     schedule_reason = None
-    if plan.epochs > arm.default_epochs or plan.batch_size < config.batch_size:
+    if budget_epochs is None and (plan.epochs > arm.default_epochs or plan.batch_size < config.batch_size):
         schedule_reason = (
             f"batch size {plan.batch_size}, {plan.epochs} epochs: {profile.num_train} examples would give "
             "few optimizer steps with the defaults; early stopping ends the run when validation stops "
@@ -108,6 +115,7 @@ def recommend(
         arm=name, size=size, similarity=similarity, epochs=plan.epochs, patience=plan.patience,
         options=options, reasons=reasons, estimated_seconds=seconds,
         command=command_line(run, "recipes/finetune.py"), schedule_reason=schedule_reason,
+        budget_epochs=budget_epochs,
     )  # fmt: skip
 
 
@@ -136,24 +144,46 @@ def _similarity_reason(familiarity: Familiarity) -> str:
 def _fit_compute(
     name: str, profile: DataProfile, config: FinetuneConfig, compute: ComputeProfile | None,
     time_budget: float | None, reasons: list[str],
-) -> str:  # fmt: skip
+) -> tuple[str, int | None]:  # fmt: skip
+    """The first arm of the pick's chain that fits the budget, with fewer epochs than its schedule
+    (when that is what makes it fit) or None."""
     if compute is None or time_budget is None:
-        return name
+        return name, None
     chain = [name, *CHEAPER[CHEAPER.index(name) + 1 :]] if name in CHEAPER else [name, *CHEAPER]
     wanted = _arm_seconds(name, profile, config, compute)
+    over = f"{name} would take about {wanted or 0:.0f} s, over the {time_budget:.0f} s budget"
     for candidate in chain:
         if candidate not in compute.costs:  # does not apply to this model, or was not estimated
             continue
         seconds = _arm_seconds(candidate, profile, config, compute)
         if seconds is None or seconds <= time_budget:
             if candidate != name:
-                reasons.append(
-                    f"compute: {name} would take about {wanted or 0:.0f} s, over the {time_budget:.0f} s "
-                    f"budget; {candidate} fits (about {seconds or 0:.0f} s)"
-                )
-            return candidate
+                reasons.append(f"compute: {over}; {candidate} fits (about {seconds or 0:.0f} s)")
+            return candidate, None
+        epochs = _epochs_within(candidate, profile, config, compute, time_budget)
+        if epochs is not None:
+            fits = _estimate(candidate, profile, compute, epochs) or 0
+            arm = "" if candidate == name else f"{candidate}, "
+            count = f"{epochs} epochs fit" if epochs > 1 else "1 epoch fits"
+            reasons.append(f"compute: {over}; {arm}{count} (about {fits:.0f} s, at least {MIN_STEPS} "
+                           "optimizer steps)")  # fmt: skip
+            return candidate, epochs
     reasons.append(f"compute: nothing fits the {time_budget:.0f} s budget; the cheapest arm is shown")
-    return chain[-1]
+    return chain[-1], None
+
+
+def _epochs_within(
+    name: str, profile: DataProfile, config: FinetuneConfig, compute: ComputeProfile, time_budget: float
+) -> int | None:
+    """The most epochs of a gradient arm that fit the budget, when they are fewer than its schedule
+    and still make MIN_STEPS optimizer steps; None otherwise."""
+    cost = compute.costs[name]
+    if cost.freezes_body:
+        return None
+    plan = schedule(get_arm(name), profile.num_train, config.batch_size)
+    epochs = int(time_budget // cost.epoch_seconds(profile.num_train, profile.num_validation))
+    steps = epochs * math.ceil(profile.num_train / plan.batch_size)
+    return epochs if 1 <= epochs < plan.epochs and steps >= MIN_STEPS else None
 
 
 def _arm_seconds(

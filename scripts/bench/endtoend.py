@@ -32,6 +32,8 @@ ROWS = [
     ("movie-reviews, 16 per class", "movie-reviews", 16),
     ("movie-reviews, 64 per class", "movie-reviews", 64),
     ("movie-reviews, 256 per class", "movie-reviews", 256),
+    # The set of 1,000 examples the warm-time target names.
+    ("movie-reviews, 500 per class", "movie-reviews", 500),
     ("movie-reviews, 1,024 per class", "movie-reviews", 1024),
     ("movie-reviews, all", "movie-reviews", None),
     ("movie-reviews-imbalanced, all", "movie-reviews-imbalanced", None),
