@@ -320,7 +320,8 @@ class FinetuneConfig(TrainingOptions, DataOptions, AdapterOptions, VocabularyOpt
     time_budget_minutes: float | None = _opt(
         5.0,
         "The longest training run auto may choose (and advise may recommend): a strategy estimated to "
-        "take longer gives way to a cheaper one. 0: no limit.",
+        "take longer runs fewer epochs (while they make 250 optimizer steps), else gives way to a cheaper "
+        "one. 0: no limit.",
     )
     protocol: str = _opt(
         "auto",
