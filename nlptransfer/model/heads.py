@@ -94,8 +94,8 @@ def _logistic(labels: np.ndarray, seed: int, class_weight: dict[int, float] | No
     return LogisticRegression(C=1.0, max_iter=2000, random_state=seed, class_weight=class_weight)
 
 
-# Below this many examples the folds fit faster one after another than worker processes start
-# (about 2 s): 0.6 s for 900 examples of 1,536 features, 6 s against 5 s on 2 cores for 9,000.
+# Below this many examples the folds fit faster one after another (on one BLAS thread: 0.56 s for
+# 900 examples of 1,536 features, scripts/bench/head_threads.py) than worker processes start (~2 s).
 PARALLEL_FROM = 5000
 
 
@@ -107,7 +107,7 @@ def _jobs(num_examples: int) -> int | None:
 def _fit(estimator: Any, features: np.ndarray, labels: np.ndarray, blas_threads: int | None = 1) -> Any:
     """``estimator.fit``; ``blas_threads=1`` for lbfgs, whose steps are matrix-vector products too
     small for several BLAS threads: waking them costs more than they save (logistic-cv on 900
-    examples of 1,536 features: 0.6 s on one thread, 3.3 s on two)."""
+    examples of 1,536 features: 0.56 s on one thread, 3.75 s on two; scripts/bench/head_threads.py)."""
     from threadpoolctl import threadpool_limits
 
     with warnings.catch_warnings(), threadpool_limits(blas_threads, user_api="blas"):
