@@ -124,6 +124,49 @@ def test_fine_tuning_runs_fewer_epochs_when_that_fits_the_budget(
     assert config.strategy == "feature-extraction"
 
 
+def test_the_estimate_charges_the_mean_length_not_the_longest_text_of_a_batch(
+    tmp_path: Path, tiny_bert: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A clock that charges each forward pass by its padded tokens: the estimate is the training
+    texts' mean length at that rate (what length-grouped training pads to), however long the one
+    text that pads a random batch."""
+    from types import SimpleNamespace
+
+    from nlptransfer.advisor import compute
+    from nlptransfer.advisor.arms import get_arm
+    from nlptransfer.data.loaders import example_length
+    from nlptransfer.engine.inference import encode_split
+
+    path = tmp_path / "mixed.csv"
+    frame = sentiment_frame(300)
+    frame.loc[::10, "text"] = frame.loc[::10, "text"] + " filler words" * 20  # one text in ten is long
+    frame.to_csv(path, index=False)
+    config = FinetuneConfig(model=tiny_bert, train_file=str(path))
+    data = load_data(config.data)
+    config, task, _ = configure_task(config, data)
+    base = TransferModel.from_backbone(
+        load_source(config, data.train.inputs, data.modality), data.label_names, task=task
+    )
+    clock = [0.0]
+    forward = TransferModel.forward
+
+    def charged(self, *args, **kwargs):
+        clock[0] += 1e-6 * kwargs["input_ids"].numel()
+        return forward(self, *args, **kwargs)
+
+    monkeypatch.setattr(TransferModel, "forward", charged)
+    monkeypatch.setattr(compute, "time", SimpleNamespace(perf_counter=lambda: clock[0]))
+    arms = [get_arm("feature-extraction"), get_arm("finetune")]
+    costs = compute.estimate_compute(base, config, data, arms).costs
+    lengths = [example_length(e) for e in encode_split(base, data.train)]
+    per_example = 1e-6 * float(np.mean(lengths))
+    assert costs["feature-extraction"].eval_seconds_per_example == pytest.approx(per_example)
+    assert costs["finetune"].train_seconds_per_example == pytest.approx(
+        compute.TRAIN_PASSES_PER_FORWARD * per_example
+    )
+    assert per_example < 0.5 * 1e-6 * max(lengths)  # a random batch pads to its longest text
+
+
 def test_a_resumed_run_keeps_the_strategy_it_chose(tmp_path: Path, tiny_bert: str) -> None:
     saved = dataclasses.asdict(FinetuneConfig(strategy="finetune", epochs=3, body_lr_scale=0.1))
     config, _, choice = _resolve(tiny_bert, _csv(tmp_path, 120), resumed=saved)

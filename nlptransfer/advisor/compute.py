@@ -73,31 +73,30 @@ def probe_compute(
 
 
 # A training step (forward, backward, AdamW) of a whole body costs about this many forward passes:
-# advise's probe measured 3.8 and 4.4 for MiniLM on 2 CPU cores (batches of 32, 2,000 movie reviews).
-TRAIN_PASSES_PER_FORWARD = 4.0
-# Examples timed by the estimate, after a warm-up batch of the same size.
+# advise's probe (`nlptransfer advise --probe_steps 8`) measured 3.3 for MiniLM on 2 CPU cores
+# (length-grouped batches of 32 movie reviews), and timed batches of 27 and 48 tokens gave 3.4 and 3.6.
+TRAIN_PASSES_PER_FORWARD = 3.5
+# Examples per timed batch; the first batches of a process run slower (allocator, thread pools), so
+# the estimate times ESTIMATE_TIMED batches after ESTIMATE_WARMUP ones and keeps the median.
 ESTIMATE_EXAMPLES = 32
+ESTIMATE_WARMUP = 2
+ESTIMATE_TIMED = 3
+# Training examples whose token counts give the mean length that length-grouped batches pad to.
+ESTIMATE_LENGTH_SAMPLE = 512
 
 
 def estimate_compute(
     base: TransferModel, config: FinetuneConfig, data: LabelledData, arms: list[Arm]
 ) -> ComputeProfile:
-    """What ``probe_compute`` measures, estimated from inference alone: one timed batch of random
-    training examples (a second or two), a training step counted as TRAIN_PASSES_PER_FORWARD
-    forward passes. Only arms that train the whole body or none of it are estimated."""
+    """What ``probe_compute`` measures, estimated from inference alone (a second or two): batches of
+    random training examples timed per token, counted at the mean token count of the training texts
+    (training groups texts by length, so it pads little), a training step counted as
+    TRAIN_PASSES_PER_FORWARD forward passes. Only arms that train the whole body or none of it are
+    estimated."""
     device = torch.device("cuda" if torch.cuda.is_available() and not config.cpu else "cpu")
     if device.type == "cpu":
         set_cpu_threads(config.num_threads, int(os.environ.get("LOCAL_WORLD_SIZE", 1)))
-    size = min(ESTIMATE_EXAMPLES, len(data.train))
-    rows = np.random.default_rng(config.seed).permutation(len(data.train))[: 2 * size]
-    rows = np.resize(rows, 2 * size).tolist()
-    encoded = encode_split(base, data.train.select(rows))
-    collate = Collator(base.backbone)
-    batches = [
-        {k: v.to(device) for k, v in collate([encoded[i] for i in range(j * size, (j + 1) * size)]).items()}
-        for j in range(2)
-    ]
-    seconds = _time_inference(base.to(device), batches, size)
+    seconds = _seconds_per_example(base, data, config.seed, device)
     trainable, total = count_parameters(base)
     costs = {}
     for arm in arms:
@@ -105,6 +104,33 @@ def estimate_compute(
         train = seconds if freezes else TRAIN_PASSES_PER_FORWARD * seconds
         costs[arm.name] = ArmCost(arm.name, trainable if not freezes else 0, total, train, seconds, freezes)
     return ComputeProfile(str(device), torch.get_num_threads(), costs)
+
+
+def _seconds_per_example(base: TransferModel, data: LabelledData, seed: int, device: torch.device) -> float:
+    """Inference seconds per training example: the median of ESTIMATE_TIMED timed batches (per token
+    for variable-length inputs, at the sample's mean length)."""
+    size = min(ESTIMATE_EXAMPLES, len(data.train))
+    count = ESTIMATE_WARMUP + ESTIMATE_TIMED
+    rows = np.random.default_rng(seed).permutation(len(data.train))
+    rows = np.resize(rows, max(size * count, min(len(rows), ESTIMATE_LENGTH_SAMPLE))).tolist()
+    encoded = encode_split(base, data.train.select(rows))
+    lengths = [example_length(encoded[i]) for i in range(len(encoded))]
+    collate = Collator(base.backbone)
+    model = base.to(device).eval()
+    timed = []
+    with torch.inference_mode():
+        for j in range(count):
+            chunk = range(j * size, (j + 1) * size)
+            batch = {k: v.to(device) for k, v in collate([encoded[i] for i in chunk]).items()}
+            start = time.perf_counter()
+            model(**_inputs(batch))
+            if device.type == "cuda":
+                torch.cuda.synchronize()
+            elapsed = time.perf_counter() - start
+            padded = size * max(lengths[i] for i in chunk) if base.backbone.variable_length else size
+            timed.append(elapsed / padded)
+    per_unit = float(np.median(timed[ESTIMATE_WARMUP:]))
+    return per_unit * float(np.mean(lengths)) if base.backbone.variable_length else per_unit
 
 
 def _probe_batches(
