@@ -72,15 +72,16 @@ def probe_compute(
     return ComputeProfile(str(device), torch.get_num_threads(), costs)
 
 
-# A training step (forward, backward, AdamW) of a whole body costs about this many forward passes:
-# advise's probe (`nlptransfer advise --probe_steps 8`) measured 3.3 for MiniLM on 2 CPU cores
-# (length-grouped batches of 32 movie reviews), and timed batches of 27 and 48 tokens gave 3.4 and 3.6.
-TRAIN_PASSES_PER_FORWARD = 3.5
+# A training step (forward, backward, AdamW) of a whole body costs about this many forward passes.
+# On 2 CPU cores, an epoch of fine-tuning MiniLM on the 10,201 movie reviews took 122 s (validation
+# included; docs/results.md) where this estimate's forward pass took 3.7 ms a review: 3.1 passes.
+# advise's few-step probe (`nlptransfer advise --probe_steps 8`) reads 3.3-4.9, run to run.
+TRAIN_PASSES_PER_FORWARD = 3.3
 # Examples per timed batch; the first batches of a process run slower (allocator, thread pools), so
 # the estimate times ESTIMATE_TIMED batches after ESTIMATE_WARMUP ones and keeps the median.
 ESTIMATE_EXAMPLES = 32
 ESTIMATE_WARMUP = 2
-ESTIMATE_TIMED = 3
+ESTIMATE_TIMED = 5
 # Training examples whose token counts give the mean length that length-grouped batches pad to.
 ESTIMATE_LENGTH_SAMPLE = 512
 
@@ -97,6 +98,10 @@ def estimate_compute(
     if device.type == "cpu":
         set_cpu_threads(config.num_threads, int(os.environ.get("LOCAL_WORLD_SIZE", 1)))
     seconds = _seconds_per_example(base, data, config.seed, device)
+    logger.info(
+        "timing estimate: %.4f s per training example forward, a training step counted as %.1f passes",
+        seconds, TRAIN_PASSES_PER_FORWARD,
+    )  # fmt: skip
     trainable, total = count_parameters(base)
     costs = {}
     for arm in arms:
