@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import re
+import time
 from pathlib import Path
 
 import numpy as np
@@ -20,12 +22,14 @@ from nlptransfer.runs.finetune import load_source
 from nlptransfer.tasks.setup import configure_task
 
 
-def _resolve(tiny_bert: str, csv: Path, resumed: dict | None = None, **options):
+def _resolve(
+    tiny_bert: str, csv: Path, resumed: dict | None = None, started: float | None = None, **options
+):
     config = FinetuneConfig(model=tiny_bert, train_file=str(csv), **options)
     data = load_data(config.data)
     config, task, _ = configure_task(config, data)
     backbone = load_source(config, data.train.inputs, data.modality)
-    return resolve_auto(config, data, task, backbone, resumed)
+    return resolve_auto(config, data, task, backbone, resumed, started)
 
 
 def _csv(tmp_path: Path, n: int, name: str = "train.csv") -> Path:
@@ -101,7 +105,8 @@ def test_large_data_fine_tunes_when_the_budget_allows(tmp_path: Path, tiny_bert:
     # A budget the estimate cannot meet gives way to the frozen body, and says so.
     config, _, choice = _resolve(tiny_bert, csv, time_budget_minutes=1e-4)
     assert config.strategy == "feature-extraction" and config.head == "logistic-cv"
-    assert any("compute:" in reason and "budget" in reason for reason in choice.reasons)
+    assert any("compute:" in reason and "left to train" in reason for reason in choice.reasons)
+    assert any(reason.startswith("budget: 0 s for the whole run") for reason in choice.reasons)
 
 
 def test_fine_tuning_runs_fewer_epochs_when_that_fits_the_budget(
@@ -122,6 +127,13 @@ def test_fine_tuning_runs_fewer_epochs_when_that_fits_the_budget(
     assert choice.chosen["epochs"] == 1 and "1 epoch fits" in choice.render()
     config, _, _ = _resolve(tiny_bert, csv, time_budget_minutes=0.5)  # not even one epoch fits
     assert config.strategy == "feature-extraction"
+    # The budget is the whole run's: 20 s spent loading leave 54 - 20 - 1 (testing) < 41 s to train.
+    config, _, choice = _resolve(tiny_bert, csv, started=time.time() - 20, time_budget_minutes=1)
+    assert config.strategy == "feature-extraction"
+    budget = next(r for r in choice.reasons if r.startswith("budget: 60 s for the whole run leaves"))
+    assert 30 <= int(re.search(r"leaves (\d+) s", budget).group(1)) <= 34, budget
+    config, _, _ = _resolve(tiny_bert, csv, started=time.time(), time_budget_minutes=1)
+    assert (config.strategy, config.epochs) == ("finetune", 1)
 
 
 def test_the_estimate_charges_the_mean_length_not_the_longest_text_of_a_batch(

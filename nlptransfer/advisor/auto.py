@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import dataclasses
 import logging
+import time
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -99,11 +100,12 @@ def _shown(value: Any) -> str:
 
 def resolve_auto(
     config: FinetuneConfig, data: LabelledData, task: Task, backbone: Backbone,
-    resumed: dict[str, Any] | None = None,
+    resumed: dict[str, Any] | None = None, started: float | None = None,
 ) -> tuple[FinetuneConfig, LabelledData, AutoChoice]:  # fmt: skip
     """The config with ``--strategy auto`` and the unset options chosen, the data as the chosen
     protocol uses it, and the choice with its reasons. ``resumed``: the resolved options of the run
-    a resumed one continues; its strategy choice is kept (a timing estimate could differ now)."""
+    a resumed one continues; its strategy choice is kept (a timing estimate could differ now).
+    ``started``: the run's ``time.time()`` at its start; the budget counts the whole run from it."""
     choice = AutoChoice()
     profile = profile_data(data, backbone, config.max_length, config.seed)
     choice.measurements = {
@@ -116,7 +118,8 @@ def resolve_auto(
                 choice.set(options, name, resumed[name])
         choice.reasons.append("resumed: the strategy the checkpointed run chose")
     elif config.strategy == AUTO:
-        _pick_strategy(config, data, task, backbone, profile, choice, options)
+        spent = time.time() - started if started is not None else 0.0
+        _pick_strategy(config, data, task, backbone, profile, choice, options, spent)
     config = dataclasses.replace(config, **options)
     for pick in (_pick_head, _pick_schedule, _pick_text_handling):
         options = {}
@@ -128,7 +131,7 @@ def resolve_auto(
 
 def _pick_strategy(
     config: FinetuneConfig, data: LabelledData, task: Task, backbone: Backbone, profile: DataProfile,
-    choice: AutoChoice, options: dict[str, Any],
+    choice: AutoChoice, options: dict[str, Any], spent: float = 0.0,
 ) -> None:  # fmt: skip
     familiarity = _quick_familiarity(config, data)
     choice.measurements["familiarity"] = familiarity.to_dict()
@@ -146,7 +149,7 @@ def _pick_strategy(
         compute.costs["feature-extraction-all-layers"] = dataclasses.replace(
             compute.costs["feature-extraction"], arm="feature-extraction-all-layers"
         )
-    advice = recommend(profile, familiarity, config, compute, budget)
+    advice = recommend(profile, familiarity, config, compute, budget, spent)
     # The schedule is auto's own to choose (_pick_schedule), once the head is known.
     choice.reasons += [r for r in advice.reasons if r != advice.schedule_reason]
     choice.estimated_seconds = advice.estimated_seconds

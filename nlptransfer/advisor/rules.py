@@ -13,7 +13,8 @@ cross-validated head stays within a point or two of fine-tuning up to about a th
 examples per class, at a small fraction of the cost (``compare`` on the movie reviews:
 top-2 fine-tuning never led); with more, or a distant domain, every layer trains at
 about 1/10 of the head's rate.
-Then compute: when the pick would not finish in ``time_budget`` seconds, it first runs fewer
+Then compute: the budget bounds the whole run, so training gets what is left of PLAN_SHARE of it
+after loading and before testing. When the pick would not finish in that, it first runs fewer
 epochs, as long as they still make ``MIN_STEPS`` optimizer steps (a few thousand examples learn more
 from one pass of the whole body than from a frozen one); otherwise the next cheaper arm that fits is
 chosen instead (LoRA, then fewer layers, then features).
@@ -46,6 +47,9 @@ MATRIX = {
 FALLBACK = ("finetune", "feature-extraction")
 # When the pick is too slow: cheaper arms, in the order they are tried.
 CHEAPER = ["lora", "finetune-top2", "feature-extraction"]
+# The estimate of a run varies by about 10% from one measurement to the next (load, clock speed):
+# training is planned within this share of the budget.
+PLAN_SHARE = 0.9
 
 
 def size_class(per_label: int) -> str:
@@ -74,9 +78,10 @@ class Recommendation:
 
 def recommend(
     profile: DataProfile, familiarity: Familiarity, config: FinetuneConfig,
-    compute: ComputeProfile | None = None, time_budget: float | None = None,
+    compute: ComputeProfile | None = None, time_budget: float | None = None, spent: float = 0.0,
 ) -> Recommendation:  # fmt: skip
-    """The arm the decision matrix picks for this data, with its schedule, reasons and command."""
+    """The arm the decision matrix picks for this data, with its schedule, reasons and command.
+    ``time_budget``: seconds for the whole run, of which ``spent`` have gone (loading, measuring)."""
     size = size_class(profile.min_per_label)
     similarity = "unfamiliar" if familiarity.verdict == "unfamiliar" else "familiar"
     name = MATRIX[(size, similarity)]
@@ -88,7 +93,10 @@ def recommend(
         reasons.append(f"{name} does not apply to this model (too few layers, or no LoRA support); "
                        f"{runnable} is the closest that does")  # fmt: skip
         name = runnable
-    name, budget_epochs = _fit_compute(name, profile, config, compute, time_budget, reasons)
+    training, budget_reason = training_budget(time_budget, profile, compute, spent)
+    name, budget_epochs = _fit_compute(name, profile, config, compute, training, reasons)
+    if budget_reason and any(reason.startswith("compute:") for reason in reasons):
+        reasons.insert(-1, budget_reason)
     arm = get_arm(name)
     plan = schedule(arm, profile.num_train, config.batch_size)
     if budget_epochs is not None:
@@ -141,6 +149,24 @@ def _similarity_reason(familiarity: Familiarity) -> str:
     return f"target text {familiarity.verdict} to the source model: {shown}"
 
 
+def training_budget(
+    time_budget: float | None, profile: DataProfile, compute: ComputeProfile | None, spent: float = 0.0
+) -> tuple[float | None, str | None]:
+    """The training seconds a whole-run budget leaves: PLAN_SHARE of it, less what the run has spent
+    and the test split's evaluation; with the reason that says so."""
+    if time_budget is None or compute is None or not compute.costs:
+        return time_budget, None
+    per_example = next(iter(compute.costs.values())).eval_seconds_per_example
+    test = profile.num_test * per_example
+    left = max(0.0, PLAN_SHARE * time_budget - spent - test)
+    reason = (
+        f"budget: {time_budget:.0f} s for the whole run leaves {left:.0f} s to train ({spent:.0f} s spent "
+        f"loading and measuring, about {test:.0f} s to test, {1 - PLAN_SHARE:.0%} kept for the estimate's "
+        "error)"
+    )
+    return left, reason
+
+
 def _fit_compute(
     name: str, profile: DataProfile, config: FinetuneConfig, compute: ComputeProfile | None,
     time_budget: float | None, reasons: list[str],
@@ -151,7 +177,7 @@ def _fit_compute(
         return name, None
     chain = [name, *CHEAPER[CHEAPER.index(name) + 1 :]] if name in CHEAPER else [name, *CHEAPER]
     wanted = _arm_seconds(name, profile, config, compute)
-    over = f"{name} would take about {wanted or 0:.0f} s, over the {time_budget:.0f} s budget"
+    over = f"{name} would take about {wanted or 0:.0f} s, over the {time_budget:.0f} s left to train"
     for candidate in chain:
         if candidate not in compute.costs:  # does not apply to this model, or was not estimated
             continue
@@ -168,7 +194,7 @@ def _fit_compute(
             reasons.append(f"compute: {over}; {arm}{count} (about {fits:.0f} s, at least {MIN_STEPS} "
                            "optimizer steps)")  # fmt: skip
             return candidate, epochs
-    reasons.append(f"compute: nothing fits the {time_budget:.0f} s budget; the cheapest arm is shown")
+    reasons.append(f"compute: nothing fits the {time_budget:.0f} s left to train; the cheapest arm is shown")
     return chain[-1], None
 
 

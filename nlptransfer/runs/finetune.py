@@ -169,7 +169,7 @@ def train(config: FinetuneConfig, epoch_hook: Callable[[int, float], None] | Non
     data = load_data(config.data)
     logger.info("data: %s", _describe(data))
     # Task-dependent defaults are filled in before the session: checkpoints hold the resolved config.
-    config, data, prepared = prepare_run(config, data, _resumed_options(config, output_dir))
+    config, data, prepared = prepare_run(config, data, _resumed_options(config, output_dir), run_start)
     task, task_notes, backbone, auto = prepared.task, prepared.task_notes, prepared.backbone, prepared.auto
     strategy = get_strategy(config.strategy)
     session = start_session(config, output_dir, "nlptransfer-finetune")
@@ -221,14 +221,16 @@ class PreparedRun:
 
 
 def prepare_run(
-    config: FinetuneConfig, data: LabelledData, resumed: dict[str, Any] | None = None
-) -> tuple[FinetuneConfig, LabelledData, PreparedRun]:
+    config: FinetuneConfig, data: LabelledData, resumed: dict[str, Any] | None = None,
+    started: float | None = None,
+) -> tuple[FinetuneConfig, LabelledData, PreparedRun]:  # fmt: skip
     """The task's and auto's choices filled into ``config`` (and the data as the chosen protocol
-    uses it), with the source model loaded once: what ``train`` and ``tune`` do first."""
+    uses it), with the source model loaded once: what ``train`` and ``tune`` do first. ``started``:
+    the run's ``time.time()`` at its start, from which the time budget counts."""
     config, task, task_notes = configure_task(config, data)
     set_seed(config.seed)  # a body with random parts (a BiLSTM on word vectors) starts seeded
     backbone = load_source(config, texts_for_vocabulary(data), data.modality)
-    config, data, auto = resolve_auto(config, data, task, backbone, resumed)
+    config, data, auto = resolve_auto(config, data, task, backbone, resumed, started)
     logger.info("%s", auto.render())
     return config, data, PreparedRun(task, task_notes, backbone, auto)
 
