@@ -22,9 +22,7 @@ from nlptransfer.runs.finetune import load_source
 from nlptransfer.tasks.setup import configure_task
 
 
-def _resolve(
-    tiny_bert: str, csv: Path, resumed: dict | None = None, started: float | None = None, **options
-):
+def _resolve(tiny_bert: str, csv: Path, resumed: dict | None = None, started: float | None = None, **options):
     config = FinetuneConfig(model=tiny_bert, train_file=str(csv), **options)
     data = load_data(config.data)
     config, task, _ = configure_task(config, data)

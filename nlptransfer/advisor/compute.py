@@ -73,10 +73,11 @@ def probe_compute(
 
 
 # A training step (forward, backward, AdamW) of a whole body costs about this many forward passes.
-# On 2 CPU cores, an epoch of fine-tuning MiniLM on the 10,201 movie reviews took 122 s (validation
-# included; docs/results.md) where this estimate's forward pass took 3.7 ms a review: 3.1 passes.
-# advise's few-step probe (`nlptransfer advise --probe_steps 8`) reads 3.3-4.9, run to run.
-TRAIN_PASSES_PER_FORWARD = 3.3
+# Fine-tuning MiniLM on the 10,201 movie reviews, 2 CPU cores: 3.1 on an Intel Xeon (an epoch of
+# 122 s), 3.3-3.9 on an AMD EPYC (145 s, the estimate's forward pass at 3.5-4.2 ms a review); the
+# few-step probe (`nlptransfer advise --probe_steps 8`) reads 3.3-4.9. The top of that range: a run
+# over its budget costs the user more than one epoch less (docs/auto.md, "The time budget").
+TRAIN_PASSES_PER_FORWARD = 4.0
 # Examples per timed batch; the first batches of a process run slower (allocator, thread pools), so
 # the estimate times ESTIMATE_TIMED batches after ESTIMATE_WARMUP ones and keeps the median.
 ESTIMATE_EXAMPLES = 32
