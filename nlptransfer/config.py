@@ -436,11 +436,25 @@ class FinetuneConfig(TrainingOptions, DataOptions, AdapterOptions, VocabularyOpt
     feature_cache: bool = _opt(
         True, "Reuse frozen-body features from earlier runs (--no-feature_cache: always recompute)."
     )
+    activation_cache: bool = _opt(
+        True,
+        "Partial fine-tuning (embeddings and bottom blocks frozen, e.g. --unfreeze_layers 2): compute "
+        "what enters the first trainable block once per example, keep it on disk beside the feature "
+        "cache (memory-mapped, reused by later runs) and train the top blocks on it. The frozen bottom "
+        "runs without dropout either way, so --no-activation_cache (the whole body every batch) gives "
+        "the same results, slower.",
+    )
+    activation_cache_max_gb: float = _opt(
+        4.0,
+        "The most the activation cache may hold for one run (float32, every split; held in memory while "
+        "it is computed); past it the run says so and runs uncached.",
+    )
 
     def __post_init__(self) -> None:
         super().__post_init__()  # every section's own checks
         self._check_range("body_lr_scale", 0.0, 1e3)
         self._check_range("head_dropout", 0.0, 0.99)
+        self._check_range("activation_cache_max_gb", 0.0, 1e6)
         self._check_positive(("max_length",))
         self._check_positive(("early_stopping_patience",), optional=True)
         if self.head == "auto":

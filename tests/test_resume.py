@@ -224,3 +224,32 @@ def test_checkpoints_hold_only_what_trained(
     full = load_file(str(out / "model.safetensors"))
     assert saved and len(saved) < len(full) / 4  # the frozen body (or LoRA's base) is left out
     assert all(name.startswith("head.") or "lora_" in name for name in saved)
+
+
+def test_two_processes_on_stored_activations_resume_to_the_whole_body_result(
+    tiny_bert: str, data: Path, tmp_path: Path
+) -> None:
+    """Top-1 fine-tuning on the activation cache: its states sharded over two processes, the run
+    killed and resumed, ends where two processes running the whole body every batch end."""
+    ref, out = tmp_path / "whole-body", tmp_path / "killed"
+    partial = ["--unfreeze_layers", "1", "--cache_dir", str(tmp_path / "cache")]
+    flags = [*_flags(tiny_bert, data, ref, "finetune"), *partial, "--no-activation_cache"]
+    done = run_script(_command("finetune", flags, processes=2))
+    assert done.returncode == 0, done.stderr[-3000:]
+    flags = [*_flags(tiny_bert, data, out, "finetune"), *partial]
+    process = _start(_command("finetune", flags, processes=2))
+    _wait_for_checkpoint(process, out, 10)
+    os.killpg(process.pid, signal.SIGKILL)
+    process.wait()
+    resumed = run_script(_command("finetune", [*flags, "--resume_from_checkpoint", "latest"], processes=2))
+    assert resumed.returncode == 0, resumed.stderr[-3000:]
+    results = json.loads((out / "results.json").read_text())
+    (phase,) = results["activation_cache"]["phases"]
+    assert phase["used"] and phase["block"] == 1 and all(phase["hits"].values())  # stored before the kill
+    expected = json.loads((ref / "results.json").read_text())
+    assert results["test"] == pytest.approx(expected["test"], abs=1e-6)
+    losses = [[h["train_loss"] for h in r["history"]] for r in (results, expected)]
+    assert losses[0] == pytest.approx(losses[1], abs=1e-6)
+    left, right = (load_file(str(d / "model.safetensors")) for d in (out, ref))
+    for name in left:
+        torch.testing.assert_close(left[name], right[name], atol=1e-6, rtol=0, msg=name)

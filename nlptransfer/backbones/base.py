@@ -11,6 +11,8 @@ one safetensors file.
 from __future__ import annotations
 
 from abc import ABC, abstractmethod
+from collections.abc import Iterator
+from contextlib import AbstractContextManager
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
@@ -147,6 +149,40 @@ class Backbone(nn.Module, ABC):
     def has_untrained_blocks(self) -> bool:
         """True when some blocks start random (e.g. a BiLSTM on word vectors): they must train."""
         return False
+
+    # Running the top of the body on stored inputs (the activation cache): a backbone that can
+    # capture what enters a block and later start its forward pass there sets ``replays_blocks``.
+
+    @property
+    def replays_blocks(self) -> bool:
+        """True when ``block_input`` and ``replaying`` are implemented."""
+        return False
+
+    def frozen_bottom(self) -> int:
+        """How many blocks, from the bottom, are frozen together with the embeddings (0 when the
+        embeddings or the first block train; ``num_blocks()`` when the whole body is frozen)."""
+        count = 0
+        for group in self.layer_groups():
+            if group.kind == "final" or any(p.requires_grad for _, p in group.parameters):
+                break
+            count += group.kind == "block"
+        return count
+
+    def frozen_bottom_modules(self) -> Iterator[nn.Module]:
+        """The modules that compute the frozen bottom (embeddings and the blocks below
+        ``frozen_bottom()``), parameterless ones such as dropout included; backbones that replay
+        blocks name them."""
+        return iter(())
+
+    def block_input(self, block: int, **inputs: torch.Tensor) -> torch.Tensor:
+        """The hidden states entering block ``block`` for a collated batch (padded like it), the
+        blocks from ``block`` up not run."""
+        raise ConfigError(f"The {self.registry_name} backbone cannot start its forward pass at a block.")
+
+    def replaying(self, block: int, states: torch.Tensor) -> AbstractContextManager[None]:
+        """Inside: the forward pass skips the blocks below ``block`` and feeds it ``states`` (as
+        ``block_input`` gave them) instead."""
+        raise ConfigError(f"The {self.registry_name} backbone cannot start its forward pass at a block.")
 
 
 BACKBONES: Registry[type[Backbone]] = Registry("backbone")

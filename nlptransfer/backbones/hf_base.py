@@ -8,6 +8,8 @@ the same way, and save their config the same way.
 from __future__ import annotations
 
 import re
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -69,12 +71,79 @@ class HFBackbone(Backbone):
             for module in block.modules():
                 init(module)
 
+    @property
+    def replays_blocks(self) -> bool:
+        # Images are augmented afresh every epoch: what enters a block is not the same twice.
+        return self.modality == "text"
+
+    def frozen_bottom_modules(self) -> Iterator[nn.Module]:
+        cut = self.frozen_bottom()
+        if cut == 0:
+            return
+        name, blocks = find_blocks(self.model)
+        # Registered before the blocks and not holding them: embeddings, and a dropout on their output.
+        for module_name, module in self.model.named_modules():
+            if module_name == name:
+                break
+            if module_name and not name.startswith(f"{module_name}."):
+                yield module
+        yield from blocks[:cut]
+
+    def block_input(self, block: int, **inputs: torch.Tensor) -> torch.Tensor:
+        blocks = find_blocks(self.model)[1]
+        captured: list[torch.Tensor] = []
+
+        def grab(module: nn.Module, args: tuple[Any, ...], kwargs: dict[str, Any]) -> None:
+            captured.append(args[0] if args else kwargs["hidden_states"])
+            raise _ReachedBlock
+
+        handle = blocks[block].register_forward_pre_hook(grab, with_kwargs=True)
+        try:
+            self(**inputs)
+        except _ReachedBlock:
+            pass
+        finally:
+            handle.remove()
+        if not captured:
+            raise ConfigError(f"The forward pass of {type(self.model).__name__} never reached block {block}.")
+        return captured[0]
+
+    @contextmanager
+    def replaying(self, block: int, states: torch.Tensor) -> Iterator[None]:
+        blocks = find_blocks(self.model)[1]
+
+        def feed(
+            module: nn.Module, args: tuple[Any, ...], kwargs: dict[str, Any]
+        ) -> tuple[tuple[Any, ...], dict[str, Any]]:
+            if args:
+                return (states, *args[1:]), kwargs
+            return args, {**kwargs, "hidden_states": states}
+
+        handle = blocks[block].register_forward_pre_hook(feed, with_kwargs=True)
+        for skipped in blocks[:block]:
+            skipped.forward = _pass_through  # an instance attribute: the class's forward returns after
+        try:
+            yield
+        finally:
+            handle.remove()
+            for skipped in blocks[:block]:
+                del skipped.forward
+
     def get_config(self) -> dict[str, Any]:
         return {
             "source": self.source,
             "model_type": self.hf_config.model_type,
             "trust_remote_code": getattr(self, "trust_remote_code", False),
         }
+
+
+class _ReachedBlock(Exception):
+    """Ends a forward pass once the input of the block asked for is captured."""
+
+
+def _pass_through(hidden_states: torch.Tensor, *args: Any, **kwargs: Any) -> torch.Tensor:
+    # A block skipped under ``replaying``: the states fed to the first replayed block replace its output.
+    return hidden_states
 
 
 def feature_stack(model: nn.Module, config: PretrainedConfig) -> nn.Module:

@@ -2,6 +2,7 @@
 
 from nlptransfer.data.corpora import BUILTIN_DATASETS
 from nlptransfer.data.loaders import (
+    ActivationDataset,
     Collator,
     EncodedDataset,
     EpochSampler,
@@ -13,6 +14,7 @@ from nlptransfer.data.sources import MissingColumnsError, read_table, read_texts
 
 __all__ = [
     "BUILTIN_DATASETS",
+    "ActivationDataset",
     "Collator",
     "EncodedDataset",
     "EpochSampler",

@@ -58,6 +58,37 @@ def example_length(encoding: dict[str, Any]) -> int:
 # A long text read in windows (--long_text chunk): its example holds them under this key, and a
 # batch says which example each window belongs to under ``WINDOW_OWNER``.
 WINDOWS, WINDOW_OWNER = "windows", "window_owner"
+# The activation cache: an example (and a batch, padded like its tokens) carries the hidden states
+# its frozen bottom feeds block ``REPLAY_BLOCK`` under ``BLOCK_INPUT``.
+BLOCK_INPUT, REPLAY_BLOCK = "block_input", "replay_block"
+
+
+class ActivationDataset(EncodedDataset):
+    """Tokenised examples with the hidden states entering block ``block``, stored flat: rows
+    ``offsets[i]:offsets[i + 1]`` of ``states`` (tokens, hidden), e.g. a read-only memory map, are
+    example ``i``'s. ``cache_info`` says where they came from (``nlptransfer.engine.activations``)."""
+
+    def __init__(
+        self, encoded: EncodedDataset, block: int, states: np.ndarray, offsets: np.ndarray,
+        cache_info: dict[str, Any] | None = None,
+    ) -> None:  # fmt: skip
+        super().__init__(encoded.encodings, encoded.labels)
+        self.block, self.states, self.offsets = block, states, offsets
+        self.cache_info = cache_info
+
+    def __getitem__(self, i: int) -> dict[str, Any]:
+        # A copy of the example's rows: the memory map is read-only.
+        rows = np.array(self.states[self.offsets[i] : self.offsets[i + 1]], dtype=np.float32)
+        return {**super().__getitem__(i), BLOCK_INPUT: rows, REPLAY_BLOCK: self.block}
+
+
+def place_states(rows: list[np.ndarray], attention_mask: torch.Tensor) -> torch.Tensor:
+    """Per-example states (tokens, hidden) as one batch padded like ``attention_mask`` (on either
+    side); padded positions hold zeros, which attention never reads."""
+    batch = torch.zeros(*attention_mask.shape, rows[0].shape[-1])
+    for i, row in enumerate(rows):
+        batch[i, attention_mask[i].bool()] = torch.from_numpy(row)
+    return batch
 
 
 def collate_examples(backbone: Backbone, examples: list[dict[str, Any]]) -> dict[str, torch.Tensor]:
@@ -107,9 +138,13 @@ class Collator:
     def __init__(self, backbone: Backbone) -> None:
         self.backbone = backbone
 
-    def __call__(self, items: list[dict[str, Any]]) -> dict[str, torch.Tensor]:
-        tokens = [{k: v for k, v in item.items() if k not in ("labels", "idx")} for item in items]
-        batch = collate_examples(self.backbone, tokens)
+    def __call__(self, items: list[dict[str, Any]]) -> dict[str, Any]:
+        extra = ("labels", "idx", BLOCK_INPUT, REPLAY_BLOCK)
+        tokens = [{k: v for k, v in item.items() if k not in extra} for item in items]
+        batch: dict[str, Any] = collate_examples(self.backbone, tokens)
+        if BLOCK_INPUT in items[0]:
+            batch[BLOCK_INPUT] = place_states([item[BLOCK_INPUT] for item in items], batch["attention_mask"])
+            batch[REPLAY_BLOCK] = items[0][REPLAY_BLOCK]
         batch["labels"] = stack_targets([item["labels"] for item in items])
         batch["idx"] = torch.tensor([item["idx"] for item in items], dtype=torch.long)
         return batch

@@ -45,6 +45,11 @@ def weights_fingerprint(module: nn.Module) -> str:
     """A hash of every parameter and buffer of ``module``: names, dtypes, shapes and bytes."""
     tensors = dict(module.named_parameters())
     tensors.update(module.named_buffers())
+    return tensors_fingerprint(tensors)
+
+
+def tensors_fingerprint(tensors: Mapping[str, torch.Tensor]) -> str:
+    """A hash of named tensors: names, dtypes, shapes and bytes."""
     digest = hashlib.blake2b(digest_size=20)
     for name in sorted(tensors):  # sorted: independent of registration order
         tensor = tensors[name].detach()
@@ -129,13 +134,28 @@ class FeatureCache:
             )
             return None
 
-    def store(self, key: CacheKey, values: np.ndarray) -> Path:
-        """Write an entry atomically; a valid entry already there (another process's) is kept."""
+    def load_with(
+        self, key: CacheKey, names: Sequence[str], rows: int | None = None
+    ) -> tuple[np.ndarray, dict[str, np.ndarray]] | None:
+        """The entry's features and the named arrays stored beside them (``store``'s ``extra``),
+        memory-mapped read-only; None on a miss or a damaged entry."""
+        entry = self.path(key)
+        if not entry.exists():
+            return None
+        try:
+            return _read_entry(entry, rows), {name: _read_extra(entry, name) for name in names}
+        except (OSError, ValueError, KeyError, TypeError) as err:
+            logger.warning("Cache entry %s is damaged (%s); computing it again.", entry, err)
+            return None
+
+    def store(self, key: CacheKey, values: np.ndarray, extra: Mapping[str, np.ndarray] | None = None) -> Path:
+        """Write an entry atomically (with ``extra`` arrays beside the features, e.g. row offsets);
+        a valid entry already there (another process's) is kept."""
         final = self.path(key)
         if _is_valid(final, len(values)):
             return final
         with staging_folder(self.root, f"{TMP_PREFIX}{key.digest}-") as staging:
-            _write_entry(staging, key, values)
+            _write_entry(staging, key, values, extra or {})
             self._publish(staging, final, len(values))
         return final
 
@@ -187,28 +207,40 @@ def _read_entry(entry: Path, rows: int | None) -> np.ndarray:
     return values
 
 
+def _read_extra(entry: Path, name: str) -> np.ndarray:
+    meta = json.loads((entry / META_FILE).read_text())
+    values = np.load(entry / f"{name}.npy", mmap_mode="r", allow_pickle=False)
+    if list(values.shape) != meta["extra"][name]:
+        raise ValueError(f"{name}.npy is {list(values.shape)}, meta.json says {meta['extra'][name]}")
+    return values
+
+
 def _is_valid(entry: Path, rows: int) -> bool:
     try:
         _read_entry(entry, rows)
+        for name in json.loads((entry / META_FILE).read_text()).get("extra", {}):
+            _read_extra(entry, name)
     except (OSError, ValueError, KeyError, TypeError):
         return False
     return True
 
 
-def _write_entry(folder: Path, key: CacheKey, values: np.ndarray) -> None:
+def _write_entry(folder: Path, key: CacheKey, values: np.ndarray, extra: Mapping[str, np.ndarray]) -> None:
     values = np.ascontiguousarray(values, dtype=np.float32)
     meta = {
         "digest": key.digest,
         "format": CACHE_FORMAT,
         "shape": list(values.shape),
         "dtype": "float32",
+        "extra": {name: list(array.shape) for name, array in extra.items()},
         "key": key.parts,
         "created": datetime.now(UTC).isoformat(timespec="seconds"),
         "nlptransfer_version": __version__,
     }
-    with open(folder / FEATURES_FILE, "wb") as file:
-        np.save(file, values)
-        _sync(file)
+    for name, array in {FEATURES_FILE.removesuffix(".npy"): values, **extra}.items():
+        with open(folder / f"{name}.npy", "wb") as file:
+            np.save(file, np.ascontiguousarray(array))
+            _sync(file)
     with open(folder / META_FILE, "w") as file:
         json.dump(meta, file, indent=2, default=str)
         _sync(file)

@@ -49,7 +49,7 @@ def extract_features(
     seconds: dict[str, float] = {}
     # Inference loaders draw seeds from the global RNG; a hit draws none. Restoring the RNG
     # afterwards keeps the training that follows (dropout, shuffling) identical either way.
-    with torch.random.fork_rng(devices=_gpu_ids(device)):
+    with torch.random.fork_rng(devices=gpu_ids(device)):
         for name, dataset in encoded.items():
             features[name] = _split_features(name, dataset, model, ctx, cache, body)
             seconds[name] = time.perf_counter() - start
@@ -57,7 +57,8 @@ def extract_features(
     return features, seconds
 
 
-def _gpu_ids(device: torch.device) -> list[int]:
+def gpu_ids(device: torch.device) -> list[int]:
+    """The GPU ``device`` is (for ``torch.random.fork_rng``); none on CPU."""
     if device.type != "cuda":
         return []
     return [device.index if device.index is not None else torch.cuda.current_device()]
@@ -73,24 +74,31 @@ def open_cache(ctx: RunContext) -> FeatureCache | None:
 def body_key_parts(model: TransferModel, ctx: RunContext) -> dict[str, Any]:
     """Everything but the examples that changes ``layer_features``; hashes the weights once."""
     start = time.perf_counter()
-    backbone = model.backbone
     parts = {
-        "backbone": {"type": backbone.registry_name, **backbone.get_config()},
-        "weights": weights_fingerprint(backbone),
-        "dtypes": sorted({str(p.dtype) for p in backbone.parameters()}),
+        **run_key_parts(model, ctx),
+        "weights": weights_fingerprint(model.backbone),
         "pooling": model.pooling.mode,
         "layers": list(model.pooling.layers),
         # Long texts in windows: the windows' tokens are in the examples' key; how they pool is here.
         "long_text": asdict(model.long_text) if model.long_text is not None else None,
         "pair_encoding": model.pair_encoding,
+    }
+    logger.debug("fingerprinted the body's weights in %.2f s", time.perf_counter() - start)
+    return parts
+
+
+def run_key_parts(model: TransferModel, ctx: RunContext) -> dict[str, Any]:
+    """What every cached output of the body depends on besides its weights and the examples."""
+    backbone = model.backbone
+    return {
+        "backbone": {"type": backbone.registry_name, **backbone.get_config()},
+        "dtypes": sorted({str(p.dtype) for p in backbone.parameters()}),
         "mixed_precision": ctx.config.mixed_precision,
-        # CPU and GPU kernels round differently: a cached feature must be bit-for-bit what this run computes.
+        # CPU and GPU kernels round differently: a cached output must be bit-for-bit what this run computes.
         "device": ctx.accelerator.device.type,
         # A new version may pool differently; recomputing once per upgrade is cheap insurance.
         "nlptransfer_version": __version__,
     }
-    logger.debug("fingerprinted the body's weights in %.2f s", time.perf_counter() - start)
-    return parts
 
 
 def split_key(body: Mapping[str, Any], dataset: EncodedDataset) -> CacheKey:
@@ -111,7 +119,7 @@ def _split_features(
     info = {"dir": str(cache.root), "entry": key.digest}
     cached = cache.load(key, rows=len(dataset))
     # run_inference gathers across processes: either every process reads the cache or all compute.
-    if _on_every_process(cached is not None, ctx):
+    if on_every_process(cached is not None, ctx):
         logger.info("feature cache hit for %s: %s", name, cache.path(key))
         return FeatureDataset(cached, dataset.labels, {**info, "hit": True})
     logger.info("feature cache miss for %s: running the body", name)
@@ -135,7 +143,8 @@ def _store(cache: FeatureCache, key: CacheKey, values: torch.Tensor) -> None:
     logger.info("feature cache: wrote %s", path)
 
 
-def _on_every_process(flag: bool, ctx: RunContext) -> bool:
+def on_every_process(flag: bool, ctx: RunContext) -> bool:
+    """True when ``flag`` holds on every process (a cache hit must be one everywhere, or all compute)."""
     accelerator = ctx.accelerator
     if accelerator.num_processes == 1:
         return flag
@@ -158,4 +167,13 @@ def feature_cache_report(datasets: Mapping[str, Dataset]) -> dict[str, Any] | No
     }
 
 
-__all__ = ["body_key_parts", "extract_features", "feature_cache_report", "open_cache", "split_key"]
+__all__ = [
+    "body_key_parts",
+    "extract_features",
+    "feature_cache_report",
+    "gpu_ids",
+    "on_every_process",
+    "open_cache",
+    "run_key_parts",
+    "split_key",
+]

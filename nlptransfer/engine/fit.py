@@ -18,6 +18,7 @@ from nlptransfer.data import (
     EncodedDataset,
     LabelledData,
 )
+from nlptransfer.engine.activations import ActivationReport, activation_block, activation_datasets
 from nlptransfer.engine.checkpoint import Checkpoint, Snapshot
 from nlptransfer.engine.context import RunContext
 from nlptransfer.engine.features import extract_features
@@ -77,6 +78,9 @@ class FitResult:
     body_trained: bool = False
     # --protocol cross-validation: the out-of-fold outputs of the training split and its targets.
     out_of_fold: tuple[torch.Tensor, Any] | None = None
+    # The activation cache: which phases trained on stored states, and the time to compute them.
+    activations: ActivationReport = field(default_factory=ActivationReport)
+    activation_seconds: float = 0.0
 
     def add_extraction(self, seconds: dict[str, float]) -> None:
         self.feature_extraction_seconds += sum(seconds.values())
@@ -168,7 +172,7 @@ def fit(model: TransferModel, data: LabelledData, phases: list[Phase], ctx: RunC
             features, seconds = extract_features(model, encoded, ctx, use_cache=not result.body_trained)
             result.add_extraction(seconds)
             result.features = features
-        datasets = features if phase.freezes_body else encoded
+        datasets = features if phase.freezes_body else phase_tokens(model, encoded, phase, ctx, result)
         assert datasets is not None
         if result.eval_phase == index:
             result.eval_datasets = datasets
@@ -185,6 +189,26 @@ def fit(model: TransferModel, data: LabelledData, phases: list[Phase], ctx: RunC
             features, result.body_trained = None, True
     best.restore()
     return result
+
+
+def phase_tokens(
+    model: TransferModel, encoded: dict[str, EncodedDataset], phase: Phase, ctx: RunContext, result: FitResult
+) -> dict[str, Dataset]:
+    """The token splits a phase that trains the body reads: with the states its frozen bottom feeds
+    the first trainable block, computed once, when the activation cache applies."""
+    reads = OBJECTIVES.get(phase.loop).reads_activations
+    block, reason = activation_block(model, ctx, reads)
+    if block is not None:
+        start = time.perf_counter()
+        cached, reason = activation_datasets(model, encoded, ctx, block)
+        result.activation_seconds += time.perf_counter() - start
+        if cached is not None:
+            logger.info("activation cache (%s): %s", phase.name, reason)
+            result.activations.add(phase.name, reason, cached)
+            return dict(cached)
+    logger.info("activation cache (%s) not used: %s", phase.name, reason)
+    result.activations.add(phase.name, reason)
+    return dict(encoded)
 
 
 @dataclass

@@ -24,7 +24,7 @@ from nlptransfer.backbones import (
     load_source,
     peft_adapter,
 )
-from nlptransfer.data.loaders import WINDOWS, collate_examples, example_length
+from nlptransfer.data.loaders import BLOCK_INPUT, REPLAY_BLOCK, WINDOWS, collate_examples, example_length
 from nlptransfer.errors import ConfigError, ModelLoadError
 from nlptransfer.files import replace_files
 from nlptransfer.model.heads import LinearHead, build_head
@@ -207,6 +207,18 @@ class TransferModel(nn.Module):
                 )
         return cls(backbone, pooler, head, labels, max_length, task, long_text, pair_encoding)
 
+    def train(self, mode: bool = True) -> TransferModel:
+        """Training mode, except for a frozen bottom of the body (embeddings and the blocks below the
+        first trainable one), which stays in eval mode: without dropout its output for an example
+        never changes, so the activation cache can compute it once (and a run without the cache
+        gives the same results)."""
+        super().train(mode)
+        backbone = self.backbone
+        if mode and backbone.replays_blocks and 0 < backbone.frozen_bottom() < backbone.num_blocks():
+            for module in backbone.frozen_bottom_modules():
+                module.eval()
+        return self
+
     def new_parameters(self) -> list[tuple[str, nn.Parameter]]:
         """Parameters this toolkit adds on top of the source model: the head and any layer mix."""
         return [(f"head.{n}", p) for n, p in self.head.named_parameters()] + [
@@ -224,7 +236,12 @@ class TransferModel(nn.Module):
 
         A batch of windows (``window_owner``: the text of each) gives one row per text, its
         windows' features pooled."""
-        output = self.backbone(output_hidden_states=self.pooling.needs_hidden_states, **inputs)
+        states, block = inputs.pop(BLOCK_INPUT, None), inputs.pop(REPLAY_BLOCK, None)
+        if states is None:
+            output = self.backbone(output_hidden_states=self.pooling.needs_hidden_states, **inputs)
+        else:  # the activation cache: the frozen bottom's output, computed once, enters ``block``
+            with self.backbone.replaying(int(block), states):
+                output = self.backbone(output_hidden_states=self.pooling.needs_hidden_states, **inputs)
         features = self.pooling.pool_layers(output)
         if window_owner is None:
             return features

@@ -186,6 +186,7 @@ def train(config: FinetuneConfig, epoch_hook: Callable[[int, float], None] | Non
         "train_seconds": time.perf_counter() - start,
         "tokenize_seconds": result.tokenize_seconds,
         "feature_extraction_seconds": result.feature_extraction_seconds,
+        "activation_seconds": result.activation_seconds,
     }
     model.to(ctx.accelerator.device)
     final = final_evaluation(model, result.eval_datasets, ctx, result.out_of_fold)
@@ -197,6 +198,7 @@ def train(config: FinetuneConfig, epoch_hook: Callable[[int, float], None] | Non
     results["auto"] = auto.to_dict()
     results["protocol"] = config.protocol
     results["feature_cache"] = feature_cache_report(result.features)
+    results["activation_cache"] = result.activations.to_dict()
     finish_session(session, output_dir, config.metric_for_best_model)
     if ctx.accelerator.is_main_process:
         # Measured last, just before saving (the model's own save is the one step not counted).

@@ -28,6 +28,9 @@ class Objective:
     desc: ClassVar[str] = "epoch"
     # True when solved in one call (``solve``) rather than by steps over batches.
     closed_form: ClassVar[bool] = False
+    # True when its batches come from the phase's datasets as they are, so token datasets may carry
+    # the stored input of the first trainable block (``nlptransfer.engine.activations``).
+    reads_activations: ClassVar[bool] = False
 
     @classmethod
     def from_phase(cls, run: PhaseRun) -> Objective:

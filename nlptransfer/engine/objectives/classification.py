@@ -54,6 +54,8 @@ class Classification(Objective):
     epoch: results.json reports how the processes shared the data.
     """
 
+    reads_activations = True
+
     def __init__(
         self, train: Dataset, backbone: Backbone, task: Task, batch_size: int, seed: int,
         seen: list[int] | None = None,
