@@ -30,11 +30,10 @@ def data(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 
 def _train(model: str, data: Path, out: Path, cache: Path, **options: Any) -> dict[str, Any]:
-    options = {"unfreeze_layers": 1, **options}
+    options = {"strategy": "finetune", "unfreeze_layers": 1, "epochs": 2, **options}
     config = FinetuneConfig(
         model=model, train_file=str(data / "train.csv"), test_file=str(data / "test.csv"),
-        output_dir=str(out), cache_dir=str(cache), strategy="finetune", epochs=2, batch_size=8,
-        learning_rate=5e-3, **options,
+        output_dir=str(out), cache_dir=str(cache), batch_size=8, learning_rate=5e-3, **options,
     )  # fmt: skip
     return train(config)
 
@@ -64,6 +63,17 @@ def test_stored_states_train_to_the_results_of_the_whole_body(
     assert second["used"] and all(second["hits"].values())  # every split read back from disk
     _same_run(cached, whole, tmp_path / "cached", tmp_path / "whole")
     _same_run(again, whole, tmp_path / "again", tmp_path / "whole")
+
+
+def test_gradual_unfreezing_serves_its_partial_phases_from_stored_states(
+    tiny_bert: str, data: Path, tmp_path: Path
+) -> None:
+    options = {"strategy": "gradual-unfreezing", "unfreeze_layers": None, "epochs": 3}
+    cached = _train(tiny_bert, data, tmp_path / "cached", tmp_path / "cache", **options)
+    whole = _train(tiny_bert, data, tmp_path / "whole", tmp_path / "cache", activation_cache=False, **options)
+    used = [phase["used"] for phase in cached["activation_cache"]["phases"]]
+    assert used == [True, False]  # the top block on stored states; then every block trains
+    _same_run(cached, whole, tmp_path / "cached", tmp_path / "whole")
 
 
 def test_a_damaged_entry_is_computed_again(tiny_bert: str, data: Path, tmp_path: Path) -> None:

@@ -3,7 +3,10 @@
     python scripts/bench/finetune_worker.py ours|trainer-default|trainer-best '{"epochs": 1, ...}'
 
 Options: epochs, batch_size, lr, max_length, seed, max_train_examples (None: all),
-device (cpu or cuda) and mixed_precision (no, bf16 or fp16).
+device (cpu or cuda) and mixed_precision (no, bf16 or fp16); for ``trainer-best``,
+unfreeze_layers (train only the top K layers and the head, the rest frozen as
+``nlptransfer --unfreeze_layers K`` freezes it) and validate (score the validation split
+after every epoch, as nlptransfer does).
 
 - ``ours``: ``nlptransfer`` fine-tuning of every layer at one learning rate;
 - ``trainer-default``: transformers ``Trainer`` as ``run_glue.py`` sets it up by default
@@ -114,6 +117,9 @@ def trainer(o: dict[str, Any], best: bool) -> dict[str, Any]:
         return [{**{k: enc[k][i] for k in enc}, "labels": split.labels[i]} for i in range(len(split))]
 
     train_set, test_set = dataset(data.train), dataset(data.test)
+    if o.get("unfreeze_layers") is not None:
+        freeze_below_top(model, o["unfreeze_layers"])
+    validate = bool(o.get("validate"))
     with tempfile.TemporaryDirectory() as out:
         args = TrainingArguments(
             output_dir=out, per_device_train_batch_size=o["batch_size"], per_device_eval_batch_size=64,
@@ -121,19 +127,33 @@ def trainer(o: dict[str, Any], best: bool) -> dict[str, Any]:
             report_to="none", disable_tqdm=True, use_cpu=o["device"] == "cpu",
             bf16=o["mixed_precision"] == "bf16", fp16=o["mixed_precision"] == "fp16",
             train_sampling_strategy="group_by_length" if best else "random",
+            eval_strategy="epoch" if validate else "no",
         )  # fmt: skip
         # run_glue pads to a multiple of 8 under mixed precision, as nlptransfer does on a GPU.
         multiple = 8 if o["mixed_precision"] != "no" and o["device"] == "cuda" else None
         collator = (
             DataCollatorWithPadding(tokenizer, pad_to_multiple_of=multiple) if best else default_data_collator
         )
-        run = Trainer(model=model, args=args, train_dataset=train_set, data_collator=collator)
+        run = Trainer(model=model, args=args, train_dataset=train_set, data_collator=collator,
+                      eval_dataset=dataset(data.validation) if validate else None)  # fmt: skip
         metrics = run.train().metrics
         predictions = run.predict(test_set)
     # Length-grouped evaluation returns examples in its own order: score against the labels it returns.
     accuracy = float(np.mean(predictions.predictions.argmax(-1) == predictions.label_ids))
     return {"train_seconds": metrics["train_runtime"], "loop_seconds": metrics["train_runtime"],
             "samples": len(train_set) * o["epochs"], "test_accuracy": accuracy}  # fmt: skip
+
+
+def freeze_below_top(model: Any, k: int) -> None:
+    """Embeddings and every layer below the top ``k`` frozen; the top layers, pooler and head train."""
+    body = model.base_model
+    for param in body.parameters():
+        param.requires_grad_(False)
+    for layer in body.encoder.layer[len(body.encoder.layer) - k :]:
+        layer.requires_grad_(True)
+    for module in (getattr(body, "pooler", None), getattr(model, "classifier", None)):
+        if module is not None:
+            module.requires_grad_(True)
 
 
 def main() -> None:

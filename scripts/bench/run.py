@@ -24,6 +24,7 @@ import endtoend
 import extraction
 import fewshot
 import finetune
+import partial
 import vectors
 from common import Result
 
@@ -34,6 +35,7 @@ SECTIONS = {
     "cache": cache.run,
     "vectors": vectors.run,
     "endtoend": endtoend.run,
+    "partial": partial.run,
 }
 
 
@@ -47,6 +49,11 @@ def parse_args() -> argparse.Namespace:
     parser.add_argument("--batch_size", type=int, default=64)
     parser.add_argument("--max_length", type=int, default=128)
     parser.add_argument("--ft_epochs", type=int, default=1, help="finetune: epochs of each run")
+    parser.add_argument("--partial_layers", type=int, default=2, help="partial: top layers trained")
+    parser.add_argument("--partial_epochs", type=int, default=3, help="partial: epochs of each run")
+    parser.add_argument(
+        "--partial_examples", type=int, default=1000, help="partial: training examples (0: all)"
+    )
     parser.add_argument(
         "--ft_examples", type=int, default=2000, help="finetune: training samples of the speed runs (0: all)"
     )
