@@ -320,7 +320,7 @@ class FinetuneConfig(TrainingOptions, DataOptions, AdapterOptions, VocabularyOpt
     time_budget_minutes: float | None = _opt(
         5.0,
         "The longest run auto may choose (and advise may recommend), loading and testing included; "
-        "training is planned within 90% of what is left. A strategy estimated to take longer runs fewer "
+        "training is planned within 95% of what is left. A strategy estimated to take longer runs fewer "
         "epochs (while they make 250 optimizer steps), else gives way to a cheaper one. 0: no limit.",
     )
     protocol: str = _opt(

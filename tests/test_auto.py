@@ -125,11 +125,11 @@ def test_fine_tuning_runs_fewer_epochs_when_that_fits_the_budget(
     assert choice.chosen["epochs"] == 1 and "1 epoch fits" in choice.render()
     config, _, _ = _resolve(tiny_bert, csv, time_budget_minutes=0.5)  # not even one epoch fits
     assert config.strategy == "feature-extraction"
-    # The budget is the whole run's: 20 s spent loading leave 54 - 20 - 1 (testing) < 41 s to train.
+    # The budget is the whole run's: 20 s spent loading leave 57 - 20 - 1 (testing) < 41 s to train.
     config, _, choice = _resolve(tiny_bert, csv, started=time.time() - 20, time_budget_minutes=1)
     assert config.strategy == "feature-extraction"
     budget = next(r for r in choice.reasons if r.startswith("budget: 60 s for the whole run leaves"))
-    assert 30 <= int(re.search(r"leaves (\d+) s", budget).group(1)) <= 34, budget
+    assert 33 <= int(re.search(r"leaves (\d+) s", budget).group(1)) <= 37, budget
     config, _, _ = _resolve(tiny_bert, csv, started=time.time(), time_budget_minutes=1)
     assert (config.strategy, config.epochs) == ("finetune", 1)
 

@@ -18,6 +18,7 @@ from nlptransfer.data import LabelledData
 from nlptransfer.data.loaders import Collator, example_length
 from nlptransfer.engine.context import set_cpu_threads
 from nlptransfer.engine.inference import encode_split
+from nlptransfer.engine.loop import adamw
 from nlptransfer.model.layers import count_parameters
 from nlptransfer.model.transfer import TransferModel
 from nlptransfer.strategies import get_strategy
@@ -72,17 +73,17 @@ def probe_compute(
     return ComputeProfile(str(device), torch.get_num_threads(), costs)
 
 
-# A training step (forward, backward, AdamW) of a whole body costs about this many forward passes.
-# Fine-tuning MiniLM on the 10,201 movie reviews, 2 CPU cores: 3.1 on an Intel Xeon (an epoch of
-# 122 s), 3.3-3.9 on an AMD EPYC (145 s, the estimate's forward pass at 3.5-4.2 ms a review); the
-# few-step probe (`nlptransfer advise --probe_steps 8`) reads 3.3-4.9. The top of that range: a run
-# over its budget costs the user more than one epoch less (docs/auto.md, "The time budget").
-TRAIN_PASSES_PER_FORWARD = 4.0
+# A training step (forward, backward, fused AdamW) of a whole body costs about this many forward
+# passes: on 2 CPU cores, two epochs of fine-tuning MiniLM on the 10,201 movie reviews trained in
+# 259 s (validation included) where this estimate's forward pass took 3.3 ms a review: 3.7 passes
+# (`accelerate launch recipes/finetune.py --time_budget_minutes 0`, docs/results.md).
+TRAIN_PASSES_PER_FORWARD = 3.7
 # Examples per timed batch; the first batches of a process run slower (allocator, thread pools), so
-# the estimate times ESTIMATE_TIMED batches after ESTIMATE_WARMUP ones and keeps the median.
+# the estimate times ESTIMATE_TIMED batches after ESTIMATE_WARMUP ones and keeps the median (3.1 to
+# 3.4 ms a review in four processes on a quiet machine).
 ESTIMATE_EXAMPLES = 32
 ESTIMATE_WARMUP = 2
-ESTIMATE_TIMED = 5
+ESTIMATE_TIMED = 8
 # Training examples whose token counts give the mean length that length-grouped batches pad to.
 ESTIMATE_LENGTH_SAMPLE = 512
 
@@ -135,8 +136,10 @@ def _seconds_per_example(base: TransferModel, data: LabelledData, seed: int, dev
             elapsed = time.perf_counter() - start
             padded = size * max(lengths[i] for i in chunk) if base.backbone.variable_length else size
             timed.append(elapsed / padded)
+    logger.debug("estimate batches, seconds per unit: %s", [f"{t:.3g}" for t in timed])
     per_unit = float(np.median(timed[ESTIMATE_WARMUP:]))
-    return per_unit * float(np.mean(lengths)) if base.backbone.variable_length else per_unit
+    distinct = lengths[: len(data.train)]  # np.resize repeats the rows of a small training split
+    return per_unit * float(np.mean(distinct)) if base.backbone.variable_length else per_unit
 
 
 def _probe_batches(
@@ -184,7 +187,7 @@ def _probe_arm(
     trainable, total = count_parameters(model)
     if phase.freezes_body:
         return ArmCost(arm.name, trainable, total, eval_seconds, eval_seconds, True)
-    optimizer = torch.optim.AdamW(groups)
+    optimizer = adamw(groups)
     model.train()
     _step(model, optimizer, batches[0])
     start = time.perf_counter()

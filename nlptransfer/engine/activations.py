@@ -45,9 +45,7 @@ class ActivationReport:
 
     phases: list[dict[str, Any]] = field(default_factory=list)
 
-    def add(
-        self, phase: str, reason: str, datasets: Mapping[str, ActivationDataset] | None = None
-    ) -> None:
+    def add(self, phase: str, reason: str, datasets: Mapping[str, ActivationDataset] | None = None) -> None:
         entry: dict[str, Any] = {"phase": phase, "used": datasets is not None, "reason": reason}
         if datasets is not None:
             infos = {name: dataset.cache_info or {} for name, dataset in datasets.items()}

@@ -198,7 +198,7 @@ def prepare_phase(
     process for each optimizer step, hence the factor ``num_processes``.
     """
     accelerator, options = session.accelerator, session.options
-    optimizer = torch.optim.AdamW(groups)
+    optimizer = adamw(groups)
     prepared, optimizer, loader = accelerator.prepare(model, optimizer, loader)
     per_epoch = math.ceil(len(loader) / options.gradient_accumulation_steps)
     steps = max(1, per_epoch * epochs * accelerator.num_processes)
@@ -206,6 +206,14 @@ def prepare_phase(
         options.lr_scheduler, optimizer.optimizer, int(steps * options.warmup), steps, options.stlr_ratio
     )
     return prepared, optimizer, loader, accelerator.prepare(schedule)
+
+
+def adamw(groups: Any) -> torch.optim.AdamW:
+    """AdamW with its fused kernel where every parameter is a float tensor: one kernel per step
+    instead of a loop over tensors (on 2 CPU cores, MiniLM's step takes 11 ms instead of 48 ms:
+    `python scripts/bench/adamw.py`)."""
+    params = [p for group in groups for p in (group["params"] if isinstance(group, dict) else [group])]
+    return torch.optim.AdamW(groups, fused=all(p.is_floating_point() for p in params))
 
 
 def run_epochs(session: TrainSession, plan: EpochPlan) -> None:
