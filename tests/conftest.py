@@ -127,6 +127,13 @@ def sentiment_frame(n: int, seed: int = 0) -> pd.DataFrame:
     return pd.DataFrame(rows)
 
 
+def sentiment_split(folder: Path) -> Path:
+    """``folder`` with train.csv (200 rows) and test.csv (40 other rows) of ``sentiment_frame``."""
+    sentiment_frame(200).to_csv(folder / "train.csv", index=False)
+    sentiment_frame(40, seed=1).to_csv(folder / "test.csv", index=False)
+    return folder
+
+
 @pytest.fixture
 def sentiment_csv(tmp_path: Path) -> Path:
     path = tmp_path / "train.csv"

@@ -8,7 +8,7 @@ from typing import Any
 import numpy as np
 import pytest
 import torch
-from conftest import sentiment_frame
+from conftest import sentiment_split
 from safetensors.torch import load_file
 
 from nlptransfer import FinetuneConfig, TransferModel, load_backbone, train
@@ -22,10 +22,7 @@ TOLERANCE = 1e-6
 
 @pytest.fixture(scope="module")
 def data(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    folder = tmp_path_factory.mktemp("activation-data")
-    sentiment_frame(200).to_csv(folder / "train.csv", index=False)
-    sentiment_frame(40, seed=1).to_csv(folder / "test.csv", index=False)
-    return folder
+    return sentiment_split(tmp_path_factory.mktemp("activation-data"))
 
 
 def _train(model: str, data: Path, out: Path, cache: Path, **options: Any) -> dict[str, Any]:

@@ -13,7 +13,7 @@ from pathlib import Path
 import pytest
 import torch
 from accelerate.utils import is_tensorboard_available
-from conftest import REPO, free_port, run_script, sentiment_frame
+from conftest import REPO, free_port, run_script, sentiment_split
 from safetensors.torch import load_file
 
 from nlptransfer.engine.checkpoint import complete_checkpoints, read_checkpoint
@@ -85,10 +85,7 @@ RESULT_KEYS = {"finetune": ("test", "validation", "history", "best_epoch"), "pre
 
 @pytest.fixture(scope="module")
 def data(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    folder = tmp_path_factory.mktemp("resume-data")
-    sentiment_frame(200).to_csv(folder / "train.csv", index=False)
-    sentiment_frame(40, seed=1).to_csv(folder / "test.csv", index=False)
-    return folder
+    return sentiment_split(tmp_path_factory.mktemp("resume-data"))
 
 
 @pytest.fixture(scope="module")
