@@ -2,7 +2,7 @@
 
 Auto reads what ``advise`` reads that is cheap: the sizes, examples per class, balance and token
 lengths of the data, the tokenizer's fragmentation of it (familiarity without a language-model
-pass), and, only when the rules would train the body, one timed inference batch to estimate what
+pass), and, only when the rules would train the body, a second of timed inference to estimate what
 that costs here. The decision is ``advise``'s (:func:`nlptransfer.advisor.rules.recommend`); auto
 adds the head, the schedule, pair and long-text handling, and the validation protocol. Every
 option the user gives wins; the choice, the numbers and the reasons go to the log, results.json
