@@ -11,7 +11,7 @@ import torch
 from conftest import sentiment_split
 from safetensors.torch import load_file
 
-from nlptransfer import FinetuneConfig, TransferModel, load_backbone, train
+from nlptransfer import ConfigError, FinetuneConfig, TransferModel, load_backbone, train
 from nlptransfer.data.loaders import BLOCK_INPUT, REPLAY_BLOCK, Collator, place_states
 from nlptransfer.strategies.base import unfreeze_top
 
@@ -140,3 +140,26 @@ def test_a_batch_of_stored_states_replays_to_the_whole_body_features(tiny_bert: 
         replayed = model.layer_features(**inputs, **stored)
         whole = model.layer_features(**inputs)
     torch.testing.assert_close(replayed, whole, atol=1e-6, rtol=0)
+
+
+def test_replaying_puts_back_a_forward_set_on_a_block_before(tiny_bert: str) -> None:
+    model = TransferModel.from_backbone(load_backbone(tiny_bert), ["neg", "pos"])
+    block = model.backbone.model.encoder.layer[0]
+    hooked = block.forward  # as accelerate's device-map hooks set one on the instance
+    block.forward = hooked
+    with model.backbone.replaying(1, torch.zeros(1, 2, 32)):
+        assert block.forward is not hooked
+    assert block.__dict__["forward"] is hooked
+    del block.forward
+    with model.backbone.replaying(1, torch.zeros(1, 2, 32)):
+        pass
+    assert "forward" not in block.__dict__
+
+
+def test_an_unwritable_cache_folder_names_the_flag_that_turns_it_off(
+    tiny_bert: str, data: Path, tmp_path: Path
+) -> None:
+    blocker = tmp_path / "a-file"
+    blocker.write_text("not a folder")
+    with pytest.raises(ConfigError, match="--no-activation_cache"):
+        _train(tiny_bert, data, tmp_path / "out", blocker / "cache")

@@ -79,8 +79,8 @@ def probe_compute(
 # (`accelerate launch recipes/finetune.py --time_budget_minutes 0`, docs/results.md).
 TRAIN_PASSES_PER_FORWARD = 3.7
 # Examples per timed batch; the first batches of a process run slower (allocator, thread pools), so
-# the estimate times ESTIMATE_TIMED batches after ESTIMATE_WARMUP ones and keeps the median (3.1 to
-# 3.4 ms a review in four processes on a quiet machine).
+# the estimate times ESTIMATE_TIMED batches after ESTIMATE_WARMUP ones and keeps the median (its
+# "timing estimate" log line: 3.3 to 3.6 ms a movie review in this session's quickstart runs).
 ESTIMATE_EXAMPLES = 32
 ESTIMATE_WARMUP = 2
 ESTIMATE_TIMED = 8

@@ -120,14 +120,20 @@ class HFBackbone(Backbone):
             return args, {**kwargs, "hidden_states": states}
 
         handle = blocks[block].register_forward_pre_hook(feed, with_kwargs=True)
+        # An instance attribute shadows the class's forward; one already there (accelerate's
+        # device-map hooks set one) is put back afterwards.
+        previous = [skipped.__dict__.get("forward") for skipped in blocks[:block]]
         for skipped in blocks[:block]:
-            skipped.forward = _pass_through  # an instance attribute: the class's forward returns after
+            skipped.forward = _pass_through
         try:
             yield
         finally:
             handle.remove()
-            for skipped in blocks[:block]:
-                del skipped.forward
+            for skipped, forward in zip(blocks[:block], previous, strict=True):
+                if forward is None:
+                    del skipped.forward
+                else:
+                    skipped.forward = forward
 
     def get_config(self) -> dict[str, Any]:
         return {

@@ -105,7 +105,7 @@ def activation_datasets(
         logger.warning("The activation cache does not apply to this model: %s. Running the whole body "
                        "every batch.", why)  # fmt: skip
         return None, why
-    cache = FeatureCache(resolve_cache_dir(ctx.config.cache_dir))
+    cache = FeatureCache(resolve_cache_dir(ctx.config.cache_dir), off_flag="--no-activation_cache")
     bottom = bottom_key_parts(model, ctx, block)
     datasets = {}
     was_training = model.training

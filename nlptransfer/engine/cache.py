@@ -107,14 +107,15 @@ class CacheKey:
 class FeatureCache:
     """Feature arrays on disk, keyed by :class:`CacheKey`, read back memory-mapped."""
 
-    def __init__(self, root: str | os.PathLike[str]) -> None:
+    def __init__(self, root: str | os.PathLike[str], off_flag: str = "--no-feature_cache") -> None:
+        """``off_flag``: the option that turns off what this cache serves, named in errors."""
         self.root = Path(root)
         try:
             self.root.mkdir(parents=True, exist_ok=True)
         except OSError as err:
             raise ConfigError(
-                f"The feature cache folder '{self.root}' cannot be created ({err}). Pass --cache_dir "
-                f"with a writable folder, set {CACHE_ENV}, or turn the cache off with --no-feature_cache."
+                f"The cache folder '{self.root}' cannot be created ({err}). Pass --cache_dir "
+                f"with a writable folder, set {CACHE_ENV}, or turn the cache off with {off_flag}."
             ) from err
         self.remove_stale_temporaries()
 
