@@ -27,6 +27,8 @@ PROTOCOLS = ("auto", "holdout", "cross-validation")
 # The names transformers uses in ``config.problem_type``.
 PROBLEM_TYPES = ("single_label_classification", "multi_label_classification", "regression")
 CLASS_WEIGHTS = ("auto", "balanced", "none")
+# How the contrastive strategy pairs its training examples (nlptransfer.engine.objectives.contrastive).
+PAIR_SAMPLING = ("in-batch", "oversampling", "iterations")
 LR_SCHEDULERS = ("linear", "cosine", "constant", "slanted-triangular")
 # jsonl is nlptransfer's own; the others are accelerate's trackers (accelerate.utils.LoggerType).
 TRACKERS = ("jsonl", "tensorboard", "wandb", "mlflow", "comet_ml", "aim", "clearml", "dvclive", "swanlab",
@@ -121,7 +123,11 @@ class TrainingOptions(Seeded):
     output_dir: str | None = _opt(None, "Where to write the model and results (default: runs/...).")
     overwrite_output_dir: bool = _opt(False, "Replace an output folder that holds another run.")
     save_steps: int = _opt(500, "Save a checkpoint every N optimizer steps (0: only at epoch ends).")
-    save_every_epoch: bool = _opt(True, "Also save a checkpoint at the end of every epoch.")
+    save_every_epoch: bool = _opt(
+        True,
+        "Also save a checkpoint at the end of every epoch (of in-batch contrastive pairs, whose epochs "
+        "are a few steps: at the end of the phase).",
+    )
     save_total_limit: int = _opt(2, "Keep only the newest K checkpoints (0: keep every one).")
     resume_from_checkpoint: str | None = _opt(
         None,
@@ -340,7 +346,10 @@ class FinetuneConfig(TrainingOptions, DataOptions, AdapterOptions, VocabularyOpt
         None, "How pooled layers combine: concat, or scalar (learned mix). Default: scalar for 'all'."
     )
     unfreeze_layers: int | None = _opt(
-        None, "finetune only: train just the top K encoder layers + head (default: all layers)."
+        None,
+        "Train just the top K layers (default: all): finetune and contrastive train them (and the head); "
+        "lora, loha and ia3 put their adapter in them only. The frozen layers below run once per "
+        "example (--activation_cache).",
     )
     body_lr_scale: float = _opt(0.1, "Body learning rate = learning_rate x this (the 1/10 rule).")
     head_dropout: float = _opt(0.1, "Dropout before the linear head.")
@@ -365,6 +374,18 @@ class FinetuneConfig(TrainingOptions, DataOptions, AdapterOptions, VocabularyOpt
         20, "contrastive: pairs per training example and iteration, as SetFit's num_iterations."
     )
     max_pairs: int = _opt(20_000, "contrastive: at most this many sentence pairs, however large the data.")
+    pair_sampling: str = _opt(
+        "in-batch",
+        "contrastive: which pairs train the body. in-batch: every pair within each batch of examples "
+        "(one forward pass scores B(B-1)/2 pairs); oversampling: SetFit 1.x's default, every pair once "
+        "with the rarer kind repeated, batches of pairs; iterations: SetFit 0.x's, "
+        "--contrastive_iterations pairs of each kind per example.",
+    )
+    end_to_end: bool = _opt(
+        False,
+        "contrastive: after the pair phase, fit a linear head on the tuned body, then train head and "
+        "body together on the labels (SetFit's differentiable head with end_to_end=True).",
+    )
     trust_remote_code: bool = _opt(
         False,
         "Run code that is not nlptransfer's: a model's own code (auto_map, from the hub or its folder) "
@@ -472,6 +493,7 @@ class FinetuneConfig(TrainingOptions, DataOptions, AdapterOptions, VocabularyOpt
             if getattr(self, name) < 0:
                 raise ConfigError(f"--{name} must be >= 0, got {getattr(self, name)}.")
         self._check_positive(("contrastive_iterations", "max_pairs"))
+        self._check_choice("pair_sampling", PAIR_SAMPLING)
         if self.unfreeze_layers is not None and self.unfreeze_layers < 0:
             raise ConfigError(f"--unfreeze_layers must be >= 0, got {self.unfreeze_layers}.")
         self._check_layers()

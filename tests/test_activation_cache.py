@@ -72,6 +72,54 @@ def test_gradual_unfreezing_serves_its_partial_phases_from_stored_states(
     _same_run(cached, whole, tmp_path / "cached", tmp_path / "whole")
 
 
+@pytest.mark.parametrize("pairs", ["in-batch", "oversampling"])
+def test_contrastive_pairs_train_the_top_on_stored_states(
+    pairs: str, tiny_bert: str, data: Path, tmp_path: Path
+) -> None:
+    options = {"strategy": "contrastive", "pair_sampling": pairs, "max_pairs": 200}
+    cached = _train(tiny_bert, data, tmp_path / "cached", tmp_path / "cache", **options)
+    whole = _train(tiny_bert, data, tmp_path / "whole", tmp_path / "cache", activation_cache=False, **options)
+    (pair_phase,) = cached["activation_cache"]["phases"]  # the head phase reads features, not states
+    # The pair phase is not scored: only its training split is stored.
+    assert pair_phase["used"] and pair_phase["block"] == 1 and list(pair_phase["entries"]) == ["train"]
+    assert cached["phases"][0]["trained_groups"] == ["encoder.layer.1"]
+    _same_run(cached, whole, tmp_path / "cached", tmp_path / "whole")
+
+
+@pytest.mark.parametrize("method", ["lora", "ia3"])
+def test_an_adapter_on_the_top_layers_trains_on_stored_states(
+    method: str, tiny_bert: str, data: Path, tmp_path: Path
+) -> None:
+    options = {"strategy": method, "unfreeze_layers": 1}
+    cached = _train(tiny_bert, data, tmp_path / "cached", tmp_path / "cache", **options)
+    whole = _train(tiny_bert, data, tmp_path / "whole", tmp_path / "cache", activation_cache=False, **options)
+    (phase,) = cached["activation_cache"]["phases"]
+    assert phase["used"] and phase["block"] == 1
+    _same_run(cached, whole, tmp_path / "cached", tmp_path / "whole")
+    # The adapter round-trips: the saved models predict alike.
+    texts = ["good fun", "dull and bad"]
+    cached_scores, whole_scores = (
+        TransferModel.from_pretrained(tmp_path / run).predict(texts).probabilities
+        for run in ("cached", "whole")
+    )
+    np.testing.assert_allclose(cached_scores, whole_scores, atol=TOLERANCE)
+
+
+def test_in_batch_embeddings_by_length_are_the_whole_batch_embeddings(tiny_bert: str) -> None:
+    from nlptransfer.engine.objectives.contrastive import embed_by_length
+
+    model = TransferModel.from_backbone(tiny_bert, ["neg", "pos"]).eval()
+    texts = [" ".join(["good"] * n) for n in (9, 1, 5, 12, 3, 7, 2, 10, 4, 6, 8)]
+    batch = Collator(model.backbone)(
+        [{**e, "labels": 0, "idx": i} for i, e in enumerate(model.preprocess(texts))]
+    )
+    del batch["labels"], batch["idx"]
+    with torch.no_grad():
+        whole = model(return_embeddings=True, **batch)
+        chunked = embed_by_length(model, dict(batch), size=4)
+    torch.testing.assert_close(chunked, whole, atol=1e-5, rtol=0)  # the batch's order, not the lengths'
+
+
 def test_a_damaged_entry_is_computed_again(tiny_bert: str, data: Path, tmp_path: Path) -> None:
     cache = tmp_path / "cache"
     first = _train(tiny_bert, data, tmp_path / "first", cache)

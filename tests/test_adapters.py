@@ -303,9 +303,21 @@ def test_target_modules_override_and_all_linear(tiny_bert: str) -> None:
     assert layers == {"query", "key", "value", "dense"}
 
 
-def test_unfreeze_layers_with_an_adapter_is_refused(tiny_bert: str) -> None:
-    with pytest.raises(ConfigError, match="--unfreeze_layers applies to --strategy finetune"):
-        _adapted(tiny_bert, "lora", unfreeze_layers=1)
+@pytest.mark.parametrize("method", ["lora", "ia3"])
+def test_unfreeze_layers_puts_the_adapter_in_the_top_layers_only(tiny_bert: str, method: str) -> None:
+    model = _adapted(tiny_bert, method, unfreeze_layers=1)
+    trained = {n for n, p in adapter_parameters(model.backbone) if p.requires_grad}
+    assert trained and all(".layer.1." in n for n in trained)  # tiny BERT: blocks 0 and 1
+    assert model.backbone.frozen_bottom() == 1
+
+
+def test_unfreeze_layers_with_an_adapter_is_checked(tiny_bert: str) -> None:
+    with pytest.raises(ConfigError, match="--unfreeze_layers applies to finetune, contrastive, lora"):
+        _adapted(tiny_bert, "prompt-tuning", unfreeze_layers=1)
+    with pytest.raises(ConfigError, match="lora needs at least one of the 2 layers"):
+        _adapted(tiny_bert, "lora", unfreeze_layers=0)
+    with pytest.raises(ConfigError, match="cannot combine with --target_modules all-linear"):
+        _adapted(tiny_bert, "lora", unfreeze_layers=1, target_modules=["all-linear"])
 
 
 @pytest.fixture(scope="module")

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import sys
 
@@ -24,6 +25,7 @@ from nlptransfer.advisor import (
     size_class,
 )
 from nlptransfer.advisor.compute import ArmCost, ComputeProfile
+from nlptransfer.advisor.profile import ALL_TARGETS
 from nlptransfer.cli import main
 from nlptransfer.comparison import CompareConfig, cell_config, plan
 from nlptransfer.data import load_data
@@ -80,8 +82,8 @@ def test_schedule_gives_small_data_enough_steps_and_early_stopping():
 @pytest.mark.parametrize(
     ("per_label", "familiar", "arm"),
     [
-        (8, True, "feature-extraction"),
-        (8, False, "feature-extraction-all-layers"),
+        (8, True, "contrastive"),
+        (8, False, "contrastive"),
         (300, True, "feature-extraction"),
         (300, False, "finetune"),
         (5000, True, "finetune"),
@@ -149,9 +151,13 @@ def test_familiarity_verdict_needs_one_unfamiliar_vote_and_reports_unknown_witho
     assert mixed.votes == {"subtokens_per_word": "familiar", "pseudo_perplexity": "unfamiliar"}
     assert mixed.verdict == "unfamiliar"
     assert Familiarity("characters").verdict == "unknown"
-    advice = recommend(_profile(8), Familiarity("image"), FinetuneConfig())
-    assert advice.arm == "feature-extraction"
+    images = dataclasses.replace(_profile(8), modality="image")
+    advice = recommend(images, Familiarity("image"), FinetuneConfig())
+    assert advice.arm == "feature-extraction"  # contrastive pairs texts
     assert any("not measured" in r for r in advice.reasons)
+    assert any("feature-extraction for image inputs" in r for r in advice.reasons)
+    regression = DataProfile(num_train=16, num_validation=8, num_test=8, per_label={ALL_TARGETS: 16})
+    assert recommend(regression, _familiar(), FinetuneConfig()).arm == "feature-extraction"
 
 
 # ---------------------------------------------------------------- measurements
@@ -233,7 +239,8 @@ def test_measure_profiles_data_and_times_every_arm(tiny_bert, tmp_path):
     )
     assert all(cost.train_seconds_per_example > 0 for cost in costs.values())
     text = render(measured, recommend(profile, measured.familiarity, config, measured.compute), config)
-    for section in ("## Data", "## Familiarity", "## Compute", "## Recommendation: `feature-extraction`"):
+    assert costs["contrastive"].train_seconds_per_example == costs["finetune"].train_seconds_per_example
+    for section in ("## Data", "## Familiarity", "## Compute", "## Recommendation: `contrastive`"):
         assert section in text
 
 
@@ -256,11 +263,11 @@ def test_advise_command_prints_the_advice_and_writes_json(tiny_bert, sentiment_c
                  "--familiarity_examples", "10", "--advice_file", str(advice_file)])  # fmt: skip
     assert code == 0
     out = capsys.readouterr().out
-    assert "## Recommendation: `feature-extraction`" in out
+    assert "## Recommendation: `contrastive`" in out
     command = next(line.strip() for line in out.splitlines() if "recipes/finetune.py" in line)
     assert f"--model {tiny_bert}" in command and f"--train_file {sentiment_csv}" in command
     record = json.loads(advice_file.read_text())
-    assert record["recommendation"]["arm"] == "feature-extraction"
+    assert record["recommendation"]["arm"] == "contrastive"
     assert record["data"]["min_per_label"] == min(record["data"]["per_label"].values())
     assert record["familiarity"]["verdict"] == "familiar"
 
@@ -388,8 +395,6 @@ def test_word_vectors_get_coverage_and_an_arm_they_can_run(tmp_path):
 
 
 def test_advice_chunks_long_texts_when_a_fifth_are_cut():
-    import dataclasses
-
     long = dataclasses.replace(_profile(300), max_length=128, length_median=656.0, truncated_pct=97.3)
     advice = recommend(long, _familiar(), FinetuneConfig())
     assert advice.options["long_text"] == "chunk" and "--long_text chunk" in advice.command

@@ -51,18 +51,18 @@ def test_defaults_are_auto_and_bad_values_are_named() -> None:
         FinetuneConfig(protocol="kfold")
 
 
-def test_small_data_gets_frozen_features_a_closed_form_head_and_cross_validation(
+def test_small_data_gets_contrastive_pairs_a_closed_form_head_and_cross_validation(
     tmp_path: Path, tiny_bert: str
 ) -> None:
     config, data, choice = _resolve(tiny_bert, _csv(tmp_path, 120))
-    assert (config.strategy, config.head, config.protocol) == (
-        "feature-extraction",
+    assert (config.strategy, config.head, config.protocol, config.pair_sampling) == (
+        "contrastive",
         "logistic-cv",
         "cross-validation",
+        "in-batch",
     )
-    assert (
-        choice.chosen["strategy"] == "feature-extraction" and choice.chosen["protocol"] == "cross-validation"
-    )
+    assert choice.chosen["strategy"] == "contrastive" and choice.chosen["protocol"] == "cross-validation"
+    assert "epochs" not in choice.chosen and "batch_size" not in choice.chosen  # its own schedule
     # The validation examples join the training data; nothing is held out.
     assert data.validation is None and len(data.train) == 120
     text = choice.render()
@@ -77,10 +77,13 @@ def test_a_large_enough_validation_split_is_kept(tmp_path: Path, tiny_bert: str)
 
 def test_every_given_option_wins(tmp_path: Path, tiny_bert: str) -> None:
     csv = _csv(tmp_path, 120)
-    config, _, choice = _resolve(tiny_bert, csv, epochs=4)
+    config, _, choice = _resolve(tiny_bert, csv, strategy="feature-extraction", epochs=4)
     # --epochs asks for gradient training: a linear head, and the held-out protocol it needs.
     assert (config.head, config.epochs, config.protocol) == ("linear", 4, "holdout")
     assert "--epochs asks for gradient training" in choice.render()
+    # Contrastive's --epochs count its pair epochs: the head stays closed-form.
+    config, _, _ = _resolve(tiny_bert, csv, epochs=4)
+    assert (config.strategy, config.head, config.epochs) == ("contrastive", "logistic-cv", 4)
     config, _, choice = _resolve(tiny_bert, csv, head="linear", protocol="holdout")
     assert (config.head, config.protocol) == ("linear", "holdout") and "head" not in choice.chosen
     config, _, _ = _resolve(tiny_bert, csv, strategy="finetune", unfreeze_layers=1)
@@ -227,7 +230,7 @@ def test_a_default_run_end_to_end(tmp_path: Path, tiny_bert: str) -> None:
     out = tmp_path / "run"
     results = train(FinetuneConfig(model=tiny_bert, train_file=str(csv), test_file=str(test),
                                    output_dir=str(out), report_to=["none"]))  # fmt: skip
-    assert results["strategy"] == "feature-extraction" and results["protocol"] == "cross-validation"
+    assert results["strategy"] == "contrastive" and results["protocol"] == "cross-validation"
     assert results["num_validation_examples"] == 0 and results["num_train_examples"] == 120
     assert results["auto"]["chosen"]["head"] == "logistic-cv"
     assert results["validation"]["accuracy"] > 0.8 and results["test"]["accuracy"] > 0.8
@@ -271,7 +274,7 @@ def test_compare_measures_auto_against_the_other_arms(tmp_path: Path, tiny_bert:
     assert main(argv) == 0
     cells = {c["arm"]: c for c in json.loads((out / "cells.json").read_text())}
     # Compare keeps its validation protocol (K per label) for every arm, auto included.
-    assert "--strategy feature-extraction --head logistic-cv" in cells["auto"]["auto"]
+    assert "--strategy contrastive --head logistic-cv" in cells["auto"]["auto"]
     assert cells["feature-extraction"]["auto"] == "--head linear"  # compare's own schedule: gradient
     report = (out / "report.md").read_text()
     assert "## `--strategy auto` against the measured best" in report

@@ -18,7 +18,7 @@ from nlptransfer.data import LabelledData, Split
 from nlptransfer.engine.context import RunContext
 from nlptransfer.engine.fit import BestWeights, fit
 from nlptransfer.engine.loop import run_phase
-from nlptransfer.engine.objectives.contrastive import sample_pairs
+from nlptransfer.engine.objectives.contrastive import in_batch_pair_loss, oversampled_pairs, sample_pairs
 from nlptransfer.model.heads import LinearHead, fit_logistic_head
 from nlptransfer.model.layers import phase_tables
 from nlptransfer.runs.finetune import build_model
@@ -192,12 +192,60 @@ def test_pairs_are_balanced_correct_and_bounded() -> None:
 def test_pairs_need_two_labels() -> None:
     with pytest.raises(ConfigError, match="two labels"):
         sample_pairs([0, 0, 0], iterations=2, max_pairs=10, seed=0)
+    with pytest.raises(ConfigError, match="two labels"):
+        oversampled_pairs([1, 1, 1], max_pairs=10, seed=0)
 
 
-def test_contrastive_tunes_the_body_then_fits_the_head(tiny_bert: str) -> None:
-    _, result, snapshots = _fit(tiny_bert, strategy="contrastive", learning_rate=1e-3)
+def test_oversampled_pairs_count_as_setfit_1x_does() -> None:
+    # 16 examples, 8 per class: SetFit 1.2's ContrastiveDataset(sampling_strategy="oversampling")
+    # makes 2 x (8 x 9 / 2) = 72 positives (an example with itself included) and 8 x 8 = 64
+    # negatives, and repeats negatives up to 72: 144 pairs.
+    labels = [i % 2 for i in range(16)]
+    pairs = oversampled_pairs(labels, max_pairs=20_000, seed=0)
+    assert len(pairs) == 144 and pairs[:, 2].sum() == 72
+    unique = {(int(a), int(b)) for a, b, _ in pairs}
+    assert len(unique) == 72 + 64  # every pair of the triangle at least once
+    same = np.array(labels)[pairs[:, 0].astype(int)] == np.array(labels)[pairs[:, 1].astype(int)]
+    assert (same == pairs[:, 2].astype(bool)).all()
+    capped = oversampled_pairs(labels, max_pairs=40, seed=0)
+    assert len(capped) == 40 and capped[:, 2].sum() == 20
+    assert np.array_equal(oversampled_pairs(labels, 100, seed=3), oversampled_pairs(labels, 100, seed=3))
+
+
+def test_oversampled_pairs_of_label_sets_target_their_overlap() -> None:
+    sets = np.array([[1, 0], [1, 1], [0, 1], [0, 0]])
+    pairs = oversampled_pairs(sets, max_pairs=1_000, seed=0)
+    targets = {(int(a), int(b)): t for a, b, t in pairs}
+    assert targets[(0, 1)] == 0.5 and targets[(0, 2)] == 0.0 and targets[(3, 3)] == 1.0
+
+
+def test_in_batch_loss_is_the_balanced_mean_over_every_pair() -> None:
+    torch.manual_seed(0)
+    embeddings = torch.randn(5, 4, requires_grad=True)
+    labels = torch.tensor([0, 0, 1, 1, 1])
+    unit = torch.nn.functional.normalize(embeddings, dim=-1)
+    positives, negatives = [], []
+    for i in range(5):
+        for j in range(i + 1, 5):
+            error = (unit[i] @ unit[j] - float(labels[i] == labels[j])) ** 2
+            (positives if labels[i] == labels[j] else negatives).append(error)
+    expected = 0.5 * torch.stack(positives).mean() + 0.5 * torch.stack(negatives).mean()
+    loss = in_batch_pair_loss(embeddings, labels)
+    assert torch.allclose(loss, expected)
+    loss.backward()
+    assert embeddings.grad is not None and embeddings.grad.abs().sum() > 0
+    one = in_batch_pair_loss(embeddings[:1], labels[:1])  # no pair: no loss, and no error
+    assert float(one) == 0.0
+
+
+@pytest.mark.parametrize(
+    ("pairs", "loop"), [("in-batch", "contrastive-in-batch"), ("oversampling", "contrastive")]
+)
+def test_contrastive_tunes_the_body_then_fits_the_head(tiny_bert: str, pairs: str, loop: str) -> None:
+    _, result, snapshots = _fit(tiny_bert, strategy="contrastive", learning_rate=1e-3, pair_sampling=pairs,
+                                epochs=1)  # fmt: skip
     body_phase, head_phase = result.phases
-    assert (body_phase.loop, head_phase.loop) == ("contrastive", "logistic-cv")
+    assert (body_phase.loop, head_phase.loop) == (loop, "logistic-cv")
     assert "head" not in body_phase.trained_groups
     body_changed = _changed(snapshots[0], snapshots[1])
     assert any(n.startswith("backbone.") for n in body_changed)
@@ -206,6 +254,52 @@ def test_contrastive_tunes_the_body_then_fits_the_head(tiny_bert: str) -> None:
     assert result.best_epoch == 2
     # Features of a body this run trained can never be hit again: they are not cached.
     assert not list(Path(os.environ["NLPTRANSFER_CACHE_DIR"]).rglob("meta.json"))
+
+
+def test_contrastive_defaults_follow_the_pairs() -> None:
+    strategy = get_strategy("contrastive")
+    in_batch, setfit = FinetuneConfig(strategy="contrastive"), FinetuneConfig(pair_sampling="oversampling")
+    assert (strategy.epochs(in_batch), strategy.learning_rate(in_batch)) == (8, 1e-4)
+    assert (strategy.epochs(setfit), strategy.learning_rate(setfit)) == (1, 2e-5)  # SetFit's
+    given = FinetuneConfig(epochs=3, learning_rate=5e-5)
+    assert (strategy.epochs(given), strategy.learning_rate(given)) == (3, 5e-5)
+    with pytest.raises(ConfigError, match="--pair_sampling must be one of in-batch, oversampling"):
+        FinetuneConfig(pair_sampling="all")
+
+
+def test_end_to_end_trains_head_and_body_together_after_the_pairs(tiny_bert: str) -> None:
+    _, result, snapshots = _fit(tiny_bert, strategy="contrastive", end_to_end=True, epochs=1)
+    assert [(p.name, p.loop) for p in result.phases] == [
+        ("contrastive", "contrastive-in-batch"),
+        ("head", "gradient"),
+        ("end-to-end", "gradient"),
+    ]
+    head, end_to_end = result.phases[1:]
+    assert head.trained_groups == ["head"] and head.epochs_run > 0
+    assert "head" in end_to_end.trained_groups and "encoder.layer.0" in end_to_end.trained_groups
+    assert end_to_end.epochs_run > 0 and end_to_end.learning_rate == pytest.approx(100 * 1e-4)
+    # The head starts the end-to-end phase where the head phase left it, not at random.
+    assert not torch.equal(snapshots[1]["head.linear.weight"], snapshots[2]["head.linear.weight"])
+
+
+def test_in_batch_pairs_checkpoint_at_the_end_of_their_phase_only(
+    tiny_bert: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from nlptransfer.engine.loop import TrainSession
+
+    saved: list[tuple[int, int]] = []
+    original = TrainSession.save_checkpoint
+
+    def recording(session: TrainSession):
+        saved.append((session.progress.phase, session.progress.global_step))
+        return original(session)
+
+    monkeypatch.setattr(TrainSession, "save_checkpoint", recording)
+    # 48 examples in batches of 16: 3 steps an epoch, 4 epochs; the head's 30 epochs save each.
+    _, result, _ = _fit(tiny_bert, strategy="contrastive", epochs=4, head="linear")
+    pair_saves = [step for phase, step in saved if phase == 0]
+    assert result.phases[0].epochs_run == 4 and pair_saves == [12]
+    assert len([phase for phase, _ in saved if phase == 1]) == result.phases[1].epochs_run
 
 
 # --- scikit-learn logistic-regression head ---------------------------------------------------

@@ -11,7 +11,7 @@ from pathlib import Path
 from typing import Any
 
 from nlptransfer.advisor.arms import get_arm, schedule
-from nlptransfer.advisor.compute import ArmCost, ComputeProfile, probe_compute
+from nlptransfer.advisor.compute import ArmCost, ComputeProfile, add_derived_costs, probe_compute
 from nlptransfer.advisor.familiarity import Familiarity, measure_familiarity, sample_texts
 from nlptransfer.advisor.profile import DataProfile, profile_data
 from nlptransfer.advisor.rules import Recommendation, recommend
@@ -99,11 +99,7 @@ def measure(
     )
     arms = [get_arm(name) for name in PROBED_ARMS if _applies(name, base)]
     compute = probe_compute(base, probe_config, data, arms, probe_steps)
-    if "feature-extraction" in compute.costs:
-        cost = compute.costs["feature-extraction"]
-        compute.costs["feature-extraction-all-layers"] = dataclasses.replace(
-            cost, arm="feature-extraction-all-layers"
-        )
+    compute = add_derived_costs(compute, base.backbone.num_blocks() > 0 and not config.text_pair_column)
     return Measurements(profile, familiarity, compute, time.perf_counter() - start)
 
 

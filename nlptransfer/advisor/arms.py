@@ -13,6 +13,7 @@ import re
 from dataclasses import dataclass, field
 from typing import Any
 
+from nlptransfer.config import FinetuneConfig
 from nlptransfer.errors import UnknownNameError
 from nlptransfer.registry import closest_hint
 from nlptransfer.strategies import STRATEGIES, get_strategy
@@ -30,7 +31,9 @@ class Arm:
 
     @property
     def default_epochs(self) -> int:
-        return self.options.get("epochs") or get_strategy(self.strategy).default_epochs
+        if self.options.get("epochs"):
+            return self.options["epochs"]
+        return get_strategy(self.strategy).epochs(FinetuneConfig(strategy=self.strategy))
 
 
 ARMS: dict[str, Arm] = {
@@ -45,6 +48,12 @@ ARMS: dict[str, Arm] = {
             "feature-extraction-all-layers",
             "frozen body, linear head on a learned mix of every layer",
             {"strategy": "feature-extraction", "layers": ["all"], "layer_mix": "scalar"},
+        ),
+        Arm(
+            "contrastive",
+            "the body tuned on every pair of examples within each batch (same label or not, SetFit's "
+            "loss), then a logistic-regression head",
+            {"strategy": "contrastive"},
         ),
         Arm(
             "finetune-top2",
@@ -119,6 +128,8 @@ def schedule(
     (``shrink_batch=False``: at ``batch_size``, more epochs only)."""
     strategy = get_strategy(arm.strategy)
     default = arm.default_epochs
+    if strategy.fixed_schedule:
+        return Schedule(default, strategy.default_patience, batch_size)
     batch = min(batch_size, max(MIN_BATCH, num_train // STEPS_PER_EPOCH)) if shrink_batch else batch_size
     steps_per_epoch = max(1, math.ceil(num_train / batch))
     epochs = max(default, min(MAX_EPOCHS, math.ceil(min_steps / steps_per_epoch)))

@@ -18,7 +18,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from nlptransfer.advisor.arms import Arm, get_arm, schedule
-from nlptransfer.advisor.compute import estimate_compute
+from nlptransfer.advisor.compute import add_derived_costs, estimate_compute
 from nlptransfer.advisor.familiarity import Familiarity, measure_familiarity, sample_texts
 from nlptransfer.advisor.profile import CHUNK_ABOVE_PCT, DataProfile, profile_data
 from nlptransfer.advisor.rules import MATRIX, recommend, size_class
@@ -145,10 +145,8 @@ def _pick_strategy(
             task=task,
         )  # fmt: skip
         arms = [get_arm(name) for name in ("feature-extraction", "finetune")]
-        compute = estimate_compute(base, config, data, arms)
-        compute.costs["feature-extraction-all-layers"] = dataclasses.replace(
-            compute.costs["feature-extraction"], arm="feature-extraction-all-layers"
-        )
+        pairs = backbone.num_blocks() > 0 and not config.text_pair_column
+        compute = add_derived_costs(estimate_compute(base, config, data, arms), pairs)
     advice = recommend(profile, familiarity, config, compute, budget, spent)
     # The schedule is auto's own to choose (_pick_schedule), once the head is known.
     choice.reasons += [r for r in advice.reasons if r != advice.schedule_reason]
@@ -222,12 +220,13 @@ def _pick_head(
     config: FinetuneConfig, task: Task, data: LabelledData, backbone: Backbone, profile: DataProfile,
     choice: AutoChoice, options: dict[str, Any],
 ) -> None:  # fmt: skip
-    if config.head is not None or config.strategy == "contrastive":  # contrastive has its own default
+    if config.head is not None or (config.strategy == "contrastive" and config.end_to_end):
         return
-    if config.strategy != "feature-extraction":
+    if config.strategy not in ("feature-extraction", "contrastive"):
         options["head"] = "linear"  # the body trains with the head: a closed form cannot
         return
-    asked = _gradient_asked(config)
+    # Contrastive's --epochs count pair epochs of the body: they ask nothing of its head.
+    asked = _gradient_asked(config) if config.strategy == "feature-extraction" else []
     if asked:
         reason = f"linear head: {', '.join(asked)} asks for gradient training"
     elif config.layer_mix == "scalar" or (config.layers == ["all"] and config.layer_mix is None):
@@ -238,7 +237,8 @@ def _pick_head(
     else:
         head = task.closed_form_head
         what = "ridge regression" if isinstance(task, Regression) else "logistic regression"
-        choice.set(options, "head", head, f"{head} head: {what} on the frozen features in closed form, "
+        body = "the pair-tuned body's" if config.strategy == "contrastive" else "the frozen"
+        choice.set(options, "head", head, f"{head} head: {what} on {body} features in closed form, "
                    "its regularisation chosen by cross-validation (seconds, no epochs to tune)")  # fmt: skip
         return
     choice.set(options, "head", "linear", reason)
@@ -296,15 +296,16 @@ def _pick_protocol(
     """Cross-validation instead of a tiny held-out split: the head's regularisation is chosen by
     k-fold on the training data (which takes the validation examples back), validation scores are
     out-of-fold."""
-    closed = config.head in ("logistic-cv", "ridge-cv") and config.strategy == "feature-extraction"
+    closed = _fits_in_closed_form(config)
     tunes = data.problem_type == MultiLabelClassification.name  # thresholds are tuned on validation
     if config.protocol == "holdout" or (config.protocol == AUTO and not closed):
         return dataclasses.replace(config, protocol="holdout"), data
     if config.protocol == "cross-validation" and (not closed or tunes):
         raise ConfigError(
             "--protocol cross-validation fits a closed-form head on frozen features (--strategy "
-            "feature-extraction --head logistic-cv or ridge-cv) for single-label classification or "
-            "regression; multi-label thresholds need a validation split. Use --protocol holdout."
+            "feature-extraction --head logistic-cv or ridge-cv, or contrastive with its logistic-cv "
+            "head) for single-label classification or regression; multi-label thresholds need a "
+            "validation split. Use --protocol holdout."
         )
     if config.protocol == AUTO:
         given = config.validation_file or config.validation_samples_per_label
@@ -319,6 +320,16 @@ def _pick_protocol(
         choice.chosen["protocol"] = "cross-validation"
     merged = dataclasses.replace(data, train=data.train.concat(data.validation), validation=None)
     return dataclasses.replace(config, protocol="cross-validation"), merged
+
+
+def _fits_in_closed_form(config: FinetuneConfig) -> bool:
+    """Whether no phase of the run is scored on validation but a closed-form head, which can be
+    scored out-of-fold instead: feature extraction with such a head, or contrastive pairs (never
+    scored) before one."""
+    closed = config.head in ("logistic-cv", "ridge-cv")
+    if config.strategy == "contrastive":
+        return config.head in (None, "logistic-cv") and not config.end_to_end
+    return closed and config.strategy == "feature-extraction"
 
 
 def _smallest_validation(data: LabelledData) -> str | None:

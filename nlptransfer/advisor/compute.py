@@ -88,6 +88,21 @@ ESTIMATE_TIMED = 8
 ESTIMATE_LENGTH_SAMPLE = 512
 
 
+def add_derived_costs(compute: ComputeProfile, pairs: bool) -> ComputeProfile:
+    """The costs of arms that run like a measured one: feature extraction on a learned mix of all
+    layers as on the top ones; contrastive (``pairs``: when the body has layers to tune and the
+    examples are single texts) as full fine-tuning, since a pair epoch is one training pass of the
+    whole body per example."""
+    costs = compute.costs
+    if "feature-extraction" in costs:
+        costs["feature-extraction-all-layers"] = dataclasses.replace(
+            costs["feature-extraction"], arm="feature-extraction-all-layers"
+        )
+    if pairs and "finetune" in costs:
+        costs["contrastive"] = dataclasses.replace(costs["finetune"], arm="contrastive")
+    return compute
+
+
 def estimate_compute(
     base: TransferModel, config: FinetuneConfig, data: LabelledData, arms: list[Arm]
 ) -> ComputeProfile:

@@ -19,6 +19,10 @@ CHUNK_ABOVE_PCT = 20.0
 _NO_LIMIT = 1_000_000
 
 
+# What a regression's examples are counted under in ``DataProfile.per_label``.
+ALL_TARGETS = "(all targets)"
+
+
 @dataclass
 class DataProfile:
     num_train: int
@@ -35,6 +39,11 @@ class DataProfile:
     @property
     def min_per_label(self) -> int:
         return min(self.per_label.values()) if self.per_label else 0
+
+    @property
+    def has_classes(self) -> bool:
+        """False for a regression, whose targets are counted under one name."""
+        return ALL_TARGETS not in self.per_label
 
     @property
     def imbalance(self) -> float:
@@ -96,7 +105,7 @@ def examples_per_label(data: LabelledData) -> dict[str, int]:
     """Training examples of each class (each label, for label sets); for a regression, all of them
     under one name: what the size rules read."""
     if data.problem_type == "regression":
-        return {"(all targets)": len(data.train)}
+        return {ALL_TARGETS: len(data.train)}
     if data.problem_type == "multi_label_classification":
         counts = np.asarray(data.train.labels).sum(0).astype(int).tolist()
         return dict(zip(map(str, data.label_names), counts, strict=True))

@@ -2,13 +2,17 @@
 
 |                     | target familiar to the source | target unfamiliar |
 |---------------------|-------------------------------|-------------------|
-| small (< 100/class) | feature extraction (top layers) | feature extraction on a learned mix of all layers |
+| small (< 100/class) | contrastive pairs, then a logistic-regression head | the same |
 | medium (< 1000)     | feature extraction (top layers) | fine-tune all layers, body LR x 0.1 |
 | large (>= 1000)     | fine-tune all layers, body LR x 0.1 | the same (more data moves the body further) |
 
-Little data cannot move a big body without overfitting, so it trains only a head on
-what the body already computes; when the target differs, lower layers (more general)
-help, hence a learned mix of all of them. On familiar text a frozen body with a
+Little data cannot move a big body by a classification loss without overfitting; pairs of
+examples can (SetFit's idea): a few examples per class give hundreds of same/different pairs,
+and the body learns to put a class's texts together before a head is fitted in closed form
+(at 8, 16 and 64 examples per label of the movie reviews, 2 to 6 points over a frozen body,
+docs/few-shot.md). Where pairs do not apply (regression, images, word vectors), a frozen body
+with a head: on the top layers, or, when the target differs, on a learned mix of all of them
+(lower layers are more general). On familiar text a frozen body with a
 cross-validated head stays within a point or two of fine-tuning up to about a thousand
 examples per class, at a small fraction of the cost (``compare`` on the movie reviews:
 top-2 fine-tuning never led); with more, or a distant domain, every layer trains at
@@ -36,15 +40,18 @@ from nlptransfer.runs.modelcard import command_line
 
 SMALL, LARGE = 100, 1000  # examples of the smallest class
 MATRIX = {
-    ("small", "familiar"): "feature-extraction",
-    ("small", "unfamiliar"): "feature-extraction-all-layers",
+    ("small", "familiar"): "contrastive",
+    ("small", "unfamiliar"): "contrastive",
     ("medium", "familiar"): "feature-extraction",
     ("medium", "unfamiliar"): "finetune",
     ("large", "familiar"): "finetune",
     ("large", "unfamiliar"): "finetune",
 }
-# When the pick does not apply to the model (e.g. top-2 layers of a bag of word vectors).
+# When the pick does not apply to the model (e.g. top-2 layers of a bag of word vectors) or the task
+# (contrastive pairs need classes): the closest arms that may, in order.
 FALLBACK = ("finetune", "feature-extraction")
+SMALL_FALLBACK = {"familiar": ("feature-extraction",),
+                  "unfamiliar": ("feature-extraction-all-layers", "feature-extraction")}  # fmt: skip
 # When the pick is too slow: cheaper arms, in the order they are tried.
 CHEAPER = ["lora", "finetune-top2", "feature-extraction"]
 # The estimate of a run varies by about 5% from one process to the next on a quiet machine (more
@@ -86,12 +93,17 @@ def recommend(
     similarity = "unfamiliar" if familiarity.verdict == "unfamiliar" else "familiar"
     name = MATRIX[(size, similarity)]
     reasons = [_size_reason(profile, size), _similarity_reason(familiarity)]
+    if name == "contrastive" and not (profile.modality == "text" and profile.has_classes):
+        name = SMALL_FALLBACK[similarity][0]
+        what = f"{profile.modality} inputs" if profile.has_classes else "a regression"
+        reasons.append(f"contrastive pairs texts by their classes; {name} for {what}")
     runnable = name
     if compute is not None and name not in compute.costs:
-        runnable = next((a for a in FALLBACK if a in compute.costs), name)
+        fallback = SMALL_FALLBACK[similarity] if size == "small" else FALLBACK
+        runnable = next((a for a in fallback if a in compute.costs), name)
     if runnable != name:
-        reasons.append(f"{name} does not apply to this model (too few layers, or no LoRA support); "
-                       f"{runnable} is the closest that does")  # fmt: skip
+        reasons.append(f"{name} does not apply to this model or data (too few layers, no LoRA support, "
+                       f"or text pairs); {runnable} is the closest that does")  # fmt: skip
         name = runnable
     training, budget_reason = training_budget(time_budget, profile, compute, spent)
     name, budget_epochs = _fit_compute(name, profile, config, compute, training, reasons)
@@ -130,8 +142,8 @@ def recommend(
 def _size_reason(profile: DataProfile, size: str) -> str:
     n = profile.min_per_label
     if size == "small":
-        return (f"small data: {n} examples in the smallest class (< {SMALL}); training body layers on so "
-                "few would overfit them")  # fmt: skip
+        return (f"small data: {n} examples in the smallest class (< {SMALL}); a classification loss on so "
+                "few would overfit the body, pairs of them give it hundreds of examples")  # fmt: skip
     if size == "medium":
         return (
             f"medium data: {n} examples in the smallest class ({SMALL}-{LARGE - 1}): enough to adapt "

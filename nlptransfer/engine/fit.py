@@ -200,12 +200,14 @@ def phase_tokens(
     block, reason = activation_block(model, ctx, reads)
     if block is not None:
         start = time.perf_counter()
-        cached, reason = activation_datasets(model, encoded, ctx, block)
+        # A phase that is not evaluated (contrastive pairs) reads its training split only.
+        splits = encoded if phase.evaluate else {"train": encoded["train"]}
+        cached, reason = activation_datasets(model, splits, ctx, block)
         result.activation_seconds += time.perf_counter() - start
         if cached is not None:
             logger.info("activation cache (%s): %s", phase.name, reason)
             result.activations.add(phase.name, reason, cached)
-            return dict(cached)
+            return {**encoded, **cached}
     logger.info("activation cache (%s) not used: %s", phase.name, reason)
     result.activations.add(phase.name, reason)
     return dict(encoded)

@@ -228,7 +228,8 @@ def run_epochs(session: TrainSession, plan: EpochPlan) -> None:
         stop = plan.hook.on_epoch_end(mean_loss)
         progress.epoch, progress.batch, progress.epoch_loss_sum = epoch + 1, 0, 0.0
         progress.phase_done = stop or epoch == plan.epochs
-        if session.options.save_every_epoch:
+        epoch_checkpoint = plan.objective.checkpoint_every_epoch or progress.phase_done
+        if session.options.save_every_epoch and epoch_checkpoint:
             session.save_checkpoint()
         if session.stop_requested():
             session.interrupt()

@@ -9,6 +9,7 @@ LoRA-like adapters merge into plain weights (``nlptransfer merge-adapter``).
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 from abc import abstractmethod
 from typing import TYPE_CHECKING
@@ -35,16 +36,19 @@ class AdapterStrategy(Strategy):
     peft_type: str = ""
     default_epochs = 5
     default_patience = 2
+    # Whether --unfreeze_layers K can restrict the adapter to the top K blocks (peft's
+    # layers_to_transform); the frozen bottom below them then runs once, on the activation cache.
+    adapts_top_layers = False
 
     @abstractmethod
     def peft_config(self, backbone: Backbone, options: AdapterOptions) -> PeftConfig:
         """The peft config of this method for ``backbone``, from the adapter section of the options."""
 
     def configure(self, model: nn.Module, config: FinetuneConfig) -> ParamGroups:
-        if config.unfreeze_layers is not None:
+        if config.unfreeze_layers is not None and not self.adapts_top_layers:
             raise ConfigError(
-                f"--unfreeze_layers applies to --strategy finetune; {self.name} trains an adapter on a "
-                "frozen body. Drop the flag."
+                f"--unfreeze_layers applies to finetune, contrastive, lora, loha and ia3; {self.name} "
+                "trains virtual tokens at the input. Drop the flag."
             )
         backbone = model.backbone
         # Phases configure once up front and again when they start: add the adapter only once.
@@ -57,6 +61,9 @@ class AdapterStrategy(Strategy):
             )
         backbone.requires_grad_(False)
         trainable = pa.adapter_parameters(backbone)
+        if config.unfreeze_layers is not None:
+            # IA3 has no layers_to_transform: its vectors below the top K stay at 1 (no change).
+            trainable = _in_top_blocks(backbone, trainable, config.unfreeze_layers)
         if backbone.has_untrained_blocks:  # a random BiLSTM / CNN on word vectors must learn everything
             trainable += [(n, p) for g in backbone.block_groups() for n, p in g.parameters]
         for _, param in trainable + model.new_parameters():
@@ -66,15 +73,49 @@ class AdapterStrategy(Strategy):
         return param_groups(model.new_parameters() + trainable, lr, config.weight_decay)
 
     def _add_adapter(self, model: nn.Module, config: FinetuneConfig) -> None:
-        pa.apply_adapter(model.backbone, self.peft_config(model.backbone, config.adapter))
+        peft_config = self.peft_config(model.backbone, config.adapter)
+        if config.unfreeze_layers is not None:
+            peft_config = _top_layers_only(peft_config, model.backbone, config.unfreeze_layers, self.name)
+        pa.apply_adapter(model.backbone, peft_config)
         if not pa.adapter_parameters(model.backbone):
             raise ConfigError(
                 f"{self.name} added no trainable parameters to this model; check --target_modules."
             )
 
 
+def _top_layers_only(config: PeftConfig, backbone: Backbone, k: int, name: str) -> PeftConfig:
+    """``config`` with its adapter in the top ``k`` blocks only, where peft can place it so
+    (``layers_to_transform``: LoRA, LoHa); IA3's is trained there only (``_in_top_blocks``)."""
+    blocks = backbone.num_blocks()
+    if not 1 <= k <= blocks:
+        raise ConfigError(
+            f"--unfreeze_layers {k}: {name} needs at least one of the {blocks} layers of this model to "
+            f"adapt; use a value from 1 to {blocks}, or omit it to adapt every layer."
+        )
+    if not hasattr(config, "layers_to_transform"):
+        return config
+    if isinstance(config.target_modules, str):
+        raise ConfigError(
+            f"--unfreeze_layers restricts {name} to the top layers by their index, which peft cannot "
+            "combine with --target_modules all-linear; name the modules instead."
+        )
+    return dataclasses.replace(config, layers_to_transform=list(range(blocks - k, blocks)))
+
+
+def _in_top_blocks(
+    backbone: Backbone, params: list[tuple[str, nn.Parameter]], k: int
+) -> list[tuple[str, nn.Parameter]]:
+    """The adapter parameters that sit in the top ``k`` blocks."""
+    blocks = [g for g in backbone.layer_groups() if g.kind == "block"]
+    top = {id(p) for g in blocks[len(blocks) - k :] for _, p in g.parameters}
+    return [(n, p) for n, p in params if id(p) in top]
+
+
 class _LoraLike(AdapterStrategy):
-    """Adapters on chosen layers: --target_modules, else peft's per-family default."""
+    """Adapters on chosen layers: --target_modules, else peft's per-family default; in the top
+    --unfreeze_layers K blocks only when given."""
+
+    adapts_top_layers = True
 
     def targets(self, backbone: Backbone, options: AdapterOptions) -> list[str] | str | None:
         if options.target_modules:

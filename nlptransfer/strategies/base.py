@@ -60,6 +60,9 @@ class Strategy(ABC):
     default_patience: int | None = None
     # Pool and concatenate this many top layers unless --layers says otherwise.
     default_top_layers: int = 1
+    # True when its epochs are not passes whose number should grow as data shrinks (contrastive pair
+    # epochs are tuned for few examples): auto and the advisor keep its default epochs and batch.
+    fixed_schedule: bool = False
 
     def freezes_body(self, config: FinetuneConfig) -> bool:
         return False

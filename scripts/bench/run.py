@@ -76,7 +76,7 @@ def parse_args() -> argparse.Namespace:
         help="finetune: mixed precision of every tool (bf16 on a GPU)",
     )
     parser.add_argument("--fewshot_k", type=int, nargs="+", default=[8, 16, 64], help="fewshot: K per label")
-    parser.add_argument("--fewshot_seeds", type=int, nargs="+", default=[0, 1, 2])
+    parser.add_argument("--fewshot_seeds", type=int, nargs="+", default=[0, 1, 2, 3, 4])
     parser.add_argument(
         "--fewshot_methods",
         nargs="+",

@@ -31,6 +31,9 @@ class Objective:
     # True when its batches come from the phase's datasets as they are, so token datasets may carry
     # the stored input of the first trainable block (``nlptransfer.engine.activations``).
     reads_activations: ClassVar[bool] = False
+    # False when an epoch is a few steps (a pass over a few examples): --save_every_epoch then saves at
+    # the end of the phase only (--save_steps still applies), as saving would take longer than training.
+    checkpoint_every_epoch: ClassVar[bool] = True
 
     @classmethod
     def from_phase(cls, run: PhaseRun) -> Objective:

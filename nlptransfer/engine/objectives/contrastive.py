@@ -3,8 +3,19 @@
 Pairs of training texts are labelled 1 (same class) or 0 (different classes);
 the body learns to make the cosine similarity of their embeddings match that
 label. A head is then fitted on the tuned body's embeddings (another phase).
-Pairs are sampled, never enumerated: their number is linear in the data and
-capped by ``--max_pairs``, whatever the number of classes or examples.
+
+Two ways to get the pairs (``--pair_sampling``):
+
+- drawn up front, each batch holding pairs (``ContrastivePairs``): SetFit 1.x's ``oversampling``
+  (every pair once, the rarer kind repeated until positives and negatives are as many) or SetFit
+  0.x's ``iterations`` (``--contrastive_iterations`` of each kind per example); at most
+  ``--max_pairs`` either way;
+- ``in-batch`` (``InBatchPairs``): each batch holds examples, and the loss covers every pair of
+  them, positives and negatives weighed half and half. One forward pass of B texts scores
+  B(B-1)/2 pairs instead of B/2, so an epoch costs one pass over the examples.
+
+Both read the phase's token datasets as they are, so a body trained on its top layers only
+starts from the stored activations of its frozen bottom (``nlptransfer.engine.activations``).
 """
 
 from __future__ import annotations
@@ -16,18 +27,62 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 import torch
 import torch.nn.functional as F
+from torch.nn.parallel import DistributedDataParallel
 from torch.utils.data import DataLoader, Dataset
 
-from nlptransfer.data import EncodedDataset, EpochSampler
-from nlptransfer.data.loaders import collate_examples
+from nlptransfer.data import Collator, EncodedDataset, EpochSampler
+from nlptransfer.data.loaders import WINDOW_OWNER
 from nlptransfer.engine.objectives.base import OBJECTIVES, Objective
 from nlptransfer.errors import ConfigError
 from nlptransfer.tasks.base import Regression
 
 if TYPE_CHECKING:
+    from nlptransfer.backbones import Backbone
     from nlptransfer.engine.fit import PhaseRun
 
 logger = logging.getLogger(__name__)
+
+# Enumerating every pair costs memory quadratic in the examples: past this many, pairs are drawn.
+ENUMERATE_AT_MOST = 2_000_000
+# In-batch pairs on a CPU: texts embedded this many at a time, by length (``embed_by_length``).
+LENGTH_CHUNK = 8
+
+
+def oversampled_pairs(labels: list[int] | np.ndarray, max_pairs: int, seed: int) -> np.ndarray:
+    """SetFit 1.x's default pairs: every pair of examples once (an example with itself included),
+    the rarer of positives and negatives repeated until they are as many as the other; at most
+    ``max_pairs``, half of each kind. Rows as ``sample_pairs``'s. Past ``ENUMERATE_AT_MOST``
+    possible pairs, ``max_pairs`` pairs are drawn as ``sample_pairs`` draws them."""
+    labels_arr = np.asarray(labels)
+    n = len(labels_arr)
+    if n * (n + 1) // 2 > ENUMERATE_AT_MOST:
+        return sample_pairs(labels_arr, math.ceil(max_pairs / (2 * n)), max_pairs, seed)
+    first, second = np.triu_indices(n)
+    targets = pair_targets(*(torch.from_numpy(a) for a in (labels_arr, first, second))).numpy()
+    if not (targets == 0).any() and labels_arr.ndim == 1:
+        raise ConfigError("Contrastive training needs examples of at least two labels.")
+    rng = np.random.default_rng(seed)
+    positive, negative = np.flatnonzero(targets > 0), np.flatnonzero(targets == 0)
+    each = min(max(len(positive), len(negative)), max_pairs // 2)
+    chosen = np.concatenate([_repeat_to(rng.permutation(kind), each) for kind in (positive, negative)])
+    return np.stack([first[chosen], second[chosen], targets[chosen]], axis=1).astype(np.float64)
+
+
+def _repeat_to(indices: np.ndarray, count: int) -> np.ndarray:
+    if len(indices) == 0:
+        return indices
+    return np.resize(indices, count)  # cycles through them, as SetFit's oversampling does
+
+
+def pair_targets(labels: torch.Tensor, first: torch.Tensor, second: torch.Tensor) -> torch.Tensor:
+    """The target similarity of pairs: 1 for the same class, 0 otherwise; for label sets (a 0/1
+    matrix) the Jaccard overlap. On the labels' device: a training step reads nothing back."""
+    if labels.ndim == 1:
+        return (labels[first] == labels[second]).double()
+    sets = labels.bool()
+    shared = (sets[first] & sets[second]).sum(1)
+    union = (sets[first] | sets[second]).sum(1)
+    return torch.where(union == 0, 1.0, shared / union.clamp(min=1)).double()
 
 
 def sample_pairs(
@@ -99,7 +154,8 @@ def _label_set_pairs(sets: np.ndarray, rounds: int, rng: np.random.Generator) ->
 
 
 class PairDataset(Dataset):
-    """Pairs over an encoded split: both sides' tokens and the 0/1 target."""
+    """Pairs over an encoded split: both sides' examples (tokens, and stored activations if the
+    split has them) and the target similarity."""
 
     def __init__(self, encoded: EncodedDataset, pairs: np.ndarray) -> None:
         self.encoded = encoded
@@ -110,64 +166,64 @@ class PairDataset(Dataset):
 
     def __getitem__(self, i: int) -> dict[str, Any]:
         a, b, target = self.pairs[i]
-        return {
-            "a": self.encoded.encodings[int(a)],
-            "b": self.encoded.encodings[int(b)],
-            "target": float(target),
-        }
+        return {"a": self.encoded[int(a)], "b": self.encoded[int(b)], "target": float(target)}
 
 
 class PairCollator:
     """One padded batch holding all first texts, then all second texts (one forward pass)."""
 
-    def __init__(self, backbone: Any) -> None:
-        self.backbone = backbone
+    def __init__(self, backbone: Backbone) -> None:
+        self.collate = Collator(backbone)
 
     def __call__(self, items: list[dict[str, Any]]) -> dict[str, torch.Tensor]:
-        batch = collate_examples(self.backbone, [item["a"] for item in items] + [item["b"] for item in items])
+        batch = self.collate([item["a"] for item in items] + [item["b"] for item in items])
+        del batch["labels"], batch["idx"]
         batch["target"] = torch.tensor([item["target"] for item in items], dtype=torch.float32)
         return batch
 
 
+def _pairable_train(run: PhaseRun) -> EncodedDataset:
+    """The training split of a contrastive phase, after checking the phase can pair its examples."""
+    train = run.datasets["train"]
+    if not isinstance(train, EncodedDataset):
+        raise ConfigError("The contrastive phase trains the body and needs tokenised inputs.")
+    task = run.model.task
+    if isinstance(task, Regression):
+        raise ConfigError(
+            f"The contrastive strategy pairs examples by their labels; a {task.name} task has none. "
+            "Use feature-extraction, finetune or an adapter strategy."
+        )
+    return train
+
+
 @OBJECTIVES.register("contrastive")
 class ContrastivePairs(Objective):
-    """The body trained on sampled pairs with SetFit's cosine-similarity loss."""
+    """The body trained on pairs drawn up front, with SetFit's cosine-similarity loss."""
 
     desc = "pairs epoch"
+    reads_activations = True
 
     def __init__(
-        self, train: EncodedDataset, backbone: Any, batch_size: int, seed: int, pairs: np.ndarray
+        self, train: EncodedDataset, backbone: Backbone, batch_size: int, seed: int, pairs: np.ndarray
     ) -> None:
-        self.train, self.backbone, self.batch_size, self.seed, self.pairs = (
-            train,
-            backbone,
-            batch_size,
-            seed,
-            pairs,
-        )
+        self.train, self.backbone, self.batch_size = train, backbone, batch_size
+        self.seed, self.pairs = seed, pairs
         self.sampler = EpochSampler(len(pairs), seed)
 
     @classmethod
     def from_phase(cls, run: PhaseRun) -> ContrastivePairs:
-        config, train = run.ctx.config, run.datasets["train"]
-        if not isinstance(train, EncodedDataset):
-            raise ConfigError("The contrastive phase trains the body and needs tokenised inputs.")
-        task = run.model.task
-        if isinstance(task, Regression):
-            raise ConfigError(
-                f"The contrastive strategy pairs examples by their labels; a {task.name} task has none. "
-                "Use feature-extraction, finetune or an adapter strategy."
+        config, train = run.ctx.config, _pairable_train(run)
+        if config.pair_sampling == "oversampling":
+            pairs = oversampled_pairs(train.labels, config.max_pairs, config.seed)
+        else:
+            balanced = getattr(run.model.task, "class_weights", None) is not None
+            pairs = sample_pairs(
+                train.labels, config.contrastive_iterations, config.max_pairs, config.seed, balanced
             )
-        balanced = getattr(task, "class_weights", None) is not None
-        pairs = sample_pairs(
-            train.labels, config.contrastive_iterations, config.max_pairs, config.seed, balanced
-        )
         logger.info(
-            "contrastive: %d pairs (%d positive) from %d examples",
-            len(pairs),
-            (pairs[:, 2] > 0).sum(),
-            len(train),
-        )
+            "contrastive: %d pairs (%d positive, %s) from %d examples",
+            len(pairs), (pairs[:, 2] > 0).sum(), config.pair_sampling, len(train),
+        )  # fmt: skip
         return cls(train, run.model.backbone, config.batch_size, config.seed + run.index, pairs)
 
     def loader(self) -> DataLoader:
@@ -188,3 +244,96 @@ def pair_loss(model: Any, batch: dict[str, torch.Tensor]) -> torch.Tensor:
     target = batch.pop("target")
     u, v = model(return_embeddings=True, **batch).chunk(2)
     return F.mse_loss(F.cosine_similarity(u, v), target)
+
+
+@OBJECTIVES.register("contrastive-in-batch")
+class InBatchPairs(Objective):
+    """The body trained on every pair within each batch of examples (SetFit's loss over all of them).
+
+    Batches are drawn at random, not grouped by length: grouped, texts of different lengths would
+    never be paired.
+    """
+
+    desc = "pairs epoch"
+    reads_activations = True
+    # An epoch is one pass over the examples: a few steps in few-shot training, which runs many.
+    checkpoint_every_epoch = False
+
+    def __init__(self, train: EncodedDataset, backbone: Backbone, batch_size: int, seed: int) -> None:
+        self.train, self.backbone, self.batch_size, self.seed = train, backbone, batch_size, seed
+        self.sampler = EpochSampler(len(train), seed)
+
+    @classmethod
+    def from_phase(cls, run: PhaseRun) -> InBatchPairs:
+        config, train = run.ctx.config, _pairable_train(run)
+        labels = np.asarray(train.labels)
+        if labels.ndim == 1 and len(np.unique(labels)) < 2:
+            raise ConfigError("Contrastive training needs examples of at least two labels.")
+        batch = min(config.batch_size, len(train))
+        logger.info("contrastive: every pair within batches of %d examples (%d pairs each)",
+                    batch, batch * (batch - 1) // 2)  # fmt: skip
+        return cls(train, run.model.backbone, config.batch_size, config.seed + run.index)
+
+    def loader(self) -> DataLoader:
+        return DataLoader(
+            self.train, batch_size=self.batch_size, sampler=self.sampler,
+            generator=torch.Generator().manual_seed(self.seed), collate_fn=Collator(self.backbone),
+        )  # fmt: skip
+
+    def set_epoch(self, epoch: int) -> None:
+        self.sampler.set_epoch(epoch)
+
+    def loss(self, model: Any, batch: dict[str, torch.Tensor]) -> torch.Tensor:
+        labels = batch.pop("labels")
+        del batch["idx"]
+        return in_batch_pair_loss(embed_by_length(model, batch), labels)
+
+
+def embed_by_length(model: Any, batch: dict[str, Any], size: int = LENGTH_CHUNK) -> torch.Tensor:
+    """The embeddings of a batch, computed ``size`` texts at a time in order of length, each chunk
+    cut to its longest text; in the batch's order. A random batch is padded to its longest text, so
+    on a CPU, where every padded token costs as much as a real one, this saves most of the padding.
+    A GPU runs the batch whole (it would wait for the lengths to be read back), and so does a model
+    wrapped for several processes (one forward pass per step, as DistributedDataParallel expects)."""
+    mask = batch.get("attention_mask")
+    whole = mask is None or mask.ndim != 2 or len(mask) <= size or WINDOW_OWNER in batch
+    if whole or mask.device.type != "cpu" or isinstance(model, DistributedDataParallel):
+        return model(return_embeddings=True, **batch)
+    lengths = mask.sum(1)
+    order = torch.argsort(lengths)
+    parts = []
+    for chunk in order.split(size):
+        longest = int(lengths[chunk].max())
+        parts.append(model(return_embeddings=True, **_rows(batch, chunk, mask.shape[1], longest)))
+    return parts[0].new_empty((len(mask), parts[0].shape[-1])).index_copy(0, order, torch.cat(parts))
+
+
+def _rows(batch: dict[str, Any], rows: torch.Tensor, width: int, keep: int) -> dict[str, Any]:
+    """Rows of a padded batch, their token positions cut to the first ``keep`` (right padding: a
+    left-padded batch has tokens in its last columns, and is not cut)."""
+    right_padded = bool(batch["attention_mask"][rows, keep:].sum() == 0)
+    out = {}
+    for key, value in batch.items():
+        if not isinstance(value, torch.Tensor) or value.ndim == 0:
+            out[key] = value
+            continue
+        value = value[rows]
+        if right_padded and value.ndim >= 2 and value.shape[1] == width:
+            value = value[:, :keep]
+        out[key] = value
+    return out
+
+
+def in_batch_pair_loss(embeddings: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+    """SetFit's squared error between cosine similarity and target, over every pair of the batch;
+    positives and negatives weigh half each (as SetFit's oversampling makes them as many)."""
+    first, second = torch.triu_indices(len(labels), len(labels), offset=1, device=embeddings.device)
+    if len(first) == 0:  # a batch of one example has no pair
+        return embeddings.sum() * 0.0
+    unit = F.normalize(embeddings, dim=-1)
+    similarity = (unit[first] * unit[second]).sum(-1)
+    target = pair_targets(labels.to(embeddings.device), first, second).to(similarity.dtype)
+    positive = target > 0
+    weight = torch.where(positive, 1.0 / positive.sum().clamp(min=1), 1.0 / (~positive).sum().clamp(min=1))
+    weight = weight / weight.sum()
+    return (weight * (similarity - target) ** 2).sum()
