@@ -381,6 +381,11 @@ class FinetuneConfig(TrainingOptions, DataOptions, AdapterOptions, VocabularyOpt
         "with the rarer kind repeated, batches of pairs; iterations: SetFit 0.x's, "
         "--contrastive_iterations pairs of each kind per example.",
     )
+    pair_batch_size: int = _opt(
+        16,
+        "contrastive with in-batch pairs: examples per optimizer step, every pair among them trained "
+        "(16: 120 pairs). --batch_size sets the other phases' batches.",
+    )
     end_to_end: bool = _opt(
         False,
         "contrastive: after the pair phase, fit a linear head on the tuned body, then train head and "
@@ -492,7 +497,7 @@ class FinetuneConfig(TrainingOptions, DataOptions, AdapterOptions, VocabularyOpt
         for name in ("reinit_layers",):
             if getattr(self, name) < 0:
                 raise ConfigError(f"--{name} must be >= 0, got {getattr(self, name)}.")
-        self._check_positive(("contrastive_iterations", "max_pairs"))
+        self._check_positive(("contrastive_iterations", "max_pairs", "pair_batch_size"))
         self._check_choice("pair_sampling", PAIR_SAMPLING)
         if self.unfreeze_layers is not None and self.unfreeze_layers < 0:
             raise ConfigError(f"--unfreeze_layers must be >= 0, got {self.unfreeze_layers}.")

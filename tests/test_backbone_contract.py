@@ -97,6 +97,7 @@ class BackboneContract:
         # Mean pooling: a random tiny decoder's last token carries too little signal to learn from.
         code = cli_main(
             ["train", "--model", spec, "--train_file", str(tmp_path / "train.csv"), "--pooling", "mean",
+             "--strategy", "feature-extraction",
              "--layers", "all", "--epochs", "15", "--early_stopping_patience", "15",
              "--learning_rate", "1e-2", "--output_dir", str(out),
              *self.extra_flags]

@@ -246,7 +246,8 @@ def _write_data(folder: Path) -> None:
 def _run_options(tiny_bert: str, folder: Path, out: str) -> dict:
     return dict(
         model=tiny_bert, train_file=str(folder / "train.csv"), test_file=str(folder / "test.csv"),
-        output_dir=str(folder / out), epochs=8, batch_size=16, learning_rate=5e-3,
+        strategy="feature-extraction", output_dir=str(folder / out), epochs=8, batch_size=16,
+        learning_rate=5e-3,
     )  # fmt: skip
 
 

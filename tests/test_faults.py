@@ -65,7 +65,7 @@ def config(tiny_bert: str, tmp_path: Path) -> FinetuneConfig:
     sentiment_frame(60).to_csv(tmp_path / "train.csv", index=False)
     return FinetuneConfig(
         model=tiny_bert, train_file=str(tmp_path / "train.csv"), output_dir=str(tmp_path / "out"),
-        epochs=1, batch_size=4, save_steps=5,
+        strategy="feature-extraction", epochs=1, batch_size=4, save_steps=5,
     )  # fmt: skip
 
 
@@ -121,7 +121,7 @@ def test_the_recipe_on_a_full_disk_ends_in_one_clear_line(config: FinetuneConfig
         "sys.exit(run_recipe('train', sys.argv[1:]))\n"
     )
     args = ["--model", config.model, "--train_file", config.train_file, "--output_dir", config.output_dir,
-            "--epochs", "1", "--batch_size", "4", "--save_steps", "5"]  # fmt: skip
+            "--strategy", config.strategy, "--epochs", "1", "--batch_size", "4", "--save_steps", "5"]  # fmt: skip
     result = run_script([sys.executable, "-c", inject, *args])
     assert result.returncode == 2, result.stderr[-3000:]
     assert "error: Could not write checkpoint 10" in result.stderr

@@ -295,10 +295,11 @@ def test_in_batch_pairs_checkpoint_at_the_end_of_their_phase_only(
         return original(session)
 
     monkeypatch.setattr(TrainSession, "save_checkpoint", recording)
-    # 48 examples in batches of 16: 3 steps an epoch, 4 epochs; the head's 30 epochs save each.
-    _, result, _ = _fit(tiny_bert, strategy="contrastive", epochs=4, head="linear")
+    # 48 examples, pairs within 8 of them: 6 steps an epoch, 4 epochs; the head (batches of 16) saves
+    # after each of its epochs.
+    _, result, _ = _fit(tiny_bert, strategy="contrastive", epochs=4, head="linear", pair_batch_size=8)
     pair_saves = [step for phase, step in saved if phase == 0]
-    assert result.phases[0].epochs_run == 4 and pair_saves == [12]
+    assert result.phases[0].epochs_run == 4 and pair_saves == [24]
     assert len([phase for phase, _ in saved if phase == 1]) == result.phases[1].epochs_run
 
 

@@ -72,7 +72,7 @@ def test_pretraining_lowers_heldout_loss_and_the_output_is_a_model_for_finetune(
 
     csv = tmp_path / "labelled.csv"
     sentiment_frame(120).to_csv(csv, index=False)
-    config = FinetuneConfig(model=str(out), train_file=str(csv), epochs=1,
+    config = FinetuneConfig(model=str(out), train_file=str(csv), strategy="feature-extraction", epochs=1,
                             output_dir=str(tmp_path / "classifier"), save_steps=0)  # fmt: skip
     train(config)
     # The classifier's (frozen) body is the adapted one, not the original source.
@@ -129,7 +129,8 @@ def test_real_minilm_adapts_to_movie_reviews(tmp_path: Path) -> None:
     assert results["heldout_loss_after"] < results["heldout_loss_before"]
     recipe = [sys.executable, str(REPO / "recipes" / "finetune.py")]
     # 10 epochs on the frozen body's features (computed once): 1 epoch leaves the head at the majority class.
-    flags = ["--model", str(tmp_path / "m"), "--max_train_examples", "200", "--epochs", "10"]
+    flags = ["--model", str(tmp_path / "m"), "--max_train_examples", "200",
+             "--strategy", "feature-extraction", "--epochs", "10"]  # fmt: skip
     done = run_script([*recipe, *flags, "--output_dir", str(tmp_path / "c")])
     assert done.returncode == 0, done.stderr[-3000:]
     finetuned = json.loads((tmp_path / "c" / "results.json").read_text())

@@ -126,7 +126,7 @@ def test_glove_bag_and_bilstm_beat_the_majority_class(tmp_path: Path) -> None:
 
 def test_advisor_on_real_minilm_and_movie_reviews(tmp_path: Path) -> None:
     """`nlptransfer advise` on the real corpus: familiar text, no MLM head in the checkpoint, and the
-    pick moves from feature extraction to full fine-tuning as the labels grow."""
+    pick moves from contrastive few-shot training to full fine-tuning as the labels grow."""
     require_asset(*MINILM_AND_REVIEWS)
     from nlptransfer.advisor.advise import AdviseConfig, advise
 
@@ -143,7 +143,7 @@ def test_advisor_on_real_minilm_and_movie_reviews(tmp_path: Path) -> None:
     assert all(c.train_seconds_per_example > 0 for c in costs.values())
     assert full.arm == "finetune" and "--strategy finetune" in full.command
     _, few = advise(AdviseConfig(samples_per_label=8, probe_steps=1, familiarity_examples=30))
-    assert few.arm == "feature-extraction" and "--samples_per_label 8" in few.command
+    assert few.arm == "contrastive" and "--samples_per_label 8" in few.command
 
 
 def _train_real(tmp_path: Path, name: str, *flags: str) -> dict:

@@ -33,6 +33,8 @@ def trained_run(tiny_bert: str, tmp_path_factory: pytest.TempPathFactory) -> Pat
             str(folder / "train.csv"),
             "--test_file",
             str(folder / "test.csv"),
+            "--strategy",
+            "feature-extraction",
             "--output_dir",
             str(out),
             "--epochs",
@@ -228,7 +230,7 @@ def test_results_record_seed_versions_device_and_resolved_options(tiny_bert: str
     sentiment_frame(40).to_csv(tmp_path / "train.csv", index=False)
     out = tmp_path / "out"
     args = ["--model", tiny_bert, "--train_file", str(tmp_path / "train.csv"), "--output_dir", str(out),
-            "--epochs", "1", "--seed", "3"]  # fmt: skip
+            "--strategy", "feature-extraction", "--epochs", "1", "--seed", "3"]  # fmt: skip
     result = run_script(recipe(*args))
     assert result.returncode == 0, result.stderr[-2000:]
     results = json.loads((out / "results.json").read_text())

@@ -443,10 +443,11 @@ def test_chunking_reads_what_truncation_cuts_and_round_trips(tiny_bert: str, tmp
 def test_chunked_features_are_cached_one_row_per_document(tiny_bert: str, tmp_path: Path) -> None:
     csv = tmp_path / "long.csv"
     long_frame(40).to_csv(csv, index=False)
-    first, _ = _run(tmp_path, tiny_bert, csv, "a", long_text="chunk", max_length=32)
-    again, _ = _run(tmp_path, tiny_bert, csv, "b", long_text="chunk", max_length=32)
+    chunked = {"strategy": "feature-extraction", "long_text": "chunk", "max_length": 32}
+    first, _ = _run(tmp_path, tiny_bert, csv, "a", **chunked)
+    again, _ = _run(tmp_path, tiny_bert, csv, "b", **chunked)
     assert not any(first["feature_cache"]["hits"].values()) and all(again["feature_cache"]["hits"].values())
-    maxed, _ = _run(tmp_path, tiny_bert, csv, "c", long_text="chunk", max_length=32, chunk_pooling="max")
+    maxed, _ = _run(tmp_path, tiny_bert, csv, "c", **chunked, chunk_pooling="max")
     assert not any(maxed["feature_cache"]["hits"].values())  # another pooling of the windows: another entry
 
 

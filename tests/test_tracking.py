@@ -234,8 +234,9 @@ def test_report_to_an_installed_tracker_logs_through_accelerate(
     from conftest import REPO, recipe
 
     out, log = tmp_path / "run", tmp_path / "wandb-calls.jsonl"
-    args = recipe("--model", tiny_bert, "--train_file", str(sentiment_csv), "--epochs", "2",
-                  "--output_dir", str(out), "--logging_steps", "2", "--save_steps", "0",
+    args = recipe("--model", tiny_bert, "--train_file", str(sentiment_csv),
+                  "--strategy", "feature-extraction", "--epochs", "2", "--output_dir", str(out),
+                  "--logging_steps", "2", "--save_steps", "0",
                   "--report_to", "jsonl", "wandb")  # fmt: skip
     env = {**os.environ, "HF_HUB_OFFLINE": "1", "FAKE_WANDB_LOG": str(log)}
     # Without the package: one clear line, exit 2, nothing written.

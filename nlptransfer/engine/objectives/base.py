@@ -61,4 +61,11 @@ class Objective:
         raise NotImplementedError
 
 
+def record_seen(seen: list[int] | None, epoch: int, idx: torch.Tensor) -> None:
+    """Collect the example indices a process trains on in its first epoch (results.json's
+    distributed report)."""
+    if seen is not None and epoch == 1:
+        seen.extend(idx.tolist())
+
+
 OBJECTIVES: Registry[type[Objective]] = Registry("objective")

@@ -9,7 +9,7 @@ import torch
 from torch.utils.data import DataLoader, Dataset
 
 from nlptransfer.data import Collator, EncodedDataset, EpochSampler, FeatureDataset, LengthGroupedSampler
-from nlptransfer.engine.objectives.base import OBJECTIVES, Objective
+from nlptransfer.engine.objectives.base import OBJECTIVES, Objective, record_seen
 from nlptransfer.errors import ConfigError
 from nlptransfer.model.heads import (
     fit_logistic_head,
@@ -87,8 +87,7 @@ class Classification(Objective):
 
     def loss(self, model: torch.nn.Module, batch: dict[str, Any]) -> torch.Tensor:
         labels, idx = batch.pop("labels"), batch.pop("idx")
-        if self.seen is not None and self.epoch == 1:
-            self.seen.extend(idx.tolist())
+        record_seen(self.seen, self.epoch, idx)
         return self.task.loss(model(**batch), labels)
 
 

@@ -32,7 +32,7 @@ from torch.utils.data import DataLoader, Dataset
 
 from nlptransfer.data import Collator, EncodedDataset, EpochSampler
 from nlptransfer.data.loaders import WINDOW_OWNER
-from nlptransfer.engine.objectives.base import OBJECTIVES, Objective
+from nlptransfer.engine.objectives.base import OBJECTIVES, Objective, record_seen
 from nlptransfer.errors import ConfigError
 from nlptransfer.tasks.base import Regression
 
@@ -259,9 +259,13 @@ class InBatchPairs(Objective):
     # An epoch is one pass over the examples: a few steps in few-shot training, which runs many.
     checkpoint_every_epoch = False
 
-    def __init__(self, train: EncodedDataset, backbone: Backbone, batch_size: int, seed: int) -> None:
+    def __init__(
+        self, train: EncodedDataset, backbone: Backbone, batch_size: int, seed: int,
+        seen: list[int] | None = None,
+    ) -> None:  # fmt: skip
         self.train, self.backbone, self.batch_size, self.seed = train, backbone, batch_size, seed
         self.sampler = EpochSampler(len(train), seed)
+        self.seen, self.epoch = seen, 1
 
     @classmethod
     def from_phase(cls, run: PhaseRun) -> InBatchPairs:
@@ -269,10 +273,10 @@ class InBatchPairs(Objective):
         labels = np.asarray(train.labels)
         if labels.ndim == 1 and len(np.unique(labels)) < 2:
             raise ConfigError("Contrastive training needs examples of at least two labels.")
-        batch = min(config.batch_size, len(train))
+        batch = min(config.pair_batch_size, len(train))
         logger.info("contrastive: every pair within batches of %d examples (%d pairs each)",
                     batch, batch * (batch - 1) // 2)  # fmt: skip
-        return cls(train, run.model.backbone, config.batch_size, config.seed + run.index)
+        return cls(train, run.model.backbone, config.pair_batch_size, config.seed + run.index, run.seen)
 
     def loader(self) -> DataLoader:
         return DataLoader(
@@ -281,11 +285,12 @@ class InBatchPairs(Objective):
         )  # fmt: skip
 
     def set_epoch(self, epoch: int) -> None:
+        self.epoch = epoch
         self.sampler.set_epoch(epoch)
 
     def loss(self, model: Any, batch: dict[str, torch.Tensor]) -> torch.Tensor:
         labels = batch.pop("labels")
-        del batch["idx"]
+        record_seen(self.seen, self.epoch, batch.pop("idx"))
         return in_batch_pair_loss(embed_by_length(model, batch), labels)
 
 
