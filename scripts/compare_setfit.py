@@ -45,7 +45,7 @@ METHODS: dict[str, list[str]] = {
     # Defaults are tuned for thousands of examples (2 epochs of batch 32 is 2 steps at K=8);
     # few-shot fine-tuning needs many more, smaller steps.
     "finetune-fewshot": ["--strategy", "finetune", "--epochs", "10", "--batch_size", "8"],
-    # The defaults: every pair within batches of 32 examples, 8 epochs at 1e-4, a logistic-regression head.
+    # The defaults: every pair within steps of 16 examples, 8 epochs at 1e-4, a logistic-regression head.
     "contrastive": ["--strategy", "contrastive", "--head", "logistic-cv"],
     # The top 2 of MiniLM's 6 layers only: the 4 below run once per example (the activation cache).
     "contrastive-top2": ["--strategy", "contrastive", "--head", "logistic-cv", "--unfreeze_layers", "2"],
