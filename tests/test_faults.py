@@ -121,7 +121,8 @@ def test_the_recipe_on_a_full_disk_ends_in_one_clear_line(config: FinetuneConfig
         "sys.exit(run_recipe('train', sys.argv[1:]))\n"
     )
     args = ["--model", config.model, "--train_file", config.train_file, "--output_dir", config.output_dir,
-            "--strategy", config.strategy, "--epochs", "1", "--batch_size", "4", "--save_steps", "5"]  # fmt: skip
+            "--strategy", config.strategy, "--epochs", "1", "--batch_size", "4",
+            "--save_steps", "5"]  # fmt: skip
     result = run_script([sys.executable, "-c", inject, *args])
     assert result.returncode == 2, result.stderr[-3000:]
     assert "error: Could not write checkpoint 10" in result.stderr
