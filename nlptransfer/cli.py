@@ -23,7 +23,9 @@ commands:
   compare  run strategies x label budgets x seeds on your data; write a report with plots
   tune     search the strategy's hyperparameters with Optuna (trials, pruning, resumable)
   layers   show which layers a strategy trains, without training
-  predict  predict labels with a saved model
+  predict  predict labels with a saved model, or with an ONNX export (no torch needed)
+  export   export a trained run as one ONNX graph (fp32, int8 or fp16), tokenizer included
+  embed    write the embeddings of a file of texts (.npy or parquet) for downstream models
   merge-adapter  fold a LoRA / IA3 / LoHa adapter into the body: a plain model (RUN_DIR OUTPUT_DIR)
   train-vectors  train word2vec / fastText on your unlabelled text (for --model word2vec:PATH)
 
@@ -205,6 +207,18 @@ def _predict(argv: Sequence[str]) -> int:
     return 0
 
 
+def _embed(argv: Sequence[str]) -> int:
+    from nlptransfer.runs.embed import run_embed_command
+
+    return run_embed_command(argv)
+
+
+def _export(argv: Sequence[str]) -> int:
+    from nlptransfer.export.command import run_export_command
+
+    return run_export_command(argv)
+
+
 def _cell(value: object) -> str:
     return f"{value:.4f}" if isinstance(value, float) else str(value)
 
@@ -268,6 +282,8 @@ COMMANDS: dict[str, Callable[[Sequence[str]], int]] = {
     "tune": _tune,
     "layers": _layers,
     "predict": _predict,
+    "export": _export,
+    "embed": _embed,
     "train-vectors": _train_vectors,
     "merge-adapter": _merge_adapter,
 }

@@ -27,6 +27,7 @@ PROTOCOLS = ("auto", "holdout", "cross-validation")
 # The names transformers uses in ``config.problem_type``.
 PROBLEM_TYPES = ("single_label_classification", "multi_label_classification", "regression")
 CLASS_WEIGHTS = ("auto", "balanced", "none")
+CALIBRATIONS = ("temperature", "none")
 # How the contrastive strategy pairs its training examples (nlptransfer.engine.objectives.contrastive).
 PAIR_SAMPLING = ("in-batch", "oversampling", "iterations")
 LR_SCHEDULERS = ("linear", "cosine", "constant", "slanted-triangular")
@@ -454,6 +455,13 @@ class FinetuneConfig(TrainingOptions, DataOptions, AdapterOptions, VocabularyOpt
         "examples of the smallest; single-label classification only).",
     )
     regression_loss: str = _opt("mse", "Regression loss on the standardised targets: mse, or huber.")
+    calibration: str = _opt(
+        "temperature",
+        "Calibrate classification probabilities after training: temperature (one temperature fitted on "
+        "the validation split, or the out-of-fold outputs; one per label for multi-label; saved with "
+        "the model, applied by predict and the ONNX export; results.json reports the expected "
+        "calibration error before and after, reliability.png draws it) or none.",
+    )
     cache_dir: str | None = _opt(
         None,
         "Folder of the frozen-body feature cache "
@@ -504,6 +512,7 @@ class FinetuneConfig(TrainingOptions, DataOptions, AdapterOptions, VocabularyOpt
         self._check_layers()
         self._check_choice("class_weight", CLASS_WEIGHTS)
         self._check_choice("regression_loss", ("mse", "huber"))
+        self._check_choice("calibration", CALIBRATIONS)
         if self.long_text is not None:
             self._check_choice("long_text", ("truncate", "chunk"))
         self._check_choice("chunk_pooling", ("mean", "max"))

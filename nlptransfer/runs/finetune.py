@@ -261,27 +261,62 @@ def _resumed_options(config: FinetuneConfig, output_dir: Path) -> dict[str, Any]
 def final_evaluation(
     model: TransferModel, splits: dict[str, Any], ctx: RunContext, out_of_fold: tuple[Any, Any] | None = None
 ) -> dict[str, Any]:
-    """After the best weights are back: decisions tuned on validation (multi-label thresholds), the
-    test scores, and the per-class (per-label, per-target) table of the test split (else validation,
-    or the out-of-fold outputs of --protocol cross-validation)."""
+    """After the best weights are back: the probabilities calibrated and the decisions (multi-label
+    thresholds) tuned on held-out outputs (the validation split, else the out-of-fold outputs of
+    --protocol cross-validation), the test scores, the calibration before and after, and the
+    per-class (per-label, per-target) table of the test split (else the held-out outputs)."""
     task, final = model.task, {}
     name = "test" if "test" in splits else "validation"
-    if "validation" not in splits and name == "validation":
-        assert out_of_fold is not None  # a run without a validation split is cross-validated
-        outputs, references = out_of_fold[0], task.references(out_of_fold[1])
-    elif task.tunes or name == "validation":
-        outputs, references = predict_split(model, splits["validation"], ctx, "validation")
-    tuned = task.tune(outputs, references) if task.tunes else None
-    if tuned is not None:
-        final["tuned"] = tuned
-        final["validation_tuned"] = ctx.metrics.compute(task.predictions(outputs), references)
-        logger.info("tuned on validation: %s; validation %s", tuned, final["validation_tuned"])
+    held_out = _held_out_outputs(model, splits, ctx, out_of_fold)
+    fitted = None
+    if held_out is not None:
+        source, outputs, references = held_out
+        fitted = task.calibrate(outputs, references) if ctx.config.calibration != "none" else None
+        tuned = task.tune(outputs, references) if task.tunes else None
+        if tuned is not None:
+            final["tuned"] = tuned
+            final["validation_tuned"] = ctx.metrics.compute(task.predictions(outputs), references)
+            logger.info("tuned on validation: %s; validation %s", tuned, final["validation_tuned"])
     if name == "test":
         outputs, references = predict_split(model, splits["test"], ctx, "test")
         final["test"] = ctx.metrics.compute(task.predictions(outputs), references)
+    if fitted is not None:
+        final["calibration"] = _calibration(task, fitted, source, outputs, references, name)
     table = per_label_table(task.name, task.predictions(outputs), references, model.labels)
     final["per_label"] = {"split": name, "table": table}
     return final
+
+
+def _held_out_outputs(
+    model: TransferModel, splits: dict[str, Any], ctx: RunContext, out_of_fold: tuple[Any, Any] | None
+) -> tuple[str, Any, Any] | None:
+    """(where from, outputs, references) that calibration and tuning may fit on, or None when
+    nothing needs them (a test split scores the run, nothing is fitted)."""
+    task = model.task
+    if "validation" not in splits:
+        assert out_of_fold is not None or "test" in splits  # no validation split: cross-validated
+        if out_of_fold is None:
+            return None
+        return "out-of-fold", out_of_fold[0], task.references(out_of_fold[1])
+    if task.tunes or ctx.config.calibration != "none" or "test" not in splits:
+        return "validation", *predict_split(model, splits["validation"], ctx, "validation")
+    return None
+
+
+def _calibration(
+    task: Task, fitted: dict[str, Any], source: str, outputs: Any, references: Any, split: str
+) -> dict[str, Any]:
+    """What calibration fitted on ``source`` and, when it fitted a temperature, the expected
+    calibration error of ``split`` before and after."""
+    if fitted.get("method") != "temperature":
+        logger.info("probabilities not calibrated: %s", fitted.get("reason"))
+        return {**fitted, "fitted_on": source}
+    report = {**fitted, "fitted_on": source, **task.calibration(outputs, references, split)}
+    logger.info(
+        "calibrated on %s: temperature %s; expected calibration error on %s %.4f -> %.4f",
+        source, fitted["temperature"], split, report["ece_before"], report["ece_after"],
+    )  # fmt: skip
+    return report
 
 
 def _card(config: FinetuneConfig, results: dict[str, Any], table: str, output_dir: Path) -> CardInfo:

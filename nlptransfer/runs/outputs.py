@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import importlib.metadata
 import json
+import logging
 import os
 import platform
 import subprocess
@@ -22,8 +23,11 @@ from nlptransfer.errors import OutputDirExistsError
 from nlptransfer.files import replace_files
 from nlptransfer.model.transfer import CONFIG_NAME, TransferModel
 from nlptransfer.runs.modelcard import CardInfo, write_card
+from nlptransfer.tasks.calibration import plot_reliability
 from nlptransfer.engine.tracking import LOG_NAME
 from nlptransfer.version import __version__
+
+logger = logging.getLogger(__name__)
 
 # Fallback start of the wall clock where /proc is missing (macOS, Windows): when this module was
 # first imported, which is early in every recipe (after Python, torch and accelerate start up).
@@ -32,6 +36,7 @@ _IMPORTED_AT = time.time()
 RESULTS_NAME = "results.json"
 TABLE_NAME = "trainable_layers.md"
 RUN_CONFIG_NAME = "run_config.json"
+RELIABILITY_NAME = "reliability.png"
 RUN_MARKERS = (RESULTS_NAME, RUN_CONFIG_NAME, CONFIG_NAME, CHECKPOINTS_DIR, LOG_NAME)
 # Distributions whose versions results.json records (those installed).
 PACKAGES = (
@@ -224,6 +229,16 @@ def source_commit(package: Path | None = None) -> dict[str, Any] | None:
     return {"commit": commit, "modified": modified}
 
 
+def _draw_reliability(calibration: dict[str, Any] | None, path: Path) -> None:
+    """The reliability diagram of a calibrated run; a drawing failure costs the picture, not the run."""
+    if not calibration or "bins_after" not in calibration:
+        return
+    try:
+        plot_reliability(calibration, path)
+    except (ImportError, OSError, ValueError) as err:
+        logger.warning("Could not draw the reliability diagram to %s: %s", path, err)
+
+
 def write_run(
     output_dir: Path, model: TransferModel, config: FinetuneConfig, results: dict[str, Any], table: str,
     card: CardInfo | None = None,
@@ -239,6 +254,7 @@ def write_run(
         (staging / TABLE_NAME).write_text(table + "\n")
         config.save(staging / RUN_CONFIG_NAME)
         (staging / RESULTS_NAME).write_text(json.dumps(results, indent=2))
+        _draw_reliability(results.get("calibration"), staging / RELIABILITY_NAME)
         model.save_pretrained(staging)
         if card is not None:
             write_card(staging, card)

@@ -20,6 +20,7 @@ import torch.nn.functional as F
 
 from nlptransfer.errors import ModelLoadError
 from nlptransfer.registry import Registry
+from nlptransfer.tasks.calibration import MIN_EXAMPLES, calibration_report, fit_temperature
 
 logger = logging.getLogger(__name__)
 
@@ -63,6 +64,15 @@ class Task:
         """Fit decisions on validation outputs after training (thresholds); what was tuned, or None."""
         return None
 
+    def calibrate(self, outputs: torch.Tensor, targets: Any) -> dict[str, Any] | None:
+        """Fit the probabilities' calibration on held-out outputs; what was fitted, or None when the
+        task has no probabilities to calibrate."""
+        return None
+
+    def calibration(self, outputs: torch.Tensor, targets: Any, split: str) -> dict[str, Any] | None:
+        """How calibrated the probabilities of ``split`` are, before and after :meth:`calibrate`."""
+        return None
+
     def get_config(self) -> dict[str, Any]:
         """The registry name and the task's state, as saved in ``transfer_config.json``."""
         return {"type": self.name}
@@ -71,12 +81,38 @@ class Task:
 TASKS: Registry[type[Task]] = Registry("task")
 
 
-def _weights(values: list[float] | None, like: torch.Tensor) -> torch.Tensor | None:
+def _weights(values: float | list[float] | None, like: torch.Tensor) -> torch.Tensor | None:
     return None if values is None else torch.as_tensor(values, dtype=like.dtype, device=like.device)
 
 
+class TemperatureScaled(Task):
+    """A classification task whose probabilities are calibrated by temperature scaling: the logits
+    are divided by ``temperature`` (one number, or one per label for sigmoids) before the activation.
+    None until fitted on held-out outputs (:meth:`calibrate`), and for models saved before it."""
+
+    multi_label: ClassVar[bool] = False
+    temperature: float | list[float] | None = None
+
+    def scaled(self, outputs: torch.Tensor) -> torch.Tensor:
+        values = outputs.float()
+        temperature = _weights(self.temperature, values)
+        return values if temperature is None else values / temperature
+
+    def calibrate(self, outputs: torch.Tensor, targets: Any) -> dict[str, Any] | None:
+        logits = outputs.float().cpu().numpy()
+        fitted = fit_temperature(logits, self.references(targets), self.multi_label)
+        if fitted is None:
+            return {"method": "none", "reason": f"fewer than {MIN_EXAMPLES} held-out examples"}
+        self.temperature = fitted
+        return {"method": "temperature", "temperature": fitted}
+
+    def calibration(self, outputs: torch.Tensor, targets: Any, split: str) -> dict[str, Any] | None:
+        logits = outputs.float().cpu().numpy()
+        return calibration_report(logits, self.references(targets), self.temperature, self.multi_label, split)
+
+
 @TASKS.register("single_label_classification")
-class SingleLabelClassification(Task):
+class SingleLabelClassification(TemperatureScaled):
     """One label per example, out of two or more: cross-entropy, softmax, the most probable label.
 
     ``class_weights`` (one per label, e.g. balanced) weigh the loss of rare classes up.
@@ -87,14 +123,15 @@ class SingleLabelClassification(Task):
     best_metric = "accuracy"
     valid_metrics = (*metrics, "f1_micro")
 
-    def __init__(self, class_weights: list[float] | None = None) -> None:
+    def __init__(self, class_weights: list[float] | None = None, temperature: float | None = None) -> None:
         self.class_weights = class_weights
+        self.temperature = temperature
 
     def loss(self, outputs: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
         return F.cross_entropy(outputs, targets, weight=_weights(self.class_weights, outputs))
 
     def activate(self, outputs: torch.Tensor) -> torch.Tensor:
-        return torch.softmax(outputs.float(), dim=-1)
+        return torch.softmax(self.scaled(outputs), dim=-1)
 
     def decode(self, scores: np.ndarray, labels: Sequence[str]) -> list[Any]:
         return [labels[i] for i in scores.argmax(1)]
@@ -103,11 +140,11 @@ class SingleLabelClassification(Task):
         return outputs.argmax(-1).cpu().numpy()
 
     def get_config(self) -> dict[str, Any]:
-        return {"type": self.name, "class_weights": self.class_weights}
+        return {"type": self.name, "class_weights": self.class_weights, "temperature": self.temperature}
 
 
 @TASKS.register("multi_label_classification")
-class MultiLabelClassification(Task):
+class MultiLabelClassification(TemperatureScaled):
     """Any number of labels per example (none included): one sigmoid and one threshold per label.
 
     ``pos_weight`` weighs each label's positives in the binary cross-entropy; ``thresholds``
@@ -115,6 +152,7 @@ class MultiLabelClassification(Task):
     """
 
     name = "multi_label_classification"
+    multi_label = True
     metrics = ("f1_micro", "f1_macro", "f1_samples", "subset_accuracy", "hamming_loss")
     best_metric = "f1_micro"
     tunes = True
@@ -123,16 +161,22 @@ class MultiLabelClassification(Task):
     # would fit noise.
     min_positives_to_tune = 3
 
-    def __init__(self, thresholds: list[float] | None = None, pos_weight: list[float] | None = None) -> None:
+    def __init__(
+        self,
+        thresholds: list[float] | None = None,
+        pos_weight: list[float] | None = None,
+        temperature: list[float] | None = None,
+    ) -> None:
         self.thresholds = thresholds
         self.pos_weight = pos_weight
+        self.temperature = temperature
 
     def loss(self, outputs: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
         weight = _weights(self.pos_weight, outputs)
         return F.binary_cross_entropy_with_logits(outputs, targets.to(outputs.dtype), pos_weight=weight)
 
     def activate(self, outputs: torch.Tensor) -> torch.Tensor:
-        return torch.sigmoid(outputs.float())
+        return torch.sigmoid(self.scaled(outputs))
 
     def _thresholds(self, width: int) -> np.ndarray:
         return np.full(width, 0.5) if self.thresholds is None else np.asarray(self.thresholds)
@@ -163,7 +207,12 @@ class MultiLabelClassification(Task):
         return {"thresholds": thresholds, "min_positives_to_tune": self.min_positives_to_tune}
 
     def get_config(self) -> dict[str, Any]:
-        return {"type": self.name, "thresholds": self.thresholds, "pos_weight": self.pos_weight}
+        return {
+            "type": self.name,
+            "thresholds": self.thresholds,
+            "pos_weight": self.pos_weight,
+            "temperature": self.temperature,
+        }
 
 
 def _binary_f1(predicted: np.ndarray, truth: np.ndarray) -> float:
