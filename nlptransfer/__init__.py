@@ -27,17 +27,18 @@ from nlptransfer.version import __version__
 if TYPE_CHECKING:
     from nlptransfer.backbones import Backbone
     from nlptransfer.model.layers import format_table, trainable_rows
-    from nlptransfer.model.transfer import Predictions, TransferModel, load_backbone
+    from nlptransfer.model.transfer import TransferModel, load_backbone
     from nlptransfer.runs.finetune import train
     from nlptransfer.runs.pretrain import PretrainConfig
     from nlptransfer.strategies import STRATEGIES, get_strategy
+    from nlptransfer.tasks.answers import Predictions
 
 # name -> the module that defines it, imported when the name is first used.
 _LAZY = {
     "Backbone": "nlptransfer.backbones",
     "format_table": "nlptransfer.model.layers",
     "trainable_rows": "nlptransfer.model.layers",
-    "Predictions": "nlptransfer.model.transfer",
+    "Predictions": "nlptransfer.tasks.answers",
     "TransferModel": "nlptransfer.model.transfer",
     "load_backbone": "nlptransfer.model.transfer",
     "train": "nlptransfer.runs.finetune",

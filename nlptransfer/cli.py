@@ -150,50 +150,53 @@ def _add_trust_remote_code(parser: argparse.ArgumentParser) -> None:
     )
 
 
-def _predict(argv: Sequence[str]) -> int:
-    import pandas as pd
-
-    from nlptransfer.data import read_table
-    from nlptransfer.model.transfer import TransferModel
-
-    parser = argparse.ArgumentParser(prog="nlptransfer predict", description="Predict with a saved model.")
-    parser.add_argument("--model", required=True, help="Output folder of a training run.")
+def _predict_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="nlptransfer predict",
+        description="Predict with a saved model, or with an ONNX export (`nlptransfer export`), which "
+        "runs on onnxruntime without importing torch.",
+    )
+    parser.add_argument("--model", required=True, help="Output folder of a training run, or of an export.")
     parser.add_argument("--text", action="append", help="A text to classify (repeatable).")
     parser.add_argument("--input_file", help="CSV/JSON/parquet file of texts.")
     parser.add_argument("--text_column", default="text")
     parser.add_argument("--text_pair_column", default=None)
     parser.add_argument("--output_file", help="Write predictions here (CSV) instead of printing them.")
     parser.add_argument("--batch_size", type=int, default=32)
+    parser.add_argument(
+        "--abstain_threshold",
+        type=float,
+        default=None,
+        help="Answer 'unsure' when the predicted class's (calibrated) probability is below this "
+        "(single-label classification).",
+    )
     _add_trust_remote_code(parser)
-    args = parser.parse_args(argv)
+    return parser
+
+
+def _predict(argv: Sequence[str]) -> int:
+    args = _predict_parser().parse_args(argv)
     if args.batch_size < 1:
         raise DataError(f"--batch_size must be at least 1, got {args.batch_size}.")
     if bool(args.text) == bool(args.input_file):
         raise DataError(
             "Give texts with --text (repeatable) or a file with --input_file, not both or neither."
         )
-    model = TransferModel.from_pretrained(args.model, args.trust_remote_code)
-    if args.input_file:
-        text_columns = [c for c in (args.text_column, args.text_pair_column) if c]
-        # Every column is kept for the output file; the texts are read as written, as in training.
-        frame = next(iter(read_table(args.input_file, text_columns=text_columns).values()))
-        for column in text_columns:
-            if column not in frame.columns:
-                raise DataError(
-                    f"{args.input_file} has no column '{column}'. Columns that exist: "
-                    f"{', '.join(map(str, frame.columns))}. Pass --text_column."
-                )
-        missing = int(frame[args.text_column].isna().sum())
-        if missing:
-            print(f"warning: {missing} rows have no text; they are predicted as empty texts", file=sys.stderr)
-        texts = frame[args.text_column].fillna("").astype(str).tolist()
-        pairs = (
-            frame[args.text_pair_column].fillna("").astype(str).tolist() if args.text_pair_column else None
-        )
+    from nlptransfer.export.runtime import OnnxModel, is_export
+    from nlptransfer.tasks.answers import check_abstain_threshold
+
+    if args.abstain_threshold is not None:
+        check_abstain_threshold(args.abstain_threshold)
+    if is_export(args.model):  # onnxruntime, tokenizers and numpy: torch is never imported
+        model: Any = OnnxModel.from_pretrained(args.model)
     else:
-        texts, pairs = args.text, None
-        frame = pd.DataFrame({args.text_column: texts})
-    predictions = model.predict(texts, pairs, batch_size=args.batch_size)
+        from nlptransfer.model.transfer import TransferModel
+
+        model = TransferModel.from_pretrained(args.model, args.trust_remote_code)
+    frame, texts, pairs = _predict_inputs(args)
+    predictions = model.predict(
+        texts, pairs, batch_size=args.batch_size, abstain_threshold=args.abstain_threshold
+    )
     columns = predictions.columns()
     if args.output_file:
         frame = frame.assign(**columns)
@@ -205,6 +208,31 @@ def _predict(argv: Sequence[str]) -> int:
         for i, text in enumerate(texts):
             print("\t".join([*(_cell(values[i]) for values in shown), text]))
     return 0
+
+
+def _predict_inputs(args: argparse.Namespace) -> tuple[Any, list[str], list[str] | None]:
+    """(the table written back with predictions, the texts, their pairs or None)."""
+    import pandas as pd
+
+    from nlptransfer.data import read_table
+
+    if not args.input_file:
+        return pd.DataFrame({args.text_column: args.text}), args.text, None
+    text_columns = [c for c in (args.text_column, args.text_pair_column) if c]
+    # Every column is kept for the output file; the texts are read as written, as in training.
+    frame = next(iter(read_table(args.input_file, text_columns=text_columns).values()))
+    for column in text_columns:
+        if column not in frame.columns:
+            raise DataError(
+                f"{args.input_file} has no column '{column}'. Columns that exist: "
+                f"{', '.join(map(str, frame.columns))}. Pass --text_column."
+            )
+    missing = int(frame[args.text_column].isna().sum())
+    if missing:
+        print(f"warning: {missing} rows have no text; they are predicted as empty texts", file=sys.stderr)
+    texts = frame[args.text_column].fillna("").astype(str).tolist()
+    pairs = frame[args.text_pair_column].fillna("").astype(str).tolist() if args.text_pair_column else None
+    return frame, texts, pairs
 
 
 def _embed(argv: Sequence[str]) -> int:

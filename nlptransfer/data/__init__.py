@@ -41,4 +41,18 @@ _LAZY = {
 
 __getattr__, __dir__ = lazy_attributes(__name__, _LAZY)
 
-__all__ = sorted(_LAZY)
+__all__ = [
+    "BUILTIN_DATASETS",
+    "ActivationDataset",
+    "Collator",
+    "EncodedDataset",
+    "EpochSampler",
+    "FeatureDataset",
+    "LabelledData",
+    "LengthGroupedSampler",
+    "MissingColumnsError",
+    "Split",
+    "load_data",
+    "read_table",
+    "read_texts",
+]

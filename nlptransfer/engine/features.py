@@ -13,6 +13,7 @@ from collections.abc import Mapping
 from dataclasses import asdict
 from typing import Any
 
+import numpy as np
 import torch
 from torch.utils.data import Dataset
 
@@ -73,9 +74,15 @@ def open_cache(ctx: RunContext) -> FeatureCache | None:
 
 def body_key_parts(model: TransferModel, ctx: RunContext) -> dict[str, Any]:
     """Everything but the examples that changes ``layer_features``; hashes the weights once."""
+    return features_key_parts(model, ctx.accelerator.device.type, ctx.config.mixed_precision)
+
+
+def features_key_parts(model: TransferModel, device_type: str, mixed_precision: str = "no") -> dict[str, Any]:
+    """``body_key_parts`` without a run: ``nlptransfer embed`` keys its features the same way, so
+    its entries and training's are one cache."""
     start = time.perf_counter()
     parts = {
-        **run_key_parts(model, ctx),
+        **model_key_parts(model, device_type, mixed_precision),
         "weights": weights_fingerprint(model.backbone),
         "pooling": model.pooling.mode,
         "layers": list(model.pooling.layers),
@@ -89,13 +96,18 @@ def body_key_parts(model: TransferModel, ctx: RunContext) -> dict[str, Any]:
 
 def run_key_parts(model: TransferModel, ctx: RunContext) -> dict[str, Any]:
     """What every cached output of the body depends on besides its weights and the examples."""
+    return model_key_parts(model, ctx.accelerator.device.type, ctx.config.mixed_precision)
+
+
+def model_key_parts(model: TransferModel, device_type: str, mixed_precision: str = "no") -> dict[str, Any]:
+    """``run_key_parts`` for a body run on ``device_type`` ("cpu", "cuda") outside a run."""
     backbone = model.backbone
     return {
         "backbone": {"type": backbone.registry_name, **backbone.get_config()},
         "dtypes": sorted({str(p.dtype) for p in backbone.parameters()}),
-        "mixed_precision": ctx.config.mixed_precision,
+        "mixed_precision": mixed_precision,
         # CPU and GPU kernels round differently: a cached output must be bit-for-bit what this run computes.
-        "device": ctx.accelerator.device.type,
+        "device": device_type,
         # A new version may pool differently; recomputing once per upgrade is cheap insurance.
         "nlptransfer_version": __version__,
     }
@@ -126,7 +138,7 @@ def _split_features(
     values = _compute(name, dataset, model, ctx)
     # Every process already holds the gathered features; one writer per machine is enough.
     if ctx.accelerator.is_local_main_process:
-        _store(cache, key, values)
+        store_features(cache, key, values)
     return FeatureDataset(values, dataset.labels, {**info, "hit": False})
 
 
@@ -134,9 +146,10 @@ def _compute(name: str, dataset: EncodedDataset, model: TransferModel, ctx: RunC
     return run_inference(model.layer_features, dataset, model, ctx, f"features ({name})")
 
 
-def _store(cache: FeatureCache, key: CacheKey, values: torch.Tensor) -> None:
+def store_features(cache: FeatureCache, key: CacheKey, values: torch.Tensor | np.ndarray) -> None:
+    """Write a cache entry; a failed write (a full disk) is a warning: the features are in memory."""
     try:
-        path = cache.store(key, values.numpy())
+        path = cache.store(key, values.numpy() if isinstance(values, torch.Tensor) else values)
     except OSError as err:  # a full disk must not end a run whose features are in memory
         logger.warning("Could not write feature cache entry %s (%s); going on without it.", key.digest, err)
         return
@@ -171,9 +184,12 @@ __all__ = [
     "body_key_parts",
     "extract_features",
     "feature_cache_report",
+    "features_key_parts",
     "gpu_ids",
+    "model_key_parts",
     "on_every_process",
     "open_cache",
     "run_key_parts",
     "split_key",
+    "store_features",
 ]

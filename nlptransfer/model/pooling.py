@@ -142,14 +142,21 @@ class Pooling(nn.Module):
 WINDOW_POOLING = ("mean", "max")
 
 
-def pool_windows(features: torch.Tensor, owner: torch.Tensor, mode: str = "mean") -> torch.Tensor:
+def pool_windows(
+    features: torch.Tensor, owner: torch.Tensor, mode: str = "mean", texts: torch.Tensor | None = None
+) -> torch.Tensor:
     """Per-window features (windows, ...) pooled into one row per text (texts, ...): ``owner[w]``
-    is the text of window ``w``; every text has at least one window."""
-    count = int(owner.max()) + 1 if len(owner) else 0
-    shape = (count, *features.shape[1:])
-    index = owner.view(-1, *([1] * (features.dim() - 1))).expand_as(features)
+    is the text of window ``w``; every text has at least one window. ``texts`` (0, 1, ..., T-1)
+    defaults to one per owner; given as an input, an exported graph knows how many texts there are
+    without reading ``owner``'s values (a shape that depends on data does not export)."""
+    if texts is None:
+        texts = torch.arange(int(owner.max()) + 1 if len(owner) else 0, device=owner.device)
+    member = owner.unsqueeze(0) == texts.unsqueeze(1)  # (texts, windows)
+    flat = features.flatten(1)
     if mode == "max":
-        return features.new_full(shape, float("-inf")).scatter_reduce(0, index, features, "amax")
-    sums = features.new_zeros(shape).index_add(0, owner, features)
-    sizes = torch.bincount(owner, minlength=count).clamp(min=1).to(features.dtype)
-    return sums / sizes.view(-1, *([1] * (features.dim() - 1)))
+        hidden = flat.new_tensor(float("-inf"))
+        pooled = torch.where(member.unsqueeze(-1), flat.unsqueeze(0), hidden).amax(dim=1)
+    else:
+        weights = member.to(flat.dtype)
+        pooled = (weights @ flat) / weights.sum(dim=1, keepdim=True).clamp(min=1)
+    return pooled.view(-1, *features.shape[1:])

@@ -29,6 +29,7 @@ from nlptransfer.errors import ConfigError, ModelLoadError
 from nlptransfer.files import replace_files
 from nlptransfer.model.heads import LinearHead, build_head
 from nlptransfer.model.pooling import WINDOW_POOLING, Pooling, pool_windows
+from nlptransfer.tasks.answers import Predictions
 from nlptransfer.tasks.base import DEFAULT_TASK, Task, build_task
 from nlptransfer.version import __version__
 
@@ -69,59 +70,6 @@ class LongText:
                 f"--chunk_stride {self.stride} must be between 0 and half of --max_length {max_length}: "
                 "consecutive windows share that many tokens, and each window must move on."
             )
-
-
-@dataclass
-class Predictions:
-    """The answers for each input, and the scores behind them.
-
-    ``labels``: one label per input (single-label), a list of labels (multi-label; maybe empty),
-    or the predicted value (regression; a dict of target name -> value with several targets).
-    ``probabilities``: (inputs, outputs) class or label probabilities, or the predicted values.
-    """
-
-    labels: list[Any]
-    probabilities: np.ndarray
-    label_names: list[str]
-    problem_type: str = DEFAULT_TASK
-
-    @property
-    def scores(self) -> np.ndarray:
-        """The probability of the predicted class; for label sets and values, the scores themselves."""
-        if self.problem_type == DEFAULT_TASK:
-            return self.probabilities.max(axis=1)
-        return self.probabilities
-
-    def columns(self, separator: str = ";") -> dict[str, list[Any]]:
-        """The predictions as table columns: the answer (a label set joined by ``separator``; a
-        value per target), the predicted class's score, then each class's or label's probability."""
-        if self.problem_type == "regression":
-            if len(self.label_names) == 1:
-                return {"prediction": self.probabilities[:, 0].tolist()}
-            return {
-                f"prediction_{n}": self.probabilities[:, i].tolist() for i, n in enumerate(self.label_names)
-            }
-        answers = self.labels
-        columns: dict[str, list[Any]] = {}
-        if self.problem_type == DEFAULT_TASK:
-            columns = {"prediction": answers, "score": self.scores.tolist()}
-        else:
-            columns = {"prediction": [separator.join(map(str, labels)) for labels in answers]}
-        for i, name in enumerate(self.label_names):
-            columns[f"prob_{name}"] = self.probabilities[:, i].tolist()
-        return columns
-
-    def to_records(self) -> list[dict[str, Any]]:
-        records = []
-        for answer, row in zip(self.labels, self.probabilities, strict=True):
-            named = dict(zip(self.label_names, map(float, row), strict=True))
-            if self.problem_type == "regression":
-                records.append({"value": answer})
-            elif self.problem_type == DEFAULT_TASK:
-                records.append({"label": answer, "score": float(row.max()), "probabilities": named})
-            else:
-                records.append({"labels": answer, "probabilities": named})
-        return records
 
 
 class TransferModel(nn.Module):
@@ -230,12 +178,15 @@ class TransferModel(nn.Module):
         return len(self.labels)
 
     def layer_features(
-        self, window_owner: torch.Tensor | None = None, **inputs: torch.Tensor
+        self,
+        window_owner: torch.Tensor | None = None,
+        window_texts: torch.Tensor | None = None,
+        **inputs: torch.Tensor,
     ) -> torch.Tensor:
         """(batch, layers, hidden): what a frozen body contributes, cacheable across epochs.
 
         A batch of windows (``window_owner``: the text of each) gives one row per text, its
-        windows' features pooled."""
+        windows' features pooled (``window_texts``: 0, 1, ..., texts - 1, for an exported graph)."""
         states, block = inputs.pop(BLOCK_INPUT, None), inputs.pop(REPLAY_BLOCK, None)
         if states is None:
             output = self.backbone(output_hidden_states=self.pooling.needs_hidden_states, **inputs)
@@ -248,7 +199,7 @@ class TransferModel(nn.Module):
         if self.long_text is None:  # a pair's two texts, encoded apart: [u, v, |u - v|, u * v]
             u, v = features[0::2], features[1::2]
             return torch.cat([u, v, (u - v).abs(), u * v], dim=-1)
-        return pool_windows(features, window_owner, self.long_text.pooling)
+        return pool_windows(features, window_owner, self.long_text.pooling, window_texts)
 
     def encode(self, **inputs: torch.Tensor) -> torch.Tensor:
         """Pooled, combined body features for a collated batch."""
@@ -288,9 +239,16 @@ class TransferModel(nn.Module):
         return [dict(zip(keys, values, strict=True)) for values in zip(*encoded.values(), strict=True)]
 
     @torch.inference_mode()
-    def predict(self, inputs: Any, text_pairs: list[str] | None = None, batch_size: int = 32) -> Predictions:
+    def predict(
+        self,
+        inputs: Any,
+        text_pairs: list[str] | None = None,
+        batch_size: int = 32,
+        abstain_threshold: float | None = None,
+    ) -> Predictions:
         """Answers and their scores for raw texts (optionally text pairs), or for images: a label and
         class probabilities, a label set and each label's probability, or predicted values.
+        ``abstain_threshold``: answer "unsure" where the predicted class's probability is below it.
 
         ``inputs``: a text or a list of texts; for an image model an image (path, array,
         PIL image) or a list of them, or an ``(N, H, W[, C])`` array.
@@ -310,7 +268,8 @@ class TransferModel(nn.Module):
             logits = self(**{k: v.to(device) for k, v in batch.items()})
             probs[idx] = self.task.activate(logits).cpu().numpy()
         self.train(was_training)
-        return Predictions(self.task.decode(probs, self.labels), probs, list(self.labels), self.task.name)
+        answers = Predictions(self.task.decode(probs, self.labels), probs, list(self.labels), self.task.name)
+        return answers.abstain(abstain_threshold)
 
     def merge_adapter(self) -> TransferModel:
         """Fold a LoRA-like adapter into the body's weights: a plain model that loads without peft.

@@ -14,16 +14,15 @@ from accelerate.utils import set_seed
 from nlptransfer.advisor.auto import AUTO, AutoChoice, resolve_auto
 from nlptransfer.backbones import Backbone, ImageOptions, VocabOptions, is_word_vector_source
 from nlptransfer.config import FinetuneConfig, VocabularyOptions
+from nlptransfer.data import LabelledData, load_data
 from nlptransfer.engine.checkpoint import read_checkpoint, resolve_checkpoint
 from nlptransfer.engine.context import RunContext
-from nlptransfer.data import LabelledData, load_data
-from nlptransfer.errors import ConfigError, SaveError
 from nlptransfer.engine.features import feature_cache_report
+from nlptransfer.engine.fit import FitResult, distributed_report, fit
 from nlptransfer.engine.inference import predict_split
+from nlptransfer.engine.session import finish_session, start_session
+from nlptransfer.errors import ConfigError
 from nlptransfer.model.layers import count_parameters, phase_tables
-from nlptransfer.tasks.base import DEFAULT_TASK, Task
-from nlptransfer.tasks.metrics import MetricSet, per_label_table
-from nlptransfer.tasks.setup import configure_task
 from nlptransfer.model.transfer import LongText, TransferModel, load_backbone
 from nlptransfer.runs.modelcard import CardInfo, build_card, push_to_hub
 from nlptransfer.runs.outputs import (
@@ -35,10 +34,11 @@ from nlptransfer.runs.outputs import (
     versions,
     write_run,
 )
-from nlptransfer.engine.session import finish_session, start_session
 from nlptransfer.strategies import Strategy, get_strategy
 from nlptransfer.strategies.base import Phase
-from nlptransfer.engine.fit import FitResult, distributed_report, fit
+from nlptransfer.tasks.base import DEFAULT_TASK, Task
+from nlptransfer.tasks.metrics import MetricSet, per_label_table
+from nlptransfer.tasks.setup import configure_task
 
 logger = logging.getLogger(__name__)
 
@@ -281,7 +281,9 @@ def final_evaluation(
         outputs, references = predict_split(model, splits["test"], ctx, "test")
         final["test"] = ctx.metrics.compute(task.predictions(outputs), references)
     if fitted is not None:
-        final["calibration"] = _calibration(task, fitted, source, outputs, references, name)
+        # Without a test split the outputs scored are the held-out ones calibration fitted on.
+        scored = name if name == "test" else source
+        final["calibration"] = _calibration(task, fitted, source, outputs, references, scored)
     table = per_label_table(task.name, task.predictions(outputs), references, model.labels)
     final["per_label"] = {"split": name, "table": table}
     return final
@@ -329,7 +331,9 @@ def _card(config: FinetuneConfig, results: dict[str, Any], table: str, output_di
         "Data": f"{data}: {results['num_train_examples']} training, {results['num_validation_examples']} "
         f"validation, {results['num_test_examples']} test examples",
         "Task": f"{results['problem_type']} ({results['task']['problem_type_reason']})",
-        "Targets" if results["problem_type"] == "regression" else "Labels": ", ".join(map(str, results["labels"])),
+        "Targets" if results["problem_type"] == "regression" else "Labels": ", ".join(
+            map(str, results["labels"])
+        ),
         "Class weights": f"{results['task']['class_weight']} ({results['task']['class_weight_rule']})",
         "Trainable parameters": f"{trainable:,} of {total:,} ({100 * trainable / max(total, 1):.2f}%)",
         "Epochs": f"{results['epochs_run']} run, best epoch {results['best_epoch']} by validation "
@@ -441,4 +445,4 @@ def resolved_options(strategy: Strategy, config: FinetuneConfig) -> dict[str, An
     }
 
 
-__all__ = ["RunPlan", "build_model", "plan_run", "train", "texts_for_vocabulary"]
+__all__ = ["RunPlan", "build_model", "plan_run", "texts_for_vocabulary", "train"]

@@ -10,21 +10,20 @@ import platform
 import subprocess
 import sys
 import time
-from collections.abc import Iterable
 from pathlib import Path
 from typing import Any
 
 import torch
 from accelerate import PartialState
 
-from nlptransfer.engine.checkpoint import CHECKPOINTS_DIR
 from nlptransfer.config import FinetuneConfig
+from nlptransfer.engine.checkpoint import CHECKPOINTS_DIR
+from nlptransfer.engine.tracking import LOG_NAME
 from nlptransfer.errors import OutputDirExistsError
 from nlptransfer.files import replace_files
 from nlptransfer.model.transfer import CONFIG_NAME, TransferModel
 from nlptransfer.runs.modelcard import CardInfo, write_card
 from nlptransfer.tasks.calibration import plot_reliability
-from nlptransfer.engine.tracking import LOG_NAME
 from nlptransfer.version import __version__
 
 logger = logging.getLogger(__name__)

@@ -8,13 +8,10 @@ output folder is a plain Hugging Face model folder: pass it as ``--model`` to
 
 from __future__ import annotations
 
-import itertools
 import json
 import logging
 import math
-import os
 import random
-import tempfile
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -22,30 +19,29 @@ from typing import Any
 
 import torch
 from accelerate.utils import set_seed
-from torch.utils.data import DataLoader, Dataset
 
 from nlptransfer.backbones import is_word_vector_source
 from nlptransfer.config import TextSource, TrainingOptions, _opt
-from nlptransfer.data import BUILTIN_DATASETS, LengthGroupedSampler, read_texts
-from nlptransfer.errors import ConfigError, DataError, ModelLoadError
-from nlptransfer.files import replace_files
+from nlptransfer.data import BUILTIN_DATASETS, read_texts
 from nlptransfer.engine.checkpoint import Checkpoint, Snapshot
 from nlptransfer.engine.loop import TrainSession, run_phase
 from nlptransfer.engine.objectives import OBJECTIVES
 from nlptransfer.engine.objectives.language_model import LANGUAGE_MODELING, LanguageModeling, TokenDataset
+from nlptransfer.engine.session import finish_session, start_session
+from nlptransfer.errors import ConfigError, DataError
+from nlptransfer.files import replace_files
 from nlptransfer.runs.modelcard import CardInfo, build_card, push_to_hub, write_card
-from nlptransfer.strategies.base import param_groups
 from nlptransfer.runs.outputs import (
     RESULTS_NAME,
     RUN_CONFIG_NAME,
     check_output_dir,
-    resolve_output_dir,
     hardware,
+    resolve_output_dir,
     resource_usage,
     source_commit,
     versions,
 )
-from nlptransfer.engine.session import finish_session, start_session
+from nlptransfer.strategies.base import param_groups
 
 logger = logging.getLogger(__name__)
 
@@ -79,7 +75,9 @@ class PretrainConfig(TrainingOptions, TextSource):
     def __post_init__(self) -> None:
         super().__post_init__()
         if self.objective is not None and self.objective not in LANGUAGE_MODELING:
-            raise ConfigError(f"--objective must be one of {', '.join(LANGUAGE_MODELING)}, got '{self.objective}'.")
+            raise ConfigError(
+                f"--objective must be one of {', '.join(LANGUAGE_MODELING)}, got '{self.objective}'."
+            )
         for name in ("heldout_split", "mlm_probability", "noise_density"):
             self._check_range(name, 0.01, 0.9)
         if self.mean_span_length < 1:
@@ -242,12 +240,16 @@ def _token_splits(
     return train, heldout
 
 
-def build_objective(name: str, tokenizer: Any, train: TokenDataset, config: PretrainConfig) -> LanguageModeling:
+def build_objective(
+    name: str, tokenizer: Any, train: TokenDataset, config: PretrainConfig
+) -> LanguageModeling:
     options = {
         "mlm": {"probability": config.mlm_probability},
         "span": {"density": config.noise_density, "mean_span": config.mean_span_length},
     }
-    objective = OBJECTIVES.get(name)(tokenizer, train, config.batch_size, config.seed, **options.get(name, {}))
+    objective = OBJECTIVES.get(name)(
+        tokenizer, train, config.batch_size, config.seed, **options.get(name, {})
+    )
     assert isinstance(objective, LanguageModeling)
     return objective
 

@@ -20,6 +20,7 @@ import torch.nn.functional as F
 
 from nlptransfer.errors import ModelLoadError
 from nlptransfer.registry import Registry
+from nlptransfer.tasks.answers import MULTI_LABEL, REGRESSION, SINGLE_LABEL, decode
 from nlptransfer.tasks.calibration import MIN_EXAMPLES, calibration_report, fit_temperature
 
 logger = logging.getLogger(__name__)
@@ -49,8 +50,9 @@ class Task:
         raise NotImplementedError
 
     def decode(self, scores: np.ndarray, labels: Sequence[str]) -> list[Any]:
-        """The answer for each example, from its activated scores."""
-        raise NotImplementedError
+        """The answer for each example, from its activated scores (``tasks.answers``, shared with
+        the ONNX runtime, which reads the task's saved config instead of this object)."""
+        return decode(self.name, scores, labels, **self.get_config())
 
     def predictions(self, outputs: torch.Tensor) -> np.ndarray:
         """What the metrics compare with the references, one row per example."""
@@ -102,7 +104,8 @@ class TemperatureScaled(Task):
         logits = outputs.float().cpu().numpy()
         fitted = fit_temperature(logits, self.references(targets), self.multi_label)
         if fitted is None:
-            return {"method": "none", "reason": f"fewer than {MIN_EXAMPLES} held-out examples"}
+            reason = f"fewer than {MIN_EXAMPLES} held-out examples, or every one right with a margin"
+            return {"method": "none", "reason": reason}
         self.temperature = fitted
         return {"method": "temperature", "temperature": fitted}
 
@@ -118,7 +121,7 @@ class SingleLabelClassification(TemperatureScaled):
     ``class_weights`` (one per label, e.g. balanced) weigh the loss of rare classes up.
     """
 
-    name = "single_label_classification"
+    name = SINGLE_LABEL
     metrics = ("accuracy", "f1_macro", "precision_macro", "recall_macro")
     best_metric = "accuracy"
     valid_metrics = (*metrics, "f1_micro")
@@ -132,9 +135,6 @@ class SingleLabelClassification(TemperatureScaled):
 
     def activate(self, outputs: torch.Tensor) -> torch.Tensor:
         return torch.softmax(self.scaled(outputs), dim=-1)
-
-    def decode(self, scores: np.ndarray, labels: Sequence[str]) -> list[Any]:
-        return [labels[i] for i in scores.argmax(1)]
 
     def predictions(self, outputs: torch.Tensor) -> np.ndarray:
         return outputs.argmax(-1).cpu().numpy()
@@ -151,7 +151,7 @@ class MultiLabelClassification(TemperatureScaled):
     (0.5 until tuned on validation) decide which labels apply.
     """
 
-    name = "multi_label_classification"
+    name = MULTI_LABEL
     multi_label = True
     metrics = ("f1_micro", "f1_macro", "f1_samples", "subset_accuracy", "hamming_loss")
     best_metric = "f1_micro"
@@ -180,10 +180,6 @@ class MultiLabelClassification(TemperatureScaled):
 
     def _thresholds(self, width: int) -> np.ndarray:
         return np.full(width, 0.5) if self.thresholds is None else np.asarray(self.thresholds)
-
-    def decode(self, scores: np.ndarray, labels: Sequence[str]) -> list[Any]:
-        chosen = scores >= self._thresholds(scores.shape[1])
-        return [[labels[j] for j in np.flatnonzero(row)] for row in chosen]
 
     def predictions(self, outputs: torch.Tensor) -> np.ndarray:
         scores = self.activate(outputs).cpu().numpy()
@@ -226,7 +222,7 @@ class Regression(Task):
     1 on the training data), so one learning rate suits any units; answers are in the original units.
     """
 
-    name = "regression"
+    name = REGRESSION
     metrics = ("mse", "mae", "pearson", "spearman", "r2")
     best_metric = "spearman"
     valid_metrics = metrics
@@ -251,11 +247,6 @@ class Regression(Task):
         values = outputs.float()
         mean, std = _weights(self.mean, values), _weights(self.std, values)
         return values if mean is None or std is None else values * std + mean
-
-    def decode(self, scores: np.ndarray, labels: Sequence[str]) -> list[Any]:
-        if scores.shape[1] == 1:
-            return [float(v) for v in scores[:, 0]]
-        return [dict(zip(labels, map(float, row), strict=True)) for row in scores]
 
     def predictions(self, outputs: torch.Tensor) -> np.ndarray:
         return self.activate(outputs).cpu().numpy()

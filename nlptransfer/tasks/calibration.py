@@ -52,10 +52,15 @@ def _binary_nll(log_t: float, logits: np.ndarray, targets: np.ndarray) -> float:
     return float(np.mean(np.logaddexp(0.0, np.where(targets, -z, z))))
 
 
-def _minimise(nll: Any, *args: np.ndarray) -> float:
+def _minimise(nll: Any, *args: np.ndarray) -> float | None:
+    """The temperature of least NLL, or None when the least is at a bound: held-out outputs that
+    are separable (every answer right with a margin) pull T towards 0 without end, and sharpening
+    them would claim a certainty that 10 or 20 examples cannot show."""
     from scipy.optimize import minimize_scalar
 
     found = minimize_scalar(nll, bounds=LOG_T_BOUNDS, args=args, method="bounded")
+    if min(abs(found.x - bound) for bound in LOG_T_BOUNDS) < 1e-2:
+        return None
     return float(np.exp(found.x))
 
 
@@ -63,8 +68,8 @@ def fit_temperature(
     logits: np.ndarray, targets: np.ndarray, multi_label: bool = False
 ) -> float | list[float] | None:
     """The temperature of least held-out NLL: one number (softmax over classes), or one per label
-    (each label's sigmoid; 1.0 for a label with too few positives or negatives). None: too few
-    examples to fit."""
+    (each label's sigmoid; 1.0 for a label with too few positives or negatives, or separable). None:
+    too few examples to fit, or separable outputs."""
     logits = np.asarray(logits, dtype=np.float64)
     if len(logits) < MIN_EXAMPLES:
         return None
@@ -77,7 +82,7 @@ def fit_temperature(
         if min(positives, len(truth) - positives) < MIN_EXAMPLES // 2:
             temperatures.append(1.0)
         else:
-            temperatures.append(_minimise(_binary_nll, logits[:, j], truth[:, j]))
+            temperatures.append(_minimise(_binary_nll, logits[:, j], truth[:, j]) or 1.0)
     return temperatures
 
 
@@ -108,11 +113,13 @@ def reliability(probs: np.ndarray, targets: np.ndarray, multi_label: bool = Fals
 
 
 def nll(probs: np.ndarray, targets: np.ndarray, multi_label: bool = False) -> float:
-    eps = 1e-12
+    """Mean negative log-likelihood of the targets (a certain, wrong answer counts as log 1e-12)."""
     if multi_label:
         truth = np.asarray(targets).astype(bool)
-        return float(-np.mean(np.log(np.where(truth, probs, 1.0 - probs) + eps)))
-    return float(-np.mean(np.log(probs[np.arange(len(probs)), np.asarray(targets)] + eps)))
+        chosen = np.where(truth, probs, 1.0 - probs)
+    else:
+        chosen = probs[np.arange(len(probs)), np.asarray(targets)]
+    return float(-np.mean(np.log(np.clip(chosen, 1e-12, 1.0))))
 
 
 def calibration_report(
@@ -121,7 +128,8 @@ def calibration_report(
     """ECE and NLL of ``split`` before (T = 1) and after temperature scaling, with both bin sets."""
     before = probabilities(logits, None, multi_label)
     after = probabilities(logits, temperature, multi_label)
-    rel_before, rel_after = reliability(before, targets, multi_label), reliability(after, targets, multi_label)
+    rel_before = reliability(before, targets, multi_label)
+    rel_after = reliability(after, targets, multi_label)
     return {
         "evaluated_on": split,
         "ece_before": rel_before["ece"],

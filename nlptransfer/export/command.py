@@ -1,0 +1,71 @@
+"""``nlptransfer export RUN_DIR OUTPUT_DIR --format onnx [--quantize int8|fp16]``."""
+
+from __future__ import annotations
+
+import argparse
+from collections.abc import Sequence
+from pathlib import Path
+
+from nlptransfer.errors import ConfigError
+
+
+def _parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="nlptransfer export",
+        description="Export a trained run as one ONNX graph (body, pooling, head, calibration), with its "
+        "tokenizer and config, for `nlptransfer predict --model OUTPUT_DIR` or OnnxModel without torch.",
+    )
+    parser.add_argument("run_dir", help="Output folder of a training run (or a saved model).")
+    parser.add_argument("output_dir", help="Where to write the export (a new or empty folder).")
+    parser.add_argument("--format", default="onnx", choices=["onnx"], help="Export format (onnx).")
+    parser.add_argument(
+        "--quantize",
+        default=None,
+        choices=["int8", "fp16"],
+        help="int8: dynamic quantisation (about 4x smaller, faster on CPUs); fp16: half precision "
+        "(for GPU runtimes). Default: float32.",
+    )
+    parser.add_argument("--overwrite_output_dir", action="store_true", help="Replace an export saved there.")
+    parser.add_argument(
+        "--trust_remote_code",
+        action="store_true",
+        help="Export a model trained with --trust_remote_code (runs the code in its folder).",
+    )
+    return parser
+
+
+def run_export_command(argv: Sequence[str]) -> int:
+    args = _parser().parse_args(argv)
+    source, target = Path(args.run_dir), Path(args.output_dir)
+    if target.resolve() == source.resolve():
+        raise ConfigError("OUTPUT_DIR must differ from RUN_DIR: the run keeps its torch model.")
+    _check_target(target, args.overwrite_output_dir)
+    from nlptransfer.cli import setup_logging
+    from nlptransfer.export.onnx import export_onnx
+
+    setup_logging()
+    result = export_onnx(source, target, args.quantize, args.trust_remote_code)
+    size = sum(f.stat().st_size for f in target.iterdir() if f.is_file()) / 2**20
+    print(
+        f"exported {source} to {target} ({result.precision}, {size:.0f} MB) in {result.seconds:.1f} s; "
+        f"largest score difference from the torch model on the probe texts: {result.max_abs_diff:.2e}. "
+        f"Predict with: nlptransfer predict --model {target} --text '...'"
+    )
+    return 0
+
+
+def _check_target(target: Path, overwrite: bool) -> None:
+    from nlptransfer.export.runtime import is_export
+
+    if target.is_file():
+        raise ConfigError(f"OUTPUT_DIR '{target}' is a file; pass a folder path.")
+    if not target.is_dir() or not any(target.iterdir()):
+        return
+    if not is_export(target):
+        raise ConfigError(
+            f"OUTPUT_DIR '{target}' holds files that are not an ONNX export; choose a new or empty folder."
+        )
+    if not overwrite:
+        raise ConfigError(
+            f"'{target}' holds an ONNX export already; pass --overwrite_output_dir to replace it."
+        )
