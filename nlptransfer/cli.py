@@ -244,7 +244,7 @@ def _embed(argv: Sequence[str]) -> int:
 def _export(argv: Sequence[str]) -> int:
     from nlptransfer.export.command import run_export_command
 
-    return run_export_command(argv)
+    return run_export_command(argv, setup_logging)
 
 
 def _cell(value: object) -> str:

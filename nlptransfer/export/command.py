@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import argparse
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
 
 from nlptransfer.errors import ConfigError
@@ -34,13 +34,13 @@ def _parser() -> argparse.ArgumentParser:
     return parser
 
 
-def run_export_command(argv: Sequence[str]) -> int:
+def run_export_command(argv: Sequence[str], setup_logging: Callable[[], None] = lambda: None) -> int:
+    """The command; ``setup_logging`` (the CLI's) runs once the options parse."""
     args = _parser().parse_args(argv)
     source, target = Path(args.run_dir), Path(args.output_dir)
     if target.resolve() == source.resolve():
         raise ConfigError("OUTPUT_DIR must differ from RUN_DIR: the run keeps its torch model.")
     _check_target(target, args.overwrite_output_dir)
-    from nlptransfer.cli import setup_logging
     from nlptransfer.export.onnx import export_onnx
 
     setup_logging()

@@ -52,8 +52,9 @@ def load_source(
     if not is_word_vector_source(config.model) and word_options != VocabOptions(seed=config.seed):
         logger.warning("Word-vector options (--word_encoder, --oov, ...) apply only to word-vector models.")
     backbone = load_backbone(
-        config.model, config.trust_remote_code, vocabulary_texts, word_options, allow_pickle=vocabulary.allow_pickle,
-        from_scratch=config.from_scratch, image_options=image_options(config),
+        config.model, config.trust_remote_code, vocabulary_texts, word_options,
+        allow_pickle=vocabulary.allow_pickle, from_scratch=config.from_scratch,
+        image_options=image_options(config),
     )  # fmt: skip
     _check_modality(backbone, modality, config.model)
     return backbone
@@ -356,7 +357,8 @@ def _card(config: FinetuneConfig, results: dict[str, Any], table: str, output_di
     )
     return build_card(
         config, results, output_dir, "recipes/finetune.py",
-        summary=f"{'An image' if kind == 'image' else 'A text'} {_model_kind(results['problem_type'])} trained by transfer learning "
+        summary=f"{'An image' if kind == 'image' else 'A text'} {_model_kind(results['problem_type'])} "
+        "trained by transfer learning "
         f"from `{config.model}` on {data} "
         f"with [nlptransfer](https://github.com/nlptransfer/nlptransfer)'s `{config.strategy}` strategy.",
         pipeline_tag=f"{kind}-classification",

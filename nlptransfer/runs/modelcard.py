@@ -98,8 +98,9 @@ def build_card(
     config: Any, run: dict[str, Any], out: Path, recipe: str, *, summary: str, pipeline_tag: str,
     details: dict[str, Any], usage: str, **fields: Any,
 ) -> CardInfo:  # fmt: skip
-    """The card of a finished run (``run``: its results.json): what every run's card says (title, base model, optimisation,
-    training time, machine, commit, the command that reruns it, versions), plus the run's own
+    """The card of a finished run (``run``: its results.json): what every run's card says (title,
+    base model, optimisation, training time, machine, commit, the command that reruns it, versions),
+    plus the run's own
     ``summary``, ``details``, ``usage`` and any other :class:`CardInfo` ``fields``."""
     optimisation = (
         f"AdamW, batch size {config.batch_size}, {config.lr_scheduler} schedule, "
