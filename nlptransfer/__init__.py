@@ -26,8 +26,11 @@ from nlptransfer.version import __version__
 
 if TYPE_CHECKING:
     from nlptransfer.backbones import Backbone
+    from nlptransfer.export.onnx import export_onnx
+    from nlptransfer.export.runtime import OnnxModel
     from nlptransfer.model.layers import format_table, trainable_rows
     from nlptransfer.model.transfer import TransferModel, load_backbone
+    from nlptransfer.runs.embed import EmbedConfig, embed
     from nlptransfer.runs.finetune import train
     from nlptransfer.runs.pretrain import PretrainConfig
     from nlptransfer.strategies import STRATEGIES, get_strategy
@@ -36,6 +39,10 @@ if TYPE_CHECKING:
 # name -> the module that defines it, imported when the name is first used.
 _LAZY = {
     "Backbone": "nlptransfer.backbones",
+    "EmbedConfig": "nlptransfer.runs.embed",
+    "OnnxModel": "nlptransfer.export.runtime",
+    "embed": "nlptransfer.runs.embed",
+    "export_onnx": "nlptransfer.export.onnx",
     "format_table": "nlptransfer.model.layers",
     "trainable_rows": "nlptransfer.model.layers",
     "Predictions": "nlptransfer.tasks.answers",
@@ -55,9 +62,11 @@ __all__ = [
     "Backbone",
     "ConfigError",
     "DataError",
+    "EmbedConfig",
     "FinetuneConfig",
     "ModelLoadError",
     "NLPTransferError",
+    "OnnxModel",
     "OutputDirExistsError",
     "Predictions",
     "PretrainConfig",
@@ -67,6 +76,8 @@ __all__ = [
     "TransferModel",
     "UnknownNameError",
     "__version__",
+    "embed",
+    "export_onnx",
     "format_table",
     "get_strategy",
     "load_backbone",

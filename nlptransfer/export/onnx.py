@@ -41,7 +41,7 @@ from nlptransfer.version import __version__
 
 logger = logging.getLogger(__name__)
 
-QUANTIZATIONS = ("int8", "fp16")
+QUANTIZATIONS = ("int8", "int8-weights", "fp16")
 # ONNX ops that end a feed-forward block's activation (GELU, ReLU, SiLU as Sigmoid and Mul, tanh).
 ACTIVATION_OPS = {"Gelu", "FastGelu", "Relu", "Tanh", "Sigmoid", "Mul", "Erf"}
 # The fp32 graph must give the torch model's scores within this (probabilities, or values in the
@@ -100,8 +100,9 @@ def export_onnx(
 ) -> ExportResult:
     """Export the model of ``run_dir`` (a training run or a saved model) to ``output_dir``.
 
-    ``quantize``: None (float32), ``"int8"`` (dynamic quantisation: about 4x smaller and faster on
-    CPUs) or ``"fp16"`` (half the size; for GPU runtimes).
+    ``quantize``: None (float32), ``"int8"`` (dynamic quantisation: the fastest on CPUs),
+    ``"int8-weights"`` (int8 weight blocks: closest to float, answers independent of the batch) or
+    ``"fp16"`` (half the size; for GPU runtimes).
     """
     if quantize not in (None, *QUANTIZATIONS):
         raise ConfigError(f"--quantize must be one of {', '.join(QUANTIZATIONS)}, got '{quantize}'.")
@@ -180,7 +181,13 @@ def _export_graph(model: TransferModel, probes: dict[str, torch.Tensor], path: P
 
 
 def _quantize(path: Path, precision: str) -> None:
-    """Replace the float32 graph at ``path`` with its int8 or fp16 version."""
+    """Replace the float32 graph at ``path`` with its int8 or fp16 version.
+
+    ``int8``: onnxruntime's dynamic quantisation, int8 weights (per channel) and activations (one
+    scale per batch tensor, so a text's scores move slightly with the texts batched beside it).
+    ``int8-weights``: int8 weights in blocks of 32 (MatMulNBits), activations quantised per row
+    and block: answers independent of the batch and closer to float, at float32's speed on CPUs
+    without a fast kernel for it."""
     import onnx
 
     source = path.with_name("fp32-" + path.name)
@@ -192,6 +199,14 @@ def _quantize(path: Path, precision: str) -> None:
             str(source), str(path), weight_type=QuantType.QInt8, per_channel=True,
             nodes_to_exclude=_activation_fed_matmuls(onnx.load(str(source), load_external_data=False)),
         )  # fmt: skip
+    elif precision == "int8-weights":
+        from onnxruntime.quantization.matmul_nbits_quantizer import MatMulNBitsQuantizer
+
+        blocks = MatMulNBitsQuantizer(
+            onnx.load(str(source)), bits=8, block_size=32, is_symmetric=True, accuracy_level=4
+        )
+        blocks.process()
+        blocks.model.save_model_to_file(str(path), use_external_data_format=False)
     else:
         from onnxruntime.transformers.float16 import convert_float_to_float16
 
@@ -204,8 +219,8 @@ def _quantize(path: Path, precision: str) -> None:
 def _activation_fed_matmuls(graph: Any) -> list[str]:
     """The matrix products that read an activation function's output: a transformer's feed-forward
     down-projections (and any attention product after a scaling). Their inputs carry the outliers
-    that 8-bit activations clip (Bondarenko et al., 2021), so they stay float32: on the movie reviews
-    this raised int8's agreement with the float model from 97.9% to 98.6% (docs/export.md)."""
+    that 8-bit activations clip (Bondarenko et al., 2021), so they stay float32 (docs/production.md
+    compares the choices: scripts/quantization_variants.py)."""
     producers = {output: node.op_type for node in graph.graph.node for output in node.output}
     return [
         node.name
@@ -244,7 +259,13 @@ def _check(folder: Path, model: TransferModel, expected: np.ndarray, precision: 
     texts = list(PROBE_TEXTS)
     pairs = list(reversed(texts)) if model.pair_encoding == "separate" else None
     ours, theirs = runtime.tokenize(texts, pairs), model.preprocess(texts, pairs)
-    if [[w["input_ids"] for w in e] for e in ours] != [_window_ids(e) for e in theirs]:
+    keys = [name for name in runtime.input_names if name not in (WINDOW_OWNER, WINDOW_TEXTS)]
+    same_tokens = _tokens(ours, keys) == _tokens(theirs, keys)
+    if model.long_text is None and model.pair_encoding == "joint":  # pairs read as one sequence too
+        swapped = list(reversed(texts))
+        joint = runtime.tokenize(texts, swapped), model.preprocess(texts, swapped)
+        same_tokens &= _tokens(joint[0], keys) == _tokens(joint[1], keys)
+    if not same_tokens:
         raise ModelLoadError(
             "The exported tokenizer.json does not tokenise as the model's tokenizer does (a slow or "
             "customised tokenizer), so the ONNX runtime would read texts differently. Nothing was written."
@@ -261,6 +282,11 @@ def _check(folder: Path, model: TransferModel, expected: np.ndarray, precision: 
     return ExportResult(folder, precision, diff, same, 0.0)
 
 
-def _window_ids(example: dict[str, Any]) -> list[list[int]]:
-    windows = example.get("windows", [example])
-    return [list(w["input_ids"]) for w in windows]
+def _tokens(examples: list[Any], keys: list[str]) -> list[list[dict[str, list[int]]]]:
+    """Each example's windows as plain lists of the graph's token inputs (the runtime's and the
+    model's preprocessing compared like for like)."""
+    plain = []
+    for example in examples:
+        windows = example if isinstance(example, list) else example.get("windows", [example])
+        plain.append([{k: list(w[k]) for k in keys} for w in windows])
+    return plain

@@ -343,6 +343,13 @@ def _card(config: FinetuneConfig, results: dict[str, Any], table: str, output_di
         if results["protocol"] == "cross-validation"
         else "the held-out validation split",
     }
+    calibration = results.get("calibration", {})
+    if "ece_after" in calibration:
+        details["Calibration"] = (
+            f"temperature scaling fitted on the {calibration['fitted_on']} outputs; expected calibration "
+            f"error on {calibration['evaluated_on']} {calibration['ece_before']:.4f} -> "
+            f"{calibration['ece_after']:.4f} (reliability.png)"
+        )
     chosen = AutoChoice(**results["auto"]).flags()
     if chosen:
         details["Chosen by auto"] = f"`{chosen}`"

@@ -24,6 +24,7 @@ import endtoend
 import extraction
 import fewshot
 import finetune
+import inference
 import partial
 import vectors
 from common import Result
@@ -36,6 +37,7 @@ SECTIONS = {
     "vectors": vectors.run,
     "endtoend": endtoend.run,
     "partial": partial.run,
+    "inference": inference.run,
 }
 
 
@@ -93,6 +95,9 @@ def parse_args() -> argparse.Namespace:
     parser.add_argument("--endtoend_threads", type=int, default=2, help="endtoend: CPU threads of both tools")
     parser.add_argument(
         "--endtoend_only", nargs="*", default=[], help="endtoend: only rows whose name contains one of these"
+    )
+    parser.add_argument(
+        "--inference_train_examples", type=int, default=0, help="inference: training examples (0: all)"
     )
     parser.add_argument("--output", default="runs/bench/results.json")
     return parser.parse_args()
