@@ -40,7 +40,7 @@ RUN_MARKERS = (RESULTS_NAME, RUN_CONFIG_NAME, CONFIG_NAME, CHECKPOINTS_DIR, LOG_
 # Distributions whose versions results.json records (those installed).
 PACKAGES = (
     "torch", "transformers", "accelerate", "peft", "datasets", "safetensors", "numpy", "scikit-learn",
-    "gensim",
+    "gensim", "onnxruntime", "onnx",
 )  # fmt: skip
 
 

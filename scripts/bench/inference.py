@@ -21,7 +21,6 @@ from __future__ import annotations
 import json
 import os
 import statistics
-import subprocess
 import sys
 import tempfile
 from pathlib import Path
@@ -29,23 +28,13 @@ from typing import Any
 
 import pandas as pd
 from common import PEER_PYTHON, REPO, Result
+from endtoend import timed as _run
 
 THREADS = 2
 # Acceptance: int8 agrees with torch on >= 98% of the test set; its predict process >= 2x faster
 # than torch's; its throughput >= 2x torch's at <= 0.5 point accuracy loss.
 AGREEMENT, PROCESS_RATIO, THROUGHPUT_RATIO, MAX_LOSS = 0.98, 2.0, 2.0, 0.005
 BIN = Path(sys.executable).parent
-
-
-def _run(command: list[str], env: dict[str, str]) -> tuple[float, str]:
-    import time
-
-    start = time.perf_counter()
-    done = subprocess.run(command, env=env, cwd=REPO, capture_output=True, text=True)
-    seconds = time.perf_counter() - start
-    if done.returncode != 0:
-        raise RuntimeError(f"{' '.join(command)} failed:\n{done.stderr[-3000:]}")
-    return seconds, done.stdout
 
 
 def _prepare(work: Path, env: dict[str, str], examples: int) -> dict[str, Path]:
