@@ -23,6 +23,8 @@ RUNS = [
      ["--strategy", "finetune", "--unfreeze_layers", "2", "--epochs", "1", "--max_train_examples", "2000"]),
     ("fine-tuning (all layers, 1 epoch), all 10,201 reviews", ["--strategy", "finetune", "--epochs", "1"]),
     ("contrastive, 16 reviews per label", ["--strategy", "contrastive", "--samples_per_label", "16"]),
+    ("contrastive, 16 reviews per label, 16 per label of validation",
+     ["--strategy", "contrastive", "--samples_per_label", "16", "--validation_samples_per_label", "16"]),
     ("feature extraction, imbalanced reviews (10:1)",
      ["--dataset", "movie-reviews-imbalanced", "--strategy", "feature-extraction"]),
 ]  # fmt: skip
