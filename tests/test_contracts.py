@@ -131,7 +131,8 @@ def test_single_label_classification_meets_the_task_contract() -> None:
 def test_a_model_saved_before_tasks_existed_loads_as_single_label(tiny_bert: str, tmp_path: Path) -> None:
     TransferModel.from_backbone(tiny_bert, ["neg", "pos"]).save_pretrained(tmp_path)
     config = json.loads((tmp_path / CONFIG_NAME).read_text())
-    assert config.pop("task") == {"type": "single_label_classification", "class_weights": None}
+    saved = {"type": "single_label_classification", "class_weights": None, "temperature": None}
+    assert config.pop("task") == saved
     (tmp_path / CONFIG_NAME).write_text(json.dumps(config))
     loaded = TransferModel.from_pretrained(tmp_path)
     assert isinstance(loaded.task, SingleLabelClassification)
