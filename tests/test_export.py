@@ -465,6 +465,19 @@ def test_decoders_with_last_token_pooling_export_and_match_torch(decoder: tuple[
     assert set(expected.labels) == {"neg", "pos"}
 
 
+@pytest.mark.parametrize("strategy", ["lora", "prompt-tuning"])
+def test_adapter_runs_export_and_match_torch(bert: Path, data: Path, tmp_path: Path, strategy: str) -> None:
+    """LoRA is merged into the weights before export (a plain graph); prompt tuning, which has no
+    weight update to merge, exports with its virtual tokens in the graph."""
+    run = _train(bert, tmp_path / strategy, data / "sentiment.csv", "--epochs", "1", strategy=strategy)
+    export = _export(run, tmp_path / f"{strategy}-onnx")
+    graph = onnx.load(str(export / ONNX_NAME))
+    assert not any("lora" in t.name for t in graph.graph.initializer)
+    expected, got = _both(run, export, TEXTS_40)
+    assert got.labels == expected.labels
+    _close(got.probabilities, expected.probabilities)
+
+
 # 5. int8 and fp16
 
 
