@@ -478,6 +478,49 @@ def test_adapter_runs_export_and_match_torch(bert: Path, data: Path, tmp_path: P
     _close(got.probabilities, expected.probabilities)
 
 
+def test_check_file_reports_agreement_and_accuracy_on_the_users_texts(
+    single_run: Path, data: Path, tmp_path: Path, capsys: pytest.CaptureFixture
+) -> None:
+    check = tmp_path / "check.csv"
+    sentiment_frame(50, seed=7).to_csv(check, index=False)
+    out = _export(single_run, tmp_path / "checked", "--quantize", "int8", "--check_file", str(check))
+    report = _config(out)["check"]
+    frame = pd.read_csv(check)
+    torch_answers = TransferModel.from_pretrained(single_run).predict(frame["text"].tolist()).labels
+    onnx_answers = OnnxModel.from_pretrained(out).predict(frame["text"].tolist()).labels
+    truth = frame["label"].astype(str).tolist()
+    assert report["texts"] == 50
+    assert report["agreement"] == pytest.approx(
+        np.mean(np.asarray(torch_answers) == np.asarray(onnx_answers))
+    )
+    assert report["accuracy_torch"] == pytest.approx(np.mean(np.asarray(torch_answers) == np.asarray(truth)))
+    assert report["accuracy_export"] == pytest.approx(np.mean(np.asarray(onnx_answers) == np.asarray(truth)))
+    assert (
+        f"the int8 export answers as the torch model on {report['agreement']:.1%}" in capsys.readouterr().out
+    )
+
+
+def test_check_file_without_the_text_column_stops_before_exporting(
+    single_run: Path, tmp_path: Path, capsys: pytest.CaptureFixture
+) -> None:
+    check = tmp_path / "check.csv"
+    pd.DataFrame({"review": ["good", "bad"]}).to_csv(check, index=False)
+    out = tmp_path / "never"
+    assert main(["export", str(single_run), str(out), "--check_file", str(check)]) == 2
+    assert "has no column 'text'" in capsys.readouterr().err
+    assert not out.exists()
+
+
+def test_check_file_on_a_regression_reports_the_largest_difference(
+    regression: tuple[Path, Path], data: Path, tmp_path: Path
+) -> None:
+    run, _ = regression
+    out = _export(run, tmp_path / "values-checked", "--check_file", str(data / "tagged.csv"))
+    report = _config(out)["check"]
+    assert set(report) == {"texts", "largest_difference"}
+    assert 0 <= report["largest_difference"] < 1e-3
+
+
 # 5. int8 and fp16
 
 

@@ -26,6 +26,17 @@ def _parser() -> argparse.ArgumentParser:
         "int8-weights: int8 weight blocks (closest to float32, answers independent of the batch, "
         "float32's speed); fp16: half precision (for GPU runtimes). Default: float32.",
     )
+    parser.add_argument(
+        "--check_file",
+        default=None,
+        help="A table of your own texts (CSV/JSON/parquet, e.g. a test set) to compare the export with "
+        "the torch model on before it is published: the share of equal answers, and both accuracies "
+        "when it has labels. Quantising costs a little accuracy; this shows how much on your data.",
+    )
+    parser.add_argument("--text_column", default="text", help="--check_file: the column of texts.")
+    parser.add_argument(
+        "--label_column", default="label", help="--check_file: the column of true labels, if it has one."
+    )
     parser.add_argument("--overwrite_output_dir", action="store_true", help="Replace an export saved there.")
     parser.add_argument(
         "--trust_remote_code",
@@ -44,15 +55,47 @@ def run_export_command(argv: Sequence[str], setup_logging: Callable[[], None] = 
     _check_target(target, args.overwrite_output_dir)
     from nlptransfer.export.onnx import export_onnx
 
+    texts, labels = _check_texts(args)
     setup_logging()
-    result = export_onnx(source, target, args.quantize, args.trust_remote_code)
+    result = export_onnx(source, target, args.quantize, args.trust_remote_code, texts, labels)
     size = sum(f.stat().st_size for f in target.iterdir() if f.is_file()) / 2**20
     print(
         f"exported {source} to {target} ({result.precision}, {size:.0f} MB) in {result.seconds:.1f} s; "
         f"largest score difference from the torch model on the probe texts: {result.max_abs_diff:.2e}. "
         f"Predict with: nlptransfer predict --model {target} --text '...'"
     )
+    if result.check is not None:
+        print(f"on {args.check_file}: {_describe_check(result.check, result.precision)}")
     return 0
+
+
+def _check_texts(args: argparse.Namespace) -> tuple[list[str] | None, list[str] | None]:
+    """The texts (and labels, when the table has them) of --check_file."""
+    if not args.check_file:
+        return None, None
+    from nlptransfer.data import read_table
+    from nlptransfer.errors import DataError
+
+    frame = next(iter(read_table(args.check_file, text_columns=[args.text_column]).values()))
+    if args.text_column not in frame.columns:
+        raise DataError(
+            f"{args.check_file} has no column '{args.text_column}'. Columns that exist: "
+            f"{', '.join(map(str, frame.columns))}. Pass --text_column."
+        )
+    texts = frame[args.text_column].fillna("").astype(str).tolist()
+    labels = frame[args.label_column].astype(str).tolist() if args.label_column in frame.columns else None
+    return texts, labels
+
+
+def _describe_check(check: dict, precision: str) -> str:
+    texts = f"{check['texts']} texts"
+    if "largest_difference" in check:
+        return f"{texts}, largest difference from the torch model {check['largest_difference']:.3g}"
+    line = f"{texts}, the {precision} export answers as the torch model on {check['agreement']:.1%}"
+    if "accuracy_torch" in check:
+        torch_accuracy, export_accuracy = check["accuracy_torch"], check["accuracy_export"]
+        line += f"; accuracy {torch_accuracy:.4f} (torch) -> {export_accuracy:.4f} ({precision})"
+    return line
 
 
 def _check_target(target: Path, overwrite: bool) -> None:

@@ -66,6 +66,9 @@ class ExportResult:
     max_abs_diff: float
     agreement: float
     seconds: float
+    # On the user's own texts (``check_texts``): how often the export answers as the torch model
+    # does, and each one's accuracy when the true labels are given.
+    check: dict[str, Any] | None = None
 
 
 class _Graph(nn.Module):
@@ -97,8 +100,13 @@ def export_onnx(
     output_dir: str | os.PathLike[str],
     quantize: str | None = None,
     trust_remote_code: bool = False,
+    check_texts: list[str] | None = None,
+    check_labels: list[Any] | None = None,
 ) -> ExportResult:
     """Export the model of ``run_dir`` (a training run or a saved model) to ``output_dir``.
+
+    ``check_texts`` (and their ``check_labels``): texts of your own to compare the export with the
+    torch model on before it is published; the figures are in the result and the export's config.
 
     ``quantize``: None (float32), ``"int8"`` (dynamic quantisation: the fastest on CPUs),
     ``"int8-weights"`` (int8 weight blocks: closest to float, answers independent of the batch) or
@@ -120,6 +128,9 @@ def export_onnx(
         config = _config(model, run_dir, quantize, list(probes))
         (staging / EXPORT_CONFIG).write_text(json.dumps(config, indent=2))
         result = _check(staging, model, expected, quantize or "fp32")
+        if check_texts:
+            result.check = compare_on_texts(staging, model, check_texts, check_labels)
+            (staging / EXPORT_CONFIG).write_text(json.dumps({**config, "check": result.check}, indent=2))
     result.path, result.seconds = Path(output_dir), time.perf_counter() - start
     return result
 
@@ -280,6 +291,28 @@ def _check(folder: Path, model: TransferModel, expected: np.ndarray, precision: 
         )
     logger.info("%s export: largest score difference from torch %.2e on the probe texts", precision, diff)
     return ExportResult(folder, precision, diff, same, 0.0)
+
+
+def compare_on_texts(
+    folder: Path, model: TransferModel, texts: list[str], labels: list[Any] | None = None
+) -> dict[str, Any]:
+    """The export at ``folder`` against the torch model on ``texts``: the share of equal answers
+    (classification) or the largest difference (regression), and both accuracies given ``labels``
+    (single-label)."""
+    expected = model.predict(texts)
+    got = OnnxModel.from_pretrained(folder).predict(texts)
+    report: dict[str, Any] = {"texts": len(texts)}
+    if expected.problem_type == "regression":
+        report["largest_difference"] = float(np.abs(got.probabilities - expected.probabilities).max())
+        return report
+    report["agreement"] = float(np.mean([a == b for a, b in zip(got.labels, expected.labels, strict=True)]))
+    if labels is not None and expected.problem_type == "single_label_classification":
+        truth = [str(label) for label in labels]
+        for name, answers in (("torch", expected.labels), ("export", got.labels)):
+            report[f"accuracy_{name}"] = float(
+                np.mean([str(a) == t for a, t in zip(answers, truth, strict=True)])
+            )
+    return report
 
 
 def _tokens(examples: list[Any], keys: list[str]) -> list[list[dict[str, list[int]]]]:
