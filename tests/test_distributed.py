@@ -57,6 +57,7 @@ def test_two_processes_share_the_work(tiny_bert: str, tmp_path: Path, strategy: 
     # Each process saw its own shard: at most one padding batch is shared.
     assert report["examples_seen_by_several_processes"] <= 8
     assert report["train_examples_covered"] == report["num_train_examples"] == 180
+    assert report["weights_identical_across_processes"] is True
     assert results["test"]["accuracy"] >= 0.8
 
 
@@ -89,3 +90,41 @@ def test_accelerate_launch_multi_cpu(tiny_bert: str, tmp_path: Path) -> None:
     assert "MULTI_CPU" in report["distributed_type"]
     assert all(n > 0 for n in report["train_examples_per_process"])
     assert report["examples_seen_by_several_processes"] <= 32  # one padding batch at most
+
+
+CONFIGS = sorted((REPO / "recipes" / "accelerate").glob("*.yaml"))
+
+
+@pytest.mark.parametrize("path", CONFIGS, ids=lambda p: p.stem)
+def test_every_accelerate_config_loads_with_accelerates_own_reader(path: Path) -> None:
+    from accelerate.commands.config.config_args import load_config_from_file
+
+    config = load_config_from_file(str(path))
+    assert config.num_processes >= 1 and config.num_machines >= 1
+    expected = {
+        "fsdp": "FSDP",
+        "deepspeed": "DEEPSPEED",
+        "multi-gpu": "MULTI_GPU",
+        "two-machines": "MULTI_GPU",
+    }
+    for prefix, kind in expected.items():
+        if path.stem.startswith(prefix):
+            assert kind in str(config.distributed_type)
+    if path.stem == "two-machines":
+        assert config.num_machines == 2 and config.main_process_ip
+
+
+def test_the_cpu_accelerate_config_trains_with_two_processes(tiny_bert: str, tmp_path: Path) -> None:
+    require_asset("accelerate")
+    sentiment_frame(100).to_csv(tmp_path / "train.csv", index=False)
+    config = REPO / "recipes" / "accelerate" / "cpu-2-processes.yaml"
+    result = run_script(
+        ["accelerate", "launch", "--config_file", str(config), "--main_process_port", str(free_port()),
+         str(REPO / "recipes" / "finetune.py"), "--model", tiny_bert,
+         "--train_file", str(tmp_path / "train.csv"), "--output_dir", str(tmp_path / "out"),
+         "--epochs", "2", "--strategy", "finetune"]
+    )  # fmt: skip
+    assert result.returncode == 0, result.stderr[-4000:]
+    report = json.loads((tmp_path / "out" / "results.json").read_text())["distributed"]
+    assert report["num_processes"] == 2 and "MULTI_CPU" in report["distributed_type"]
+    assert report["weights_identical_across_processes"] is True

@@ -19,6 +19,7 @@ from nlptransfer.data import (
     LabelledData,
 )
 from nlptransfer.engine.activations import ActivationReport, activation_block, activation_datasets
+from nlptransfer.engine.cache import weights_fingerprint
 from nlptransfer.engine.checkpoint import Checkpoint, Snapshot
 from nlptransfer.engine.context import RunContext
 from nlptransfer.engine.features import extract_features
@@ -327,12 +328,20 @@ def _fmt(scores: dict[str, float]) -> str:
     return " ".join(f"{k}={v:.4f}" for k, v in scores.items())
 
 
-def distributed_report(accelerator: Accelerator, seen: list[int], num_train: int) -> dict[str, Any]:
-    """Which training examples each process saw in the first epoch."""
+def distributed_report(
+    accelerator: Accelerator, seen: list[int], num_train: int, model: torch.nn.Module | None = None
+) -> dict[str, Any]:
+    """Which training examples each process saw in the first epoch, and (several processes, given
+    ``model``) whether every process ended with the very same weights, as data parallelism must."""
     per_rank = gather_object([sorted(set(seen))])
     sets = [set(s) for s in per_rank]
     overlap = len(set.intersection(*sets)) if len(sets) > 1 else 0
+    replicas = {}
+    if model is not None and accelerator.num_processes > 1:
+        fingerprints = gather_object([weights_fingerprint(model)])
+        replicas = {"weights_identical_across_processes": len(set(fingerprints)) == 1}
     return {
+        **replicas,
         "num_processes": accelerator.num_processes,
         "distributed_type": str(accelerator.distributed_type),
         "train_examples_per_process": [len(s) for s in sets],

@@ -191,7 +191,7 @@ def train(config: FinetuneConfig, epoch_hook: Callable[[int, float], None] | Non
     }
     model.to(ctx.accelerator.device)
     final = final_evaluation(model, result.eval_datasets, ctx, result.out_of_fold)
-    report = distributed_report(ctx.accelerator, result.seen_indices, len(data.train))
+    report = distributed_report(ctx.accelerator, result.seen_indices, len(data.train), model)
     tuned = final.pop("tuned", {})
     results = _results(ctx, model, data, result, final.pop("test", None), timings, report)
     results.update(final)  # the per-label table, and the validation scores after tuning
