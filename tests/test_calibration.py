@@ -4,14 +4,13 @@ apply a temperature, and runs that fit it, report it, draw it, save it and predi
 from __future__ import annotations
 
 import json
-import random
 from pathlib import Path
 
 import numpy as np
-import pandas as pd
 import pytest
 import torch
-from conftest import FILLER, NEGATIVE, POSITIVE, require_asset, sentiment_frame
+from conftest import require_asset, sentiment_frame
+from test_tasks import tagged_frame
 
 from nlptransfer import FinetuneConfig, TransferModel, train
 from nlptransfer.data.loaders import collate_examples
@@ -256,31 +255,13 @@ def test_regression_has_nothing_to_calibrate() -> None:
 # End to end, with the tiny random BERT
 
 
-def _tagged_frame(n: int, seed: int) -> pd.DataFrame:
-    """Texts tagged 'pos' (a positive word), 'neg' (a negative word), both or neither; a score."""
-    rng = random.Random(seed)
-    rows = []
-    for _ in range(n):
-        words, tags = rng.sample(FILLER, 3), []
-        if rng.random() < 0.5:
-            words.append(rng.choice(POSITIVE))
-            tags.append("pos")
-        if rng.random() < 0.5:
-            words.append(rng.choice(NEGATIVE))
-            tags.append("neg")
-        rng.shuffle(words)
-        score = 2.0 * ("pos" in tags) - 1.5 * ("neg" in tags) + rng.gauss(0, 0.1)
-        rows.append({"text": " ".join(words), "tags": ";".join(tags), "score": score})
-    return pd.DataFrame(rows)
-
-
 @pytest.fixture(scope="module")
 def data_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
     folder = tmp_path_factory.mktemp("calibration-data")
     sentiment_frame(200).to_csv(folder / "train.csv", index=False)
     sentiment_frame(60, seed=1).to_csv(folder / "test.csv", index=False)
-    _tagged_frame(240, seed=0).to_csv(folder / "tagged.csv", index=False)
-    _tagged_frame(60, seed=1).to_csv(folder / "tagged_test.csv", index=False)
+    tagged_frame(240, seed=0).to_csv(folder / "tagged.csv", index=False)
+    tagged_frame(60, seed=1).to_csv(folder / "tagged_test.csv", index=False)
     return folder
 
 

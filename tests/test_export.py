@@ -31,6 +31,7 @@ from conftest import (
     run_script,
     sentiment_frame,
 )
+from test_tasks import tagged_frame
 
 from nlptransfer import TransferModel
 from nlptransfer.cli import main
@@ -166,30 +167,10 @@ def data(folder: Path) -> Path:
     directory.mkdir()
     sentiment_frame(200).to_csv(directory / "sentiment200.csv", index=False)
     sentiment_frame(120).to_csv(directory / "sentiment.csv", index=False)
-    _tagged(240).to_csv(directory / "tagged.csv", index=False)
+    tagged_frame(240).to_csv(directory / "tagged.csv", index=False)
     _long(80).to_csv(directory / "long.csv", index=False)
     _pairs(200).to_csv(directory / "pairs.csv", index=False)
     return directory
-
-
-def _tagged(n: int, seed: int = 0) -> pd.DataFrame:
-    """Tags 'pos' (a positive word) and 'neg' (a negative word); a score, and the score in other units."""
-    rng = random.Random(seed)
-    rows = []
-    for _ in range(n):
-        words, tags = rng.sample(FILLER, 3), []
-        if rng.random() < 0.5:
-            words.append(rng.choice(POSITIVE))
-            tags.append("pos")
-        if rng.random() < 0.4:
-            words.append(rng.choice(NEGATIVE))
-            tags.append("neg")
-        rng.shuffle(words)
-        score = 2.0 * ("pos" in tags) - 1.5 * ("neg" in tags) + rng.gauss(0, 0.1)
-        rows.append(
-            {"text": " ".join(words), "tags": ";".join(tags), "score": score, "score2": 100 - 50 * score}
-        )
-    return pd.DataFrame(rows)
 
 
 def _long(n: int, seed: int = 0) -> pd.DataFrame:
@@ -341,7 +322,7 @@ def test_multi_label_thresholds_tuned_on_validation_are_applied_by_the_export(
     thresholds = task["thresholds"]
     assert thresholds == _saved(run)["task"]["thresholds"] and len(thresholds) == 2
     assert any(t != 0.5 for t in thresholds), "no threshold was tuned: the check below would not tell"
-    texts = [*TEXTS, *_tagged(20, seed=7)["text"]]
+    texts = [*TEXTS, *tagged_frame(20, seed=7)["text"]]
     expected, got = _both(run, export, texts)
     _close(got.probabilities, expected.probabilities)
     assert got.labels == expected.labels
@@ -369,7 +350,7 @@ def test_regression_values_match_torch_in_the_targets_units(regression: tuple[Pa
     run, export = regression
     task = _config(export)["task"]
     assert task["type"] == "regression" and _config(export)["labels"] == ["score", "score2"]
-    held_out = _tagged(30, seed=7)
+    held_out = tagged_frame(30, seed=7)
     texts = [*TEXTS, *held_out["text"]]
     expected, got = _both(run, export, texts)
     # Within the tolerance in standardised units: 1e-4 of each target's spread.
