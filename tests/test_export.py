@@ -863,3 +863,19 @@ def test_real_minilm_int8_weights_agree_on_98_percent_within_half_a_point(minilm
     agreement, accuracy_torch, accuracy_int8 = _figures(minilm, "int8-weights")
     assert agreement >= 0.98
     assert accuracy_torch - accuracy_int8 <= 0.005
+
+
+def test_a_missing_exporter_package_names_the_extra_to_install(
+    single_run: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture
+) -> None:
+    import importlib.util
+
+    real = importlib.util.find_spec
+    monkeypatch.setattr(
+        importlib.util, "find_spec", lambda name, *a: None if name == "onnxscript" else real(name, *a)
+    )
+    out = tmp_path / "never"
+    assert main(["export", str(single_run), str(out)]) == 2
+    err = capsys.readouterr().err
+    assert "needs onnxscript" in err and "pip install 'nlptransfer[export]'" in err
+    assert not out.exists()

@@ -114,6 +114,7 @@ def export_onnx(
     """
     if quantize not in (None, *QUANTIZATIONS):
         raise ConfigError(f"--quantize must be one of {', '.join(QUANTIZATIONS)}, got '{quantize}'.")
+    _check_exporters()
     start = time.perf_counter()
     model = _exportable(TransferModel.from_pretrained(run_dir, trust_remote_code))
     probes = _probe_inputs(model)
@@ -133,6 +134,21 @@ def export_onnx(
             (staging / EXPORT_CONFIG).write_text(json.dumps({**config, "check": result.check}, indent=2))
     result.path, result.seconds = Path(output_dir), time.perf_counter() - start
     return result
+
+
+def _check_exporters() -> None:
+    """torch's exporter needs onnx and onnxscript, the check and quantisers onnxruntime: none is a
+    dependency of the default install."""
+    import importlib.util
+
+    missing = [
+        name for name in ("onnx", "onnxscript", "onnxruntime") if importlib.util.find_spec(name) is None
+    ]
+    if missing:
+        raise ConfigError(
+            f"Exporting to ONNX needs {', '.join(missing)}, which are not installed: "
+            "pip install 'nlptransfer[export]'."
+        )
 
 
 def _exportable(model: TransferModel) -> TransferModel:
