@@ -259,9 +259,9 @@ def test_a_nan_loss_stops_at_its_step_and_names_the_last_good_checkpoint(
     _resumes_from(config, good, caplog)
 
 
-def _step_inputs(session: TrainSession) -> tuple[list[torch.nn.Parameter], Any, Any]:
+def _step_inputs(session: TrainSession, fused: bool = True) -> tuple[list[torch.nn.Parameter], Any, Any]:
     model = torch.nn.Linear(3, 2)
-    optimizer = torch.optim.AdamW(model.parameters())
+    optimizer = torch.optim.AdamW(model.parameters(), fused=fused)
     scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda _: 1.0)
     model, optimizer, scheduler = session.accelerator.prepare(model, optimizer, scheduler)
     return list(model.parameters()), optimizer, scheduler
@@ -274,6 +274,16 @@ def _backward(session: TrainSession, params: list[torch.nn.Parameter], scale: fl
     return loss
 
 
+def _snapshot(params: list[torch.nn.Parameter], optimizer: Any) -> list[torch.Tensor]:
+    """The weights and every optimizer state tensor (moments and step counts)."""
+    state = [t for p in params for t in optimizer.optimizer.state.get(p, {}).values()]
+    return [t.detach().clone() for t in [*params, *state]]
+
+
+def _unchanged(before: list[torch.Tensor], params: list[torch.nn.Parameter], optimizer: Any) -> bool:
+    return all(torch.equal(a, b) for a, b in zip(before, _snapshot(params, optimizer), strict=True))
+
+
 def test_an_fp16_overflow_step_is_skipped_but_a_nan_loss_stops(session: TrainSession) -> None:
     # What accelerate sets up for fp16 on a GPU: a GradScaler the optimizer steps through.
     # On a CPU it makes none, so this one is attached before ``prepare``.
@@ -283,9 +293,11 @@ def test_an_fp16_overflow_step_is_skipped_but_a_nan_loss_stops(session: TrainSes
     for param in params:
         param.grad.fill_(float("inf"))  # an overflow of the scaled gradients
     before = [p.detach().clone() for p in params]
-    assert optimizer_step(session, params, optimizer, scheduler, loss) == pytest.approx(loss.item())
-    assert session.accelerator.optimizer_step_was_skipped
+    optimizer_step(session, params, optimizer, scheduler, loss)
+    assert session.accelerator.scaler.get_scale() == 2.0**15  # lowered from 2**16: an overflow
     assert all(torch.equal(p.detach(), b) for p, b in zip(params, before, strict=True))
+    # Under a scaler the values are read before each step: the loss is already counted.
+    assert session.progress.epoch_loss_sum == pytest.approx(loss.item()) and not session.steps
 
     loss = _backward(session, params, scale=float("nan"))
     with pytest.raises(TrainingError, match=r"The loss became nan at step 1 \(epoch 1, batch 1\)") as info:
@@ -293,18 +305,48 @@ def test_an_fp16_overflow_step_is_skipped_but_a_nan_loss_stops(session: TrainSes
     assert "No checkpoint was saved before it." in str(info.value)
 
 
-def test_non_finite_gradients_without_a_scaler_stop_before_the_step(session: TrainSession) -> None:
+def test_a_bad_step_and_every_step_after_it_are_skipped_on_the_device_until_the_read(
+    session: TrainSession,
+) -> None:
     params, optimizer, scheduler = _step_inputs(session)
     loss = _backward(session, params)
-    params[0].grad[0, 0] = float("inf")
+    optimizer_step(session, params, optimizer, scheduler, loss)  # a good step changes the weights
     session.progress.global_step, session.progress.batch = 11, 3
     session.last_checkpoint = Path("out/checkpoints/checkpoint-10")
-    before = [p.detach().clone() for p in params]
+    before = _snapshot(params, optimizer)
+    loss = _backward(session, params)
+    params[0].grad[0, 0] = float("inf")
+    optimizer_step(session, params, optimizer, scheduler, loss)
+    session.progress.global_step, session.progress.batch = 12, 4
+    for _ in range(2):  # finite steps after it are skipped too: the flag stays set until the read
+        optimizer_step(session, params, optimizer, scheduler, _backward(session, params))
+    assert _unchanged(before, params, optimizer)  # weights, moments and step counts
     with pytest.raises(TrainingError) as info:
-        optimizer_step(session, params, optimizer, scheduler, loss)
+        session.read_steps()
     assert str(info.value).startswith("The gradients became inf at step 12 (epoch 1, batch 4)")
     assert str(info.value).endswith("The last good checkpoint is out/checkpoints/checkpoint-10.")
-    assert all(torch.equal(p.detach(), b) for p, b in zip(params, before, strict=True))
+
+
+def test_an_optimizer_that_cannot_skip_on_the_device_is_checked_before_each_step(
+    session: TrainSession,
+) -> None:
+    params, optimizer, scheduler = _step_inputs(session, fused=False)
+    loss = _backward(session, params)
+    params[0].grad[0, 0] = float("nan")
+    before = _snapshot(params, optimizer)
+    with pytest.raises(TrainingError, match=r"^The gradients became nan at step 1 \(epoch 1, batch 1\)"):
+        optimizer_step(session, params, optimizer, scheduler, loss)
+    assert _unchanged(before, params, optimizer)
+
+
+def test_a_checkpoint_is_never_saved_after_a_skipped_step(session: TrainSession, tmp_path: Path) -> None:
+    session.checkpointer = Checkpointer(session.accelerator, tmp_path, 0)
+    params, optimizer, scheduler = _step_inputs(session)
+    loss = _backward(session, params, scale=float("nan"))
+    optimizer_step(session, params, optimizer, scheduler, loss)
+    with pytest.raises(TrainingError, match="The loss became nan at step 1"):
+        session.save_checkpoint()
+    assert complete_checkpoints(tmp_path) == []
 
 
 def test_pretraining_on_a_full_disk_keeps_the_earlier_run(

@@ -11,7 +11,7 @@ from typing import Any
 
 import torch
 from accelerate import Accelerator
-from accelerate.utils import ProjectConfiguration
+from accelerate.utils import DataLoaderConfiguration, ProjectConfiguration, TorchDynamoPlugin
 
 from nlptransfer.config import FinetuneConfig, TrainingOptions
 from nlptransfer.engine.loop import TrainSession
@@ -53,6 +53,9 @@ def build_accelerator(
         cpu=config.cpu or not torch.cuda.is_available(),
         mixed_precision=config.mixed_precision,
         gradient_accumulation_steps=config.gradient_accumulation_steps,
+        # Batches copy to the GPU while the host goes on (the loader pins them: engine.loop).
+        dataloader_config=DataLoaderConfiguration(non_blocking=True),
+        dynamo_plugin=TorchDynamoPlugin(backend="inductor") if config.torch_compile else None,
         log_with=log_with or None,
         project_config=ProjectConfiguration(
             project_dir=str(output_dir), logging_dir=str(Path(output_dir) / LOGS_DIR)

@@ -34,6 +34,16 @@ from nlptransfer.engine.checkpoint import (
 )
 from nlptransfer.engine.interrupt import InterruptGuard
 from nlptransfer.engine.schedules import build_schedule
+from nlptransfer.engine.steps import (
+    BATCH_INFO,
+    BatchInfo,
+    PendingSteps,
+    StepPlace,
+    StepValue,
+    WithBatchInfo,
+    set_skip_flag,
+    skips_on_device,
+)
 from nlptransfer.errors import SaveError, TrainingError, TrainingInterrupted
 
 if TYPE_CHECKING:
@@ -68,6 +78,9 @@ class TrainSession:
     # values a rebuilt model gets (source weights, seeded initialisation), so
     # checkpoints leave them out: a frozen body or a LoRA base costs no disk.
     trained_params: set[str] | None = None
+    # Step values not read from the device yet, and the loss and throughput since the last log line.
+    steps: PendingSteps = field(default_factory=PendingSteps)
+    window: _Window = field(default_factory=lambda: _Window())
 
     def __post_init__(self) -> None:
         self.accelerator.register_save_state_pre_hook(self._drop_untrained)
@@ -95,6 +108,8 @@ class TrainSession:
             state.load_state_dict(self.resume)
 
     def save_checkpoint(self) -> Path | None:
+        # Read first: a non-finite step stops the run here, before its skipped update is saved.
+        self.read_steps()
         if self.checkpointer is None:
             return None
         state, tensors, process_state = self.state.state_dict() if self.state else Snapshot({}, {}, {})
@@ -102,10 +117,33 @@ class TrainSession:
         self.last_checkpoint = self.checkpointer.save(self.progress, state, tensors, process_state)
         return self.last_checkpoint
 
-    def stop_requested(self) -> bool:
-        """Whether any process got SIGINT/SIGTERM: all must stop at the same step."""
+    def read_steps(self) -> list[float]:
+        """Read the pending step values (one device sync), add the losses to the epoch's and the log
+        window's sums, and stop if any value was not finite, on every process at once."""
+        values = self.steps.read()
+        bad = next((v for v in values if not math.isfinite(v.value)), None)
+        elsewhere = False
+        if self.accelerator.num_processes > 1:  # all processes read at the same steps
+            flag = torch.tensor([float(bad is not None)], device=self.accelerator.device)
+            elsewhere = bool(self.accelerator.reduce(flag, reduction="max").item())
+        if bad is not None or elsewhere:
+            raise _non_finite(self, bad)
+        losses = [v.value for v in values if v.name == "loss"]
+        for loss in losses:
+            self.progress.epoch_loss_sum += loss
+            self.window.loss += loss
+        return losses
+
+    def stop_requested(self, collective: bool = True) -> bool:
+        """Whether any process got SIGINT/SIGTERM: all must stop at the same step.
+
+        With several processes, asking is a collective read; ``collective=False`` (a step
+        that reads nothing else) answers False there, and they ask at the next logging step.
+        """
         flag = self.guard.requested
         if self.accelerator.num_processes > 1:
+            if not collective:
+                return False
             signal = torch.tensor([int(self.guard.received or 0)], device=self.accelerator.device)
             flag_value = int(self.accelerator.reduce(signal, reduction="max").item())
             if flag_value and self.guard.received is None:
@@ -199,6 +237,9 @@ def prepare_phase(
     """
     accelerator, options = session.accelerator, session.options
     optimizer = adamw(groups)
+    loader.collate_fn = WithBatchInfo(loader.collate_fn)
+    # Page-locked batches copy to a GPU without the host waiting (accelerate copies non-blocking).
+    loader.pin_memory = accelerator.device.type == "cuda"
     prepared, optimizer, loader = accelerator.prepare(model, optimizer, loader)
     per_epoch = math.ceil(len(loader) / options.gradient_accumulation_steps)
     steps = max(1, per_epoch * epochs * accelerator.num_processes)
@@ -224,8 +265,9 @@ def run_epochs(session: TrainSession, plan: EpochPlan) -> None:
         return
     for epoch in range(progress.epoch, plan.epochs + 1):
         progress.epoch = epoch
-        mean_loss = _train_one_epoch(session, plan)
-        stop = plan.hook.on_epoch_end(mean_loss)
+        _train_one_epoch(session, plan)
+        session.read_steps()
+        stop = plan.hook.on_epoch_end(progress.epoch_loss_sum / max(progress.batch, 1))
         progress.epoch, progress.batch, progress.epoch_loss_sum = epoch + 1, 0, 0.0
         progress.phase_done = stop or epoch == plan.epochs
         epoch_checkpoint = plan.objective.checkpoint_every_epoch or progress.phase_done
@@ -237,7 +279,7 @@ def run_epochs(session: TrainSession, plan: EpochPlan) -> None:
             return
 
 
-def _train_one_epoch(session: TrainSession, plan: EpochPlan) -> float:
+def _train_one_epoch(session: TrainSession, plan: EpochPlan) -> None:
     accelerator, progress = session.accelerator, session.progress
     # accelerate's loader re-sets its sampler's epoch from its own counter, which
     # a resumed run (fresh loader, then a skipping copy) would get wrong: set both.
@@ -254,7 +296,7 @@ def _train_one_epoch(session: TrainSession, plan: EpochPlan) -> float:
     batches = accelerator.skip_first_batches(plan.loader, skip) if skip else plan.loader
     plan.model.train()
     params = [p for p in plan.model.parameters() if p.requires_grad]
-    window = _Window()
+    session.window = _Window()
     bar = tqdm(
         batches, desc=f"{plan.objective.desc} {progress.epoch}", total=len(plan.loader), initial=skip,
         disable=not session.show_progress, leave=False,
@@ -262,31 +304,34 @@ def _train_one_epoch(session: TrainSession, plan: EpochPlan) -> float:
     session.guard.in_training = True
     try:
         for batch in bar:
-            window.add(batch)
+            info = batch.pop(BATCH_INFO, None)
+            session.window.add(info, batch)
+            if info is not None:
+                plan.objective.observe(info.idx)
             with accelerator.accumulate(plan.model):
                 loss = plan.objective.loss(plan.model, batch)
                 accelerator.backward(loss)
-                value = optimizer_step(session, params, plan.optimizer, plan.scheduler, loss)
-            assert value is not None  # given a loss, optimizer_step returns its value
+                optimizer_step(session, params, plan.optimizer, plan.scheduler, loss)
             progress.batch += 1
-            progress.epoch_loss_sum += value
-            window.loss += value
-            bar.set_postfix(loss=f"{progress.epoch_loss_sum / progress.batch:.4f}", refresh=False)
             if accelerator.sync_gradients:
-                _after_optimizer_step(session, plan, window)
+                _after_optimizer_step(session, plan, bar)
     finally:
         session.guard.in_training = False
-    return progress.epoch_loss_sum / max(progress.batch, 1)
 
 
-def _after_optimizer_step(session: TrainSession, plan: EpochPlan, window: _Window) -> None:
+def _after_optimizer_step(session: TrainSession, plan: EpochPlan, bar: tqdm) -> None:
+    """Log, save and check for a stop request; only these steps read from the device."""
     options, progress = session.options, session.progress
     progress.global_step += 1
-    if progress.global_step % options.logging_steps == 0:
-        session.log(window.flush(plan, progress, session.accelerator.num_processes))
-    if options.save_steps and progress.global_step % options.save_steps == 0:
+    logging = progress.global_step % options.logging_steps == 0
+    saving = bool(options.save_steps) and progress.global_step % options.save_steps == 0
+    if logging:
+        session.read_steps()
+        bar.set_postfix(loss=f"{progress.epoch_loss_sum / max(progress.batch, 1):.4f}", refresh=False)
+        session.log(session.window.flush(plan, progress, session.accelerator.num_processes))
+    if saving:
         session.save_checkpoint()
-    if session.stop_requested():
+    if session.stop_requested(collective=logging or saving):
         session.interrupt()
 
 
@@ -297,13 +342,11 @@ class _Window:
         self.start = time.perf_counter()
         self.loss, self.batches, self.examples, self.tokens = 0.0, 0, 0, 0
 
-    def add(self, batch: dict[str, Any]) -> None:
+    def add(self, info: BatchInfo | None, batch: dict[str, Any]) -> None:
+        """Count a batch: from its host-side info (a batch built without it is counted, not its tokens)."""
         self.batches += 1
-        first = next(iter(batch.values()))
-        self.examples += len(first)
-        mask = batch.get("attention_mask")
-        if isinstance(mask, torch.Tensor):
-            self.tokens += int(mask.sum())
+        self.examples += info.examples if info is not None else len(next(iter(batch.values())))
+        self.tokens += info.tokens if info is not None else 0
 
     def flush(self, plan: EpochPlan, progress: Progress, processes: int) -> dict[str, float]:
         seconds = max(time.perf_counter() - self.start, 1e-9)
@@ -322,49 +365,48 @@ class _Window:
 def optimizer_step(
     session: TrainSession, params: list[torch.nn.Parameter], optimizer: Any, scheduler: Any,
     loss: torch.Tensor | None = None,
-) -> float | None:  # fmt: skip
-    """Clip, check the loss and synced gradients are finite, then step optimizer and schedule.
+) -> None:  # fmt: skip
+    """Clip, then step optimizer and schedule, never applying an update after a non-finite value.
 
-    Call inside ``accumulate``. Returns the loss's value (None without a loss): it is
-    read in the same device sync as the check, so a step waits for the device once.
+    Call inside ``accumulate``. The loss and the synced gradients' norm stay on the device
+    (``session.read_steps`` reads them); fused AdamW skips the update on the device's say. Any
+    other optimizer is checked on the host first: a device sync per step.
     """
-    accelerator = session.accelerator
-    checked: dict[str, Any] = {} if loss is None else {"loss": loss}
-    if accelerator.sync_gradients:
-        norm = accelerator.clip_grad_norm_(params, session.options.max_grad_norm or float("inf"))
-        # Under fp16, non-finite gradients are how the GradScaler detects an overflow: it
-        # skips that step and lowers its scale, so only a non-finite loss stops the run.
-        if norm is not None and accelerator.scaler is None:
-            # After the all-reduce every process holds the same gradients, so all of
-            # them see a NaN together and stop together instead of deadlocking.
-            checked["gradients"] = norm
-    values = _read_scalars(checked)
-    for name, value in values.items():
-        if not math.isfinite(value):
-            raise _non_finite(session, name, value)
+    accelerator, progress, steps = session.accelerator, session.progress, session.steps
+    place = StepPlace(progress.global_step + 1, progress.epoch, progress.batch + 1)
+    # With several processes only the (all-reduced) gradients decide a skip, so that every
+    # process skips together; each one's loss is still checked when read.
+    alone = accelerator.num_processes == 1
+    if loss is not None:
+        steps.add("loss", loss, place, skips=alone)
+    if not accelerator.sync_gradients:
+        return
+    norm = accelerator.clip_grad_norm_(params, session.options.max_grad_norm or float("inf"))
+    # Under fp16, non-finite gradients are how the GradScaler detects an overflow: it
+    # skips that step and lowers its scale, so only a non-finite loss stops the run.
+    if norm is not None and accelerator.scaler is None:
+        steps.add("gradients", norm, place, skips=True)
+    if accelerator.scaler is None and skips_on_device(optimizer):
+        set_skip_flag(optimizer, steps.skip)
+    else:
+        session.read_steps()
     optimizer.step()
     scheduler.step()
     optimizer.zero_grad()
-    return values.get("loss")
 
 
-def _read_scalars(named: dict[str, Any]) -> dict[str, float]:
-    if not named:
-        return {}
-    tensors = [torch.as_tensor(v).detach().float().reshape(()) for v in named.values()]
-    stacked = torch.stack([t.to(tensors[0].device) for t in tensors])
-    return dict(zip(named, stacked.tolist(), strict=True))
-
-
-def _non_finite(session: TrainSession, name: str, value: float) -> TrainingError:
-    progress = session.progress
-    where = f"step {progress.global_step + 1} (epoch {progress.epoch}, batch {progress.batch + 1})"
+def _non_finite(session: TrainSession, bad: StepValue | None) -> TrainingError:
+    """The error for the first non-finite value (None: it was on another process)."""
+    if bad is None:
+        what = f"The loss of another process became non-finite by step {session.progress.global_step}"
+    else:
+        what = f"The {bad.name} became {bad.value} at {bad.place}"
     if session.last_checkpoint is not None:
         saved = f"The last good checkpoint is {session.last_checkpoint}."
     else:
         saved = "No checkpoint was saved before it."
     return TrainingError(
-        f"The {name} became {value} at {where}; training stopped before that step changed the weights. "
+        f"{what}; training stopped before that step changed the weights. "
         f"Lower --learning_rate, or use --mixed_precision bf16/no if it was fp16. {saved}"
     )
 

@@ -10,6 +10,7 @@ has no batches: ``run_phase`` calls its ``solve`` once instead.
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from typing import TYPE_CHECKING, Any, ClassVar
 
 import torch
@@ -34,6 +35,10 @@ class Objective:
     # False when an epoch is a few steps (a pass over a few examples): --save_every_epoch then saves at
     # the end of the phase only (--save_steps still applies), as saving would take longer than training.
     checkpoint_every_epoch: ClassVar[bool] = True
+    # Where an objective records the example indices this process trains on in its first epoch
+    # (results.json reports how the processes shared the data); None records nothing.
+    seen: list[int] | None = None
+    epoch: int = 1
 
     @classmethod
     def from_phase(cls, run: PhaseRun) -> Objective:
@@ -60,12 +65,11 @@ class Objective:
         """A closed-form objective's whole fit; returns its training loss."""
         raise NotImplementedError
 
-
-def record_seen(seen: list[int] | None, epoch: int, idx: torch.Tensor) -> None:
-    """Collect the example indices a process trains on in its first epoch (results.json's
-    distributed report)."""
-    if seen is not None and epoch == 1:
-        seen.extend(idx.tolist())
+    def observe(self, idx: Sequence[int]) -> None:
+        """Called with each training batch's example indices, counted on the host before the batch
+        went to the device (reading them there would make the step wait for it)."""
+        if self.seen is not None and self.epoch == 1:
+            self.seen.extend(idx)
 
 
 OBJECTIVES: Registry[type[Objective]] = Registry("objective")

@@ -9,7 +9,7 @@ import torch
 from torch.utils.data import DataLoader, Dataset
 
 from nlptransfer.data import Collator, EncodedDataset, EpochSampler, FeatureDataset, LengthGroupedSampler
-from nlptransfer.engine.objectives.base import OBJECTIVES, Objective, record_seen
+from nlptransfer.engine.objectives.base import OBJECTIVES, Objective
 from nlptransfer.errors import ConfigError
 from nlptransfer.model.heads import (
     fit_logistic_head,
@@ -86,8 +86,8 @@ class Classification(Objective):
         return getattr(self.sampler, "draws_global_seed", False)
 
     def loss(self, model: torch.nn.Module, batch: dict[str, Any]) -> torch.Tensor:
-        labels, idx = batch.pop("labels"), batch.pop("idx")
-        record_seen(self.seen, self.epoch, idx)
+        labels = batch.pop("labels")
+        del batch["idx"]  # read on the host by the loop (observe)
         return self.task.loss(model(**batch), labels)
 
 

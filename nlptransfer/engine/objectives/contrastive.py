@@ -32,7 +32,7 @@ from torch.utils.data import DataLoader, Dataset
 
 from nlptransfer.data import Collator, EncodedDataset, EpochSampler
 from nlptransfer.data.loaders import WINDOW_OWNER
-from nlptransfer.engine.objectives.base import OBJECTIVES, Objective, record_seen
+from nlptransfer.engine.objectives.base import OBJECTIVES, Objective
 from nlptransfer.errors import ConfigError
 from nlptransfer.tasks.base import Regression
 
@@ -290,7 +290,7 @@ class InBatchPairs(Objective):
 
     def loss(self, model: Any, batch: dict[str, torch.Tensor]) -> torch.Tensor:
         labels = batch.pop("labels")
-        record_seen(self.seen, self.epoch, batch.pop("idx"))
+        del batch["idx"]  # read on the host by the loop (observe)
         return in_batch_pair_loss(embed_by_length(model, batch), labels)
 
 
