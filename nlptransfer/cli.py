@@ -330,6 +330,16 @@ def run_recipe(command: str, argv: Sequence[str]) -> int:
     except KeyboardInterrupt:
         print("interrupted", file=sys.stderr)
         return 130
+    finally:
+        _end_process_group()
+
+
+def _end_process_group() -> None:
+    """Close torch.distributed's process groups before the interpreter exits: left to its exit, gloo's
+    threads (FSDP's device-mesh groups among them) can abort a process that has finished its run."""
+    distributed = sys.modules.get("torch.distributed")
+    if distributed is not None and distributed.is_available() and distributed.is_initialized():
+        distributed.destroy_process_group()
 
 
 def main(argv: Sequence[str] | None = None) -> int:

@@ -122,8 +122,8 @@ class TrainingOptions(Seeded):
     mixed_precision: str = _opt("no", "no, fp16 or bf16 (passed to accelerate).")
     torch_compile: bool = _opt(
         False,
-        "Compile the model with torch.compile (inductor, through accelerate): faster steps on a GPU "
-        "after a first compiled step that takes a while; on a CPU it needs a C++ compiler.",
+        "Compile the model with torch.compile (inductor): faster steps on a GPU after a first compiled "
+        "step that takes a while; on a CPU it needs a C++ compiler.",
     )
     # Output, checkpoints and tracking
     output_dir: str | None = _opt(None, "Where to write the model and results (default: runs/...).")

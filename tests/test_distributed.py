@@ -128,3 +128,38 @@ def test_the_cpu_accelerate_config_trains_with_two_processes(tiny_bert: str, tmp
     report = json.loads((tmp_path / "out" / "results.json").read_text())["distributed"]
     assert report["num_processes"] == 2 and "MULTI_CPU" in report["distributed_type"]
     assert report["weights_identical_across_processes"] is True
+
+
+def test_an_fsdp_config_on_cpu_says_accelerate_does_not_shard_there(
+    monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    from nlptransfer.config import FinetuneConfig
+    from nlptransfer.engine.context import build_accelerator
+
+    monkeypatch.setenv("ACCELERATE_USE_FSDP", "true")  # what `accelerate launch` sets from fsdp.yaml
+    with caplog.at_level("WARNING", logger="nlptransfer.engine.context"):
+        accelerator = build_accelerator(FinetuneConfig())
+    assert "FSDP" not in str(accelerator.distributed_type)
+    assert "asks for FSDP, which accelerate runs only on GPUs" in caplog.text
+
+
+def test_a_nan_loss_on_one_process_stops_every_process_at_the_same_read(
+    tiny_bert: str, tmp_path: Path
+) -> None:
+    sentiment_frame(100).to_csv(tmp_path / "train.csv", index=False)
+    out = tmp_path / "out"
+    command = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2",
+               "--master_port", str(free_port()), str(REPO / "tests" / "nan_on_one_process.py"), "train",
+               "--model", tiny_bert, "--train_file", str(tmp_path / "train.csv"), "--output_dir", str(out),
+               "--epochs", "1", "--strategy", "finetune", "--batch_size", "4", "--logging_steps", "4",
+               "--save_steps", "3"]  # fmt: skip
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setenv("NAN_AT_CALL", "5")  # rank 1's 5th batch: step 5, between the reads at 4 and 6
+        done = run_script(command, timeout=300)  # a process left waiting would hang until the timeout
+    assert done.returncode != 0
+    # Rank 1 names its loss; rank 0, whose own losses were finite, the gradients all-reduced with
+    # it: both skipped that update and every later one, and stop at the same read (step 6).
+    assert "error: The loss became nan at step 5 (epoch 1, batch 5)" in done.stderr
+    assert "error: The gradients became nan at step 5 (epoch 1, batch 5)" in done.stderr
+    assert "The last good checkpoint is" in done.stderr and "checkpoint-3" in done.stderr
+    assert not (out / "checkpoints" / "checkpoint-6").exists()

@@ -20,6 +20,7 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+import torch
 from torch import nn
 
 from nlptransfer.backbones.base import Backbone
@@ -137,8 +138,11 @@ def restore_adapter(backbone: Backbone, state: dict[str, Any]) -> None:
     adapter_config(backbone).base_model_name_or_path = base_model
 
 
-def save_adapter(backbone: Backbone, directory: Path) -> None:
-    """Write the adapter in peft's own format (adapter_config.json, adapter_model.safetensors)."""
+def save_adapter(backbone: Backbone, directory: Path, weights: dict[str, torch.Tensor] | None = None) -> None:
+    """Write the adapter in peft's own format (adapter_config.json, adapter_model.safetensors).
+
+    ``weights``: the backbone's full state dict, to read instead of its own tensors (FSDP shards).
+    """
     from peft import get_peft_model_state_dict
     from safetensors.torch import save_file
 
@@ -146,7 +150,9 @@ def save_adapter(backbone: Backbone, directory: Path) -> None:
     if config is None:
         return
     directory.mkdir(parents=True, exist_ok=True)
-    state = get_peft_model_state_dict(_holder(backbone), adapter_name=ADAPTER_NAME)
+    if weights is not None and isinstance(backbone, HFBackbone):  # the holder is the backbone's .model
+        weights = {k.removeprefix("model."): v for k, v in weights.items() if k.startswith("model.")}
+    state = get_peft_model_state_dict(_holder(backbone), state_dict=weights, adapter_name=ADAPTER_NAME)
     tensors = {k: v.detach().contiguous() for k, v in state.items()}
     save_file(tensors, str(directory / "adapter_model.safetensors"), metadata={"format": "pt"})
     config.save_pretrained(str(directory))

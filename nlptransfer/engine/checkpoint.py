@@ -135,6 +135,26 @@ def read_checkpoint(path: Path, process_index: int = 0) -> Checkpoint:
     return Checkpoint(path, progress, state, tensors, process_state)
 
 
+# What accelerate names the model of a checkpoint: its own safetensors file, or under FSDP with a full
+# state dict a torch.save file (read weights-only here and by accelerate).
+MODEL_NAME, FSDP_MODEL_NAME = "model.safetensors", "pytorch_model_fsdp.bin"
+
+
+def checkpoint_weights(path: Path) -> dict[str, torch.Tensor]:
+    """The model weights a checkpoint holds, whole (names without DDP's ``module.`` prefix)."""
+    if (path / FSDP_MODEL_NAME).is_file():
+        weights = torch.load(path / FSDP_MODEL_NAME, map_location="cpu", weights_only=True)
+    elif (path / MODEL_NAME).is_file() or not any(path.glob("pytorch_model_fsdp_*")):
+        weights = load_file(str(path / MODEL_NAME))
+    else:
+        raise ConfigError(
+            f"Checkpoint {path} holds FSDP shards (fsdp_state_dict_type: SHARDED_STATE_DICT); resuming "
+            "reads whole weights. Set fsdp_state_dict_type: FULL_STATE_DICT in the accelerate config "
+            "(recipes/accelerate/fsdp.yaml does), and start again."
+        )
+    return {k.removeprefix("module."): v for k, v in weights.items()}
+
+
 # Failures to read a checkpoint that say nothing about its files: never advise deleting it.
 NOT_DAMAGE: tuple[type[BaseException], ...] = (MemoryError, PermissionError, torch.OutOfMemoryError)
 
@@ -241,6 +261,7 @@ __all__ = [
     "Checkpoint",
     "Checkpointer",
     "Progress",
+    "checkpoint_weights",
     "complete_checkpoints",
     "damaged_checkpoint",
     "read_checkpoint",

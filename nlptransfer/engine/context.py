@@ -11,7 +11,7 @@ from typing import Any
 
 import torch
 from accelerate import Accelerator
-from accelerate.utils import DataLoaderConfiguration, ProjectConfiguration, TorchDynamoPlugin
+from accelerate.utils import DataLoaderConfiguration, ProjectConfiguration
 
 from nlptransfer.config import FinetuneConfig, TrainingOptions
 from nlptransfer.engine.loop import TrainSession
@@ -55,7 +55,6 @@ def build_accelerator(
         gradient_accumulation_steps=config.gradient_accumulation_steps,
         # Batches copy to the GPU while the host goes on (the loader pins them: engine.loop).
         dataloader_config=DataLoaderConfiguration(non_blocking=True),
-        dynamo_plugin=TorchDynamoPlugin(backend="inductor") if config.torch_compile else None,
         log_with=log_with or None,
         project_config=ProjectConfiguration(
             project_dir=str(output_dir), logging_dir=str(Path(output_dir) / LOGS_DIR)
@@ -64,11 +63,25 @@ def build_accelerator(
         else None,
     )
     if accelerator.device.type == "cpu":
+        warn_sharding_ignored(accelerator)
         if config.mixed_precision == "fp16":
             logger.warning("--mixed_precision fp16 has no effect on CPU; use bf16 or no.")
         local = int(os.environ.get("LOCAL_WORLD_SIZE", accelerator.num_processes))
         set_cpu_threads(config.num_threads, local)
     return accelerator
+
+
+def warn_sharding_ignored(accelerator: Accelerator) -> None:
+    """Say so when an FSDP or DeepSpeed config meets a CPU run: accelerate turns them on only for GPUs
+    (and other accelerators), and on CPU silently runs plain data parallelism instead."""
+    for variable, name in (("ACCELERATE_USE_FSDP", "FSDP"), ("ACCELERATE_USE_DEEPSPEED", "DeepSpeed")):
+        asked = os.environ.get(variable, "").lower() == "true"
+        if asked and name.upper() not in str(accelerator.distributed_type):
+            logger.warning(
+                "The accelerate config asks for %s, which accelerate runs only on GPUs; on this CPU run it "
+                "uses %s instead, and every process holds the whole model.",
+                name, accelerator.distributed_type,
+            )  # fmt: skip
 
 
 def set_cpu_threads(requested: int | None, local_processes: int) -> None:

@@ -10,7 +10,6 @@ from typing import Any
 import torch
 from accelerate import Accelerator
 from accelerate.utils import gather_object
-from safetensors.torch import load_file
 from torch.utils.data import Dataset
 
 from nlptransfer.config import FinetuneConfig
@@ -20,12 +19,13 @@ from nlptransfer.data import (
 )
 from nlptransfer.engine.activations import ActivationReport, activation_block, activation_datasets
 from nlptransfer.engine.cache import weights_fingerprint
-from nlptransfer.engine.checkpoint import Checkpoint, Snapshot
+from nlptransfer.engine.checkpoint import Checkpoint, Snapshot, checkpoint_weights
 from nlptransfer.engine.context import RunContext
 from nlptransfer.engine.features import extract_features
 from nlptransfer.engine.inference import encode_split, evaluate_split
 from nlptransfer.engine.loop import run_phase
 from nlptransfer.engine.objectives import OBJECTIVES
+from nlptransfer.engine.sharding import is_sharded, load_whole, whole
 from nlptransfer.errors import ConfigError
 from nlptransfer.model.layers import count_parameters
 from nlptransfer.model.transfer import TransferModel, align_padding
@@ -137,14 +137,14 @@ class BestWeights:
         for name, tensor in self._tensors().items():
             trains = name not in params or tensor.requires_grad
             if trains and name not in self.state:
-                self.state[name] = tensor.detach().cpu().clone()
+                self.state[name] = whole(tensor.detach()).cpu().clone()
 
     def update(self) -> None:
         tensors = self._tensors()
-        self.state = {name: tensors[name].detach().cpu().clone() for name in self.state}
+        self.state = {name: whole(tensors[name].detach()).cpu().clone() for name in self.state}
 
     def restore(self) -> None:
-        self.model.load_state_dict(self.state, strict=False)
+        load_whole(self.model, self.state)
 
 
 def fit(model: TransferModel, data: LabelledData, phases: list[Phase], ctx: RunContext) -> FitResult:
@@ -251,8 +251,7 @@ class FitState:
         result.seen_indices[:] = checkpoint.process_state.get("seen_indices", [])
         self.best.state = {name: checkpoint.tensors[name] for name in state["best_weights"]}
         # The phase may extract features from the body before accelerate loads its state.
-        weights = load_file(str(checkpoint.path / "model.safetensors"))
-        self.model.load_state_dict({k.removeprefix("module."): v for k, v in weights.items()}, strict=False)
+        self.model.load_state_dict(checkpoint_weights(checkpoint.path), strict=False)
 
 
 class Validation:
@@ -337,7 +336,9 @@ def distributed_report(
     sets = [set(s) for s in per_rank]
     overlap = len(set.intersection(*sets)) if len(sets) > 1 else 0
     replicas = {}
-    if model is not None and accelerator.num_processes > 1:
+    if model is not None and is_sharded(model):
+        replicas = {"parameters_sharded": True}  # one copy over all processes: nothing to compare
+    elif model is not None and accelerator.num_processes > 1:
         fingerprints = gather_object([weights_fingerprint(model)])
         replicas = {"weights_identical_across_processes": len(set(fingerprints)) == 1}
     return {

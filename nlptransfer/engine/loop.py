@@ -34,6 +34,7 @@ from nlptransfer.engine.checkpoint import (
 )
 from nlptransfer.engine.interrupt import InterruptGuard
 from nlptransfer.engine.schedules import build_schedule
+from nlptransfer.engine.sharding import wrap_blocks
 from nlptransfer.engine.steps import (
     BATCH_INFO,
     BatchInfo,
@@ -86,7 +87,7 @@ class TrainSession:
         self.accelerator.register_save_state_pre_hook(self._drop_untrained)
 
     def _drop_untrained(self, models: list[Any], weights: list[dict[str, Any]], output_dir: str) -> None:
-        if self.trained_params is None:
+        if self.trained_params is None or not weights:  # FSDP saves its shards itself: no weights here
             return
         for model, state in zip(models, weights, strict=True):
             params = {name for name, _ in model.named_parameters()}
@@ -238,8 +239,13 @@ def prepare_phase(
     accelerator, options = session.accelerator, session.options
     optimizer = adamw(groups)
     loader.collate_fn = WithBatchInfo(loader.collate_fn)
+    if options.torch_compile and getattr(model, "_compiled_call_impl", None) is None:
+        # In place, not accelerate's wrapper: the same parameter names in checkpoints and saved
+        # models, and accelerate's process-wide state would keep the first run's choice.
+        model.compile()
     # Page-locked batches copy to a GPU without the host waiting (accelerate copies non-blocking).
     loader.pin_memory = accelerator.device.type == "cuda"
+    wrap_blocks(accelerator, model)
     prepared, optimizer, loader = accelerator.prepare(model, optimizer, loader)
     per_epoch = math.ceil(len(loader) / options.gradient_accumulation_steps)
     steps = max(1, per_epoch * epochs * accelerator.num_processes)

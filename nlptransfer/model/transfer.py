@@ -12,7 +12,7 @@ from typing import Any
 import numpy as np
 import torch
 from packaging.version import InvalidVersion, Version
-from safetensors.torch import load_model, save_model
+from safetensors.torch import load_model, save_file, save_model
 from torch import nn
 
 from nlptransfer.backbones import (
@@ -296,8 +296,13 @@ class TransferModel(nn.Module):
             "pair_encoding": self.pair_encoding,
         }
 
-    def save_pretrained(self, directory: str | os.PathLike[str]) -> None:
+    def save_pretrained(
+        self, directory: str | os.PathLike[str], weights: dict[str, torch.Tensor] | None = None
+    ) -> None:
         """Write config, weights (safetensors) and backbone files to ``directory``.
+
+        ``weights``: the full state dict to write instead of the model's own tensors (a model
+        sharded by FSDP holds only its process's part: ``engine.sharding.whole_state_dict``).
 
         Files are first written to a temporary folder and moved in with the
         config last, so an interrupted save never leaves a folder that loads as
@@ -305,12 +310,16 @@ class TransferModel(nn.Module):
         """
         kept = "a model saved in that folder before is unchanged."
         with replace_files(Path(directory), "the model", kept, markers=(CONFIG_NAME,)) as staging:
-            self._write_files(staging)
+            self._write_files(staging, weights)
 
-    def _write_files(self, staging: Path) -> None:
-        save_model(self, str(staging / WEIGHTS_NAME))
+    def _write_files(self, staging: Path, weights: dict[str, torch.Tensor] | None = None) -> None:
+        if weights is None:
+            save_model(self, str(staging / WEIGHTS_NAME))
+        else:
+            save_file({name: t.contiguous() for name, t in weights.items()}, str(staging / WEIGHTS_NAME))
         self.backbone.save(staging / BACKBONE_DIR)
-        peft_adapter.save_adapter(self.backbone, staging / BACKBONE_DIR / peft_adapter.ADAPTER_DIR)
+        body = None if weights is None else {k.removeprefix("backbone."): v for k, v in weights.items()}
+        peft_adapter.save_adapter(self.backbone, staging / BACKBONE_DIR / peft_adapter.ADAPTER_DIR, body)
         (staging / CONFIG_NAME).write_text(json.dumps(self.get_config(), indent=2))
 
     @classmethod

@@ -21,6 +21,7 @@ from nlptransfer.engine.features import feature_cache_report
 from nlptransfer.engine.fit import FitResult, distributed_report, fit
 from nlptransfer.engine.inference import predict_split
 from nlptransfer.engine.session import finish_session, start_session
+from nlptransfer.engine.sharding import whole_state_dict
 from nlptransfer.errors import ConfigError
 from nlptransfer.model.layers import count_parameters, phase_tables
 from nlptransfer.model.transfer import LongText, TransferModel, load_backbone
@@ -201,11 +202,13 @@ def train(config: FinetuneConfig, epoch_hook: Callable[[int, float], None] | Non
     results["feature_cache"] = feature_cache_report(result.features)
     results["activation_cache"] = result.activations.to_dict()
     finish_session(session, output_dir, config.metric_for_best_model)
+    weights = whole_state_dict(ctx.accelerator, model)  # gathered from the shards under FSDP
     if ctx.accelerator.is_main_process:
         # Measured last, just before saving (the model's own save is the one step not counted).
         results.update(resource_usage(run_start))
         results["hardware"] = hardware()  # its load average at the end of the run
-        write_run(output_dir, model, config, results, table, _card(config, results, table, output_dir))
+        card = _card(config, results, table, output_dir)
+        write_run(output_dir, model, config, results, table, card, weights)
         logger.info("saved model and results to %s; test: %s", output_dir, results["test"])
         if config.push_to_hub:
             push_to_hub(output_dir, config.hub_model_id)

@@ -240,9 +240,10 @@ def _draw_reliability(calibration: dict[str, Any] | None, path: Path) -> None:
 
 def write_run(
     output_dir: Path, model: TransferModel, config: FinetuneConfig, results: dict[str, Any], table: str,
-    card: CardInfo | None = None,
+    card: CardInfo | None = None, weights: dict[str, torch.Tensor] | None = None,
 ) -> None:  # fmt: skip
-    """Replace the files of an earlier run (only those) with this run's.
+    """Replace the files of an earlier run (only those) with this run's (``weights``: the model's,
+    gathered, when its own parameters are shards).
 
     Every new file is written in full before an old one goes, so a failure (a full disk)
     raises :class:`SaveError` and leaves the earlier run as it was. The small files are
@@ -254,6 +255,6 @@ def write_run(
         config.save(staging / RUN_CONFIG_NAME)
         (staging / RESULTS_NAME).write_text(json.dumps(results, indent=2))
         _draw_reliability(results.get("calibration"), staging / RELIABILITY_NAME)
-        model.save_pretrained(staging)
+        model.save_pretrained(staging, weights)
         if card is not None:
             write_card(staging, card)
