@@ -161,5 +161,6 @@ def test_a_nan_loss_on_one_process_stops_every_process_at_the_same_read(
     # it: both skipped that update and every later one, and stop at the same read (step 6).
     assert "error: The loss became nan at step 5 (epoch 1, batch 5)" in done.stderr
     assert "error: The gradients became nan at step 5 (epoch 1, batch 5)" in done.stderr
+    assert done.stderr.count("training stopped before that step changed the weights") == 2
     assert "The last good checkpoint is" in done.stderr and "checkpoint-3" in done.stderr
     assert not (out / "checkpoints" / "checkpoint-6").exists()

@@ -128,7 +128,7 @@ class TrainSession:
             flag = torch.tensor([float(bad is not None)], device=self.accelerator.device)
             elsewhere = bool(self.accelerator.reduce(flag, reduction="max").item())
         if bad is not None or elsewhere:
-            raise _non_finite(self, bad)
+            raise _non_finite(self, bad, values)
         losses = [v.value for v in values if v.name == "loss"]
         for loss in losses:
             self.progress.epoch_loss_sum += loss
@@ -401,19 +401,29 @@ def optimizer_step(
     optimizer.zero_grad()
 
 
-def _non_finite(session: TrainSession, bad: StepValue | None) -> TrainingError:
-    """The error for the first non-finite value (None: it was on another process)."""
+def _non_finite(session: TrainSession, bad: StepValue | None, values: list[StepValue]) -> TrainingError:
+    """The error for the first non-finite value of ``values`` (None: it was on another process)."""
+    step = session.progress.global_step
     if bad is None:
-        what = f"The loss of another process became non-finite by step {session.progress.global_step}"
+        what = f"The loss of another process became non-finite by step {step}"
     else:
         what = f"The {bad.name} became {bad.value} at {bad.place}"
+    # Updates are skipped from a non-finite gradient norm on, and with one process from a
+    # non-finite loss too; with several, a loss alone does not skip, lest they disagree.
+    skipped = bad is not None and (
+        session.accelerator.num_processes == 1
+        or any(v.name == "gradients" and v.place == bad.place and not math.isfinite(v.value) for v in values)
+    )
+    if skipped:
+        what += "; training stopped before that step changed the weights"
+    else:
+        what += f"; training stopped at step {step}"
     if session.last_checkpoint is not None:
         saved = f"The last good checkpoint is {session.last_checkpoint}."
     else:
         saved = "No checkpoint was saved before it."
     return TrainingError(
-        f"{what}; training stopped before that step changed the weights. "
-        f"Lower --learning_rate, or use --mixed_precision bf16/no if it was fp16. {saved}"
+        f"{what}. Lower --learning_rate, or use --mixed_precision bf16/no if it was fp16. {saved}"
     )
 
 
