@@ -171,7 +171,7 @@ class _Model:
     def __init__(self, disk_full: bool) -> None:
         self.disk_full, self.saves = disk_full, 0
 
-    def save_pretrained(self, directory: Path) -> None:
+    def save_pretrained(self, directory: Path, weights: dict[str, torch.Tensor] | None = None) -> None:
         self.saves += 1
         if self.disk_full:
             raise FULL_DISK
