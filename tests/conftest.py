@@ -134,6 +134,12 @@ def sentiment_split(folder: Path) -> Path:
     return folder
 
 
+@pytest.fixture(scope="session")
+def split_data(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """One ``sentiment_split`` folder for the session (the multi-process tests read it, never write)."""
+    return sentiment_split(tmp_path_factory.mktemp("split-data"))
+
+
 @pytest.fixture
 def sentiment_csv(tmp_path: Path) -> Path:
     path = tmp_path / "train.csv"
@@ -187,6 +193,12 @@ def free_port() -> int:
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))
         return sock.getsockname()[1]
+
+
+def torchrun(processes: int = 2) -> list[str]:
+    """The start of a command that launches ``processes`` local processes with torch.distributed.run."""
+    return [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", str(processes),
+            "--master_port", str(free_port())]  # fmt: skip
 
 
 def recipe(*args: str) -> list[str]:

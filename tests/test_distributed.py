@@ -7,7 +7,7 @@ import sys
 from pathlib import Path
 
 import pytest
-from conftest import REPO, free_port, require_asset, run_script, sentiment_frame
+from conftest import REPO, free_port, require_asset, run_script, sentiment_frame, torchrun
 
 
 @pytest.mark.parametrize("strategy", ["feature-extraction", "finetune"])
@@ -148,8 +148,7 @@ def test_a_nan_loss_on_one_process_stops_every_process_at_the_same_read(
 ) -> None:
     sentiment_frame(100).to_csv(tmp_path / "train.csv", index=False)
     out = tmp_path / "out"
-    command = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2",
-               "--master_port", str(free_port()), str(REPO / "tests" / "nan_on_one_process.py"), "train",
+    command = [*torchrun(2), str(REPO / "tests" / "nan_on_one_process.py"), "train",
                "--model", tiny_bert, "--train_file", str(tmp_path / "train.csv"), "--output_dir", str(out),
                "--epochs", "1", "--strategy", "finetune", "--batch_size", "4", "--logging_steps", "4",
                "--save_steps", "3"]  # fmt: skip

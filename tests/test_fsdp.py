@@ -18,9 +18,9 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-from conftest import REPO, free_port, run_script, sentiment_split
+from conftest import REPO, run_script, torchrun
 from safetensors.torch import load_file
-from test_resume import _flags, _start, _wait_for_checkpoint
+from test_resume import _command, _flags, _start, _wait_for_checkpoint
 
 from nlptransfer.model.transfer import TransferModel
 
@@ -29,9 +29,7 @@ from fsdp_on_cpu import PROBES
 
 
 def _fsdp(flags: list[str]) -> list[str]:
-    launcher = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2",
-                "--master_port", str(free_port())]  # fmt: skip
-    return [*launcher, str(REPO / "tests" / "fsdp_on_cpu.py"), "train", *flags]
+    return [*torchrun(2), str(REPO / "tests" / "fsdp_on_cpu.py"), "train", *flags]
 
 
 def _run(command: list[str], probe: Path | None = None) -> None:
@@ -43,8 +41,8 @@ def _run(command: list[str], probe: Path | None = None) -> None:
 
 
 @pytest.fixture(scope="module")
-def data(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    return sentiment_split(tmp_path_factory.mktemp("fsdp-data"))
+def data(split_data: Path) -> Path:
+    return split_data
 
 
 @pytest.fixture(scope="module")
@@ -75,9 +73,7 @@ def test_fsdp_trains_the_model_data_parallelism_trains(
     fsdp_run: Path, tiny_bert: str, data: Path, tmp_path: Path
 ) -> None:
     ddp = tmp_path / "ddp"
-    launcher = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2",
-                "--master_port", str(free_port())]  # fmt: skip
-    _run([*launcher, str(REPO / "recipes" / "finetune.py"), *_flags(tiny_bert, data, ddp, "finetune")])
+    _run(_command("finetune", _flags(tiny_bert, data, ddp, "finetune"), processes=2))
     sharded, replicated = (load_file(str(out / "model.safetensors")) for out in (fsdp_run, ddp))
     source = load_file(str(Path(tiny_bert) / "model.safetensors"))
     assert sharded.keys() == replicated.keys()

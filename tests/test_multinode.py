@@ -13,7 +13,7 @@ from pathlib import Path
 
 import pytest
 import torch
-from conftest import REPO, free_port, run_script, sentiment_split
+from conftest import REPO, free_port, run_script
 from safetensors.torch import load_file
 from test_resume import (
     RESULT_KEYS,
@@ -44,8 +44,8 @@ def _finish(processes: list[subprocess.Popen], timeout: float = 600) -> None:
 
 
 @pytest.fixture(scope="module")
-def data(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    return sentiment_split(tmp_path_factory.mktemp("multinode-data"))
+def data(split_data: Path) -> Path:
+    return split_data
 
 
 @pytest.fixture(scope="module")

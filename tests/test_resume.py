@@ -13,7 +13,7 @@ from pathlib import Path
 import pytest
 import torch
 from accelerate.utils import is_tensorboard_available
-from conftest import REPO, free_port, run_script, sentiment_split
+from conftest import REPO, run_script, sentiment_split, torchrun
 from safetensors.torch import load_file
 
 from nlptransfer.engine.checkpoint import complete_checkpoints, read_checkpoint
@@ -42,9 +42,7 @@ def _command(recipe: str, flags: list[str], processes: int = 1) -> list[str]:
     script = str(REPO / "recipes" / f"{recipe}.py")
     if processes == 1:
         return [sys.executable, script, *flags]
-    launcher = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", str(processes),
-                "--master_port", str(free_port())]  # fmt: skip
-    return [*launcher, script, *flags]
+    return [*torchrun(processes), script, *flags]
 
 
 def _start(command: list[str]) -> subprocess.Popen:
